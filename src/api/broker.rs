@@ -1,0 +1,227 @@
+//! The workload-facing `Broker` service: policy check, then the engine, then an audit line.
+
+use super::error::{validate_id, validate_name, ApiError};
+use super::pb::{self, broker_server::Broker};
+use super::peer::PeerIdentity;
+use crate::audit::AuditEvent;
+use crate::clock::unix_secs;
+use crate::engine::{Engine, GetRequest, WatchKind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct BrokerService {
+    pub engine: Arc<Engine>,
+}
+
+fn opt(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl BrokerService {
+    /// Audits and returns a policy denial.
+    async fn deny(
+        &self,
+        caller: &PeerIdentity,
+        event: &str,
+        session: &str,
+        secret: &str,
+        why: String,
+    ) -> Status {
+        let mut ev = AuditEvent::new(event, "denied").caller(caller);
+        ev.session = opt(session);
+        ev.secret = opt(secret);
+        ev.detail = Some(&why);
+        let _ = self.engine.audit.record(ev).await;
+        tracing::info!(caller = %caller, secret, reason = %why, "denied");
+        ApiError::Denied(why).into()
+    }
+
+    /// Checks the caller may read `name`; returns the rule's SPIFFE ID for certificate issuers.
+    async fn authorize(
+        &self,
+        caller: &PeerIdentity,
+        event: &str,
+        session: &str,
+        name: &str,
+    ) -> Result<Option<String>, Status> {
+        validate_name(name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
+        validate_id("session_id", session)?;
+        let cat = self.engine.catalog();
+        let policy = &cat.config.workload_policy;
+        if let Err(why) = policy.caller_rule(caller) {
+            return Err(self.deny(caller, event, session, name, why).await);
+        }
+        let spec = cat.secret(name)?;
+        match policy.check_secret(caller, spec) {
+            Ok(rule) => Ok(rule.spiffe_id.clone()),
+            Err(why) => Err(self.deny(caller, event, session, name, why).await),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let caller = super::caller(&req)?;
+        let cat = self.engine.catalog();
+        if let Err(why) = cat.config.workload_policy.caller_rule(&caller) {
+            return Err(self.deny(&caller, "session_open", "", "", why).await);
+        }
+        let r = req.into_inner();
+        let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
+        let s = self
+            .engine
+            .open_session(&caller, ttl, r.labels.into_iter().collect())
+            .await?;
+        Ok(Response::new(pb::OpenSessionResponse {
+            session_id: s.meta.id.clone(),
+            expires_at: unix_secs(s.expires_at),
+        }))
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let caller = super::caller(&req)?;
+        let r = req.into_inner();
+        validate_id("session_id", &r.session_id)?;
+        let n = self.engine.close_session(&caller, &r.session_id).await?;
+        Ok(Response::new(pb::CloseSessionResponse {
+            leases_released: n,
+        }))
+    }
+
+    async fn get_secret(
+        &self,
+        req: Request<pb::GetSecretRequest>,
+    ) -> Result<Response<pb::GetSecretResponse>, Status> {
+        let caller = super::caller(&req)?;
+        let r = req.into_inner();
+        let spiffe = self
+            .authorize(&caller, "grant", &r.session_id, &r.name)
+            .await?;
+        if let Some(c) = opt(&r.call_id) {
+            validate_id("call_id", c)?;
+        }
+        if let Some(v) = opt(&r.version) {
+            validate_id("version", v)?;
+        }
+        let cat = self.engine.catalog();
+        let spec = cat.secret(&r.name)?;
+        let req = GetRequest {
+            session_id: &r.session_id,
+            call_id: opt(&r.call_id),
+            version: opt(&r.version),
+            spiffe_id: spiffe.as_deref(),
+        };
+        let g = self.engine.get_secret(&cat, spec, &caller, req).await?;
+        tracing::debug!(secret = %r.name, version = %g.entry.version, lease = %g.lease_id, stale = g.stale, "granted");
+        let (previous, retires) = match &g.previous {
+            Some((e, at)) => (
+                Some(pb::SecretVersion {
+                    value: e.value.expose().to_vec(),
+                    version: e.version.clone(),
+                }),
+                unix_secs(*at),
+            ),
+            None => (None, 0),
+        };
+        Ok(Response::new(pb::GetSecretResponse {
+            name: r.name,
+            value: g.entry.value.expose().to_vec(),
+            version: g.entry.version.clone(),
+            lease_id: g.lease_id,
+            expires_at: unix_secs(g.expires_at),
+            zone: spec.zone.as_str().to_string(),
+            previous,
+            previous_retires_at: retires,
+            stale: g.stale,
+        }))
+    }
+
+    async fn release_lease(
+        &self,
+        req: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        let caller = super::caller(&req)?;
+        let r = req.into_inner();
+        validate_id("lease_id", &r.lease_id)?;
+        validate_id("session_id", &r.session_id)?;
+        self.engine
+            .release_lease(&caller, &r.session_id, &r.lease_id)
+            .await?;
+        Ok(Response::new(pb::ReleaseLeaseResponse {}))
+    }
+
+    type WatchSecretStream =
+        Pin<Box<dyn Stream<Item = Result<pb::SecretEvent, Status>> + Send + 'static>>;
+
+    async fn watch_secret(
+        &self,
+        req: Request<pb::WatchSecretRequest>,
+    ) -> Result<Response<Self::WatchSecretStream>, Status> {
+        let caller = super::caller(&req)?;
+        let r = req.into_inner();
+        self.authorize(&caller, "watch", &r.session_id, &r.name)
+            .await?;
+        let engine = self.engine.clone();
+        engine
+            .sessions
+            .get(&r.session_id, caller.uid, engine.now())
+            .map_err(|e| ApiError::from_session(&r.session_id, e))?;
+        let cat = engine.catalog();
+        let spec = cat.secret(&r.name)?.clone();
+        let mut rx = engine.subscribe(&r.name);
+        let current = engine.current_version(&cat, &spec).await;
+        let name = r.name.clone();
+        let session = r.session_id.clone();
+        let stream = async_stream::stream! {
+            yield Ok(pb::SecretEvent {
+                name: name.clone(),
+                kind: pb::secret_event::Kind::Current as i32,
+                version: current,
+                previous_version: String::new(),
+                previous_retires_at: 0,
+                at: unix_secs(engine.now()),
+            });
+            let mut check = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(ev) => yield Ok(pb::SecretEvent {
+                            name: name.clone(),
+                            kind: match ev.kind {
+                                WatchKind::Current => pb::secret_event::Kind::Current,
+                                WatchKind::Rotated => pb::secret_event::Kind::Rotated,
+                                WatchKind::Retired => pb::secret_event::Kind::Retired,
+                                WatchKind::Changed => pb::secret_event::Kind::Changed,
+                            } as i32,
+                            version: ev.version,
+                            previous_version: ev.previous_version,
+                            previous_retires_at: ev.previous_retires_at.map(unix_secs).unwrap_or(0),
+                            at: unix_secs(ev.at),
+                        }),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(secret = %name, missed = n, "watcher lagged");
+                        }
+                        Err(_) => break,
+                    },
+                    _ = check.tick() => {
+                        if let Err(e) = engine.sessions.get(&session, caller.uid, engine.now()) {
+                            yield Err(Status::from(ApiError::from_session(&session, e)));
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

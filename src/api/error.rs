@@ -1,0 +1,196 @@
+//! The one place errors become gRPC statuses. Each status also carries a `sidecred-error`
+//! metadata code so clients can raise typed errors without parsing messages.
+
+use crate::backend::BackendError;
+use crate::session::SessionError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("permission denied: {0}")]
+    Denied(String),
+    #[error("{0}")]
+    SessionRevoked(String),
+    #[error("{0}")]
+    SessionExpired(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+}
+
+impl ApiError {
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument(_) => "invalid-argument",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::Denied(_) => "denied",
+            ApiError::SessionRevoked(_) => "session-revoked",
+            ApiError::SessionExpired(_) => "session-expired",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Precondition(_) => "failed-precondition",
+            ApiError::Internal(_) => "internal",
+            ApiError::DeadlineExceeded(_) => "deadline-exceeded",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Denied(_) => Code::PermissionDenied,
+            ApiError::SessionRevoked(_)
+            | ApiError::SessionExpired(_)
+            | ApiError::Precondition(_) => Code::FailedPrecondition,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        }
+    }
+
+    /// Describes a backend failure for one secret, by name.
+    pub fn from_backend(secret: &str, e: BackendError) -> Self {
+        match e {
+            BackendError::NotFound(m) => ApiError::NotFound(format!("secret `{secret}`: {m}")),
+            BackendError::Denied(m) => ApiError::Denied(format!(
+                "backend refused sidecred for secret `{secret}`: {m}"
+            )),
+            BackendError::Unavailable(m) => {
+                ApiError::Unavailable(format!("secret `{secret}`: {m}"))
+            }
+            BackendError::Precondition(m) => {
+                ApiError::Precondition(format!("secret `{secret}`: {m}"))
+            }
+            BackendError::Invalid(m) => {
+                ApiError::InvalidArgument(format!("secret `{secret}`: {m}"))
+            }
+            BackendError::Internal(m) => ApiError::Internal(format!("secret `{secret}`: {m}")),
+        }
+    }
+
+    pub fn from_session(id: &str, e: SessionError) -> Self {
+        match e {
+            SessionError::Unknown => ApiError::InvalidArgument(format!("unknown session `{id}`")),
+            SessionError::Revoked { at, reason } => ApiError::SessionRevoked(format!(
+                "session `{id}` was revoked at {} ({reason})",
+                crate::clock::unix_secs(at)
+            )),
+            SessionError::Expired => {
+                ApiError::SessionExpired(format!("session `{id}` has expired"))
+            }
+            SessionError::WrongOwner { owner } => ApiError::Denied(format!(
+                "session `{id}` belongs to uid {owner}, not the caller"
+            )),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let mut s = Status::new(e.code(), e.to_string());
+        s.metadata_mut().insert(
+            "sidecred-error",
+            tonic::metadata::MetadataValue::from_static(e.code_name()),
+        );
+        s
+    }
+}
+
+/// Checks a secret or backend name: the characters a path may use, and no traversal.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name must not be empty".into());
+    }
+    if name.len() > 256 {
+        return Err(format!("name is {} bytes; the limit is 256", name.len()));
+    }
+    if name.contains('\0') {
+        return Err("name must not contain NUL bytes".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
+    {
+        return Err(format!(
+            "name contains {c:?}; allowed are A-Z a-z 0-9 - _ . /"
+        ));
+    }
+    if name.starts_with('/')
+        || name.ends_with('/')
+        || name
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err("name must be relative, with no empty, `.` or `..` segments".into());
+    }
+    Ok(())
+}
+
+/// Checks an id the server issued (session, lease, call): short printable ASCII.
+pub fn validate_id(kind: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::InvalidArgument(format!(
+            "{kind} must not be empty"
+        )));
+    }
+    if id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "{kind} must be at most 128 characters of A-Z a-z 0-9 - _ . :"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["db", "tools/github", "a.b-c_d/e"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(257);
+        for bad in [
+            "",
+            "../etc",
+            "a/../b",
+            "/abs",
+            "a//b",
+            "a\0b",
+            "sp ace",
+            long.as_str(),
+            "a/",
+            "./a",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_carry_codes() {
+        let s: Status = ApiError::SessionRevoked("x".into()).into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(
+            s.metadata().get("sidecred-error").unwrap(),
+            "session-revoked"
+        );
+        let s: Status =
+            ApiError::from_backend("db", BackendError::Unavailable("sealed".into())).into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("db"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Binds the two sockets and serves them until shutdown.
+
+use super::admin::AdminService;
+use super::broker::BrokerService;
+use super::pb::{admin_server::AdminServer, broker_server::BrokerServer};
+use super::peer::{PeerIdentity, PeerStream};
+use crate::engine::Engine;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+/// Largest request accepted; secret requests are small.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Binds a Unix socket: refuses one held by a live server, removes a stale one, applies `mode`.
+pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    if path.exists() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is held by a running server; refusing to take it over",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(_) => {
+                tracing::info!(socket = %path.display(), "removing stale socket");
+                std::fs::remove_file(path)?;
+            }
+        }
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+/// Accepted connections tagged with their caller's identity. Accept errors (such as running
+/// out of descriptors) pause briefly instead of ending the server.
+fn incoming(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Result<PeerStream>> {
+    async_stream::stream! {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => match PeerIdentity::of(&s) {
+                    Ok(id) => yield Ok(PeerStream::new(s, id)),
+                    Err(e) => tracing::warn!(error = %e, "cannot identify peer; connection dropped"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+fn reflection() -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let b = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(super::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    (
+        b().build_v1().expect("descriptor set is valid"),
+        b().build_v1alpha().expect("descriptor set is valid"),
+    )
+}
+
+fn builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(Some(1024))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .timeout(Duration::from_secs(60))
+}
+
+/// Serves both sockets until `shutdown` flips to true.
+pub async fn serve(
+    engine: Arc<Engine>,
+    workload: UnixListener,
+    admin: UnixListener,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<BrokerServer<BrokerService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let broker = BrokerServer::new(BrokerService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let admin_svc = AdminServer::new(AdminService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let (r1, r1a) = reflection();
+    let (r2, r2a) = reflection();
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    let w = builder()
+        .add_service(broker)
+        .add_service(health_svc.clone())
+        .add_service(r1)
+        .add_service(r1a)
+        .serve_with_incoming_shutdown(incoming(workload), wait(shutdown.clone()));
+    let a = builder()
+        .add_service(admin_svc)
+        .add_service(health_svc)
+        .add_service(r2)
+        .add_service(r2a)
+        .serve_with_incoming_shutdown(incoming(admin), wait(shutdown));
+    let (rw, ra) = tokio::join!(w, a);
+    rw.map_err(|e| format!("workload socket: {e}"))?;
+    ra.map_err(|e| format!("admin socket: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! JSON-lines audit log: who got which credential, when, under which rule, and what was revoked.
+//! Events carry names, versions and ids only; there is no field a value could go into.
+
+use crate::api::peer::PeerIdentity;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Default, Serialize)]
+pub struct AuditEvent<'a> {
+    pub ts: String,
+    pub event: &'a str,
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a str>,
+}
+
+impl<'a> AuditEvent<'a> {
+    pub fn new(event: &'a str, outcome: &'a str) -> Self {
+        Self {
+            ts: now_rfc3339(),
+            event,
+            outcome,
+            ..Default::default()
+        }
+    }
+
+    pub fn caller(mut self, id: &PeerIdentity) -> Self {
+        self.uid = Some(id.uid);
+        self.gid = Some(id.gid);
+        self.pid = Some(id.pid);
+        self.exe = id.exe.as_ref().map(|p| p.to_string_lossy().into_owned());
+        self
+    }
+}
+
+fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, dd) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+type Ack = oneshot::Sender<std::io::Result<()>>;
+
+/// Writes audit lines from a background task; with `fail_closed`, callers wait for the write.
+#[derive(Clone)]
+pub struct Audit {
+    tx: Option<mpsc::Sender<(String, Option<Ack>)>>,
+    fail_closed: bool,
+    dropped: Arc<AtomicU64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit log unavailable: {0}")]
+pub struct AuditError(pub String);
+
+impl Audit {
+    pub fn disabled() -> Self {
+        Self {
+            tx: None,
+            fail_closed: false,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub async fn open(path: &Path, fail_closed: bool) -> std::io::Result<Self> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        let (tx, mut rx) = mpsc::channel::<(String, Option<Ack>)>(4096);
+        tokio::spawn(async move {
+            while let Some((line, ack)) = rx.recv().await {
+                let r = match file.write_all(line.as_bytes()).await {
+                    Ok(()) => file.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "audit write failed");
+                }
+                if let Some(ack) = ack {
+                    let _ = ack.send(r);
+                }
+            }
+        });
+        Ok(Self {
+            tx: Some(tx),
+            fail_closed,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn fail_closed(&self) -> bool {
+        self.fail_closed
+    }
+
+    /// Records an event. Fails only when the log is fail-closed and the line could not be written.
+    pub async fn record(&self, ev: AuditEvent<'_>) -> Result<(), AuditError> {
+        let Some(tx) = &self.tx else { return Ok(()) };
+        let mut line = serde_json::to_string(&ev).map_err(|e| AuditError(e.to_string()))?;
+        line.push('\n');
+        if self.fail_closed {
+            let (ack_tx, ack_rx) = oneshot::channel();
+            tx.send((line, Some(ack_tx)))
+                .await
+                .map_err(|_| AuditError("writer stopped".into()))?;
+            match ack_rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(AuditError(e.to_string())),
+                Err(_) => Err(AuditError("writer stopped".into())),
+            }
+        } else {
+            if tx.try_send((line, None)).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("audit queue full; line dropped (fail_closed = false)");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+    }
+
+    #[tokio::test]
+    async fn fail_closed_reports_write_errors() {
+        let a = Audit::open(Path::new("/dev/full"), true).await.unwrap();
+        assert!(a.record(AuditEvent::new("grant", "ok")).await.is_err());
+        let b = Audit::open(Path::new("/dev/full"), false).await.unwrap();
+        assert!(b.record(AuditEvent::new("grant", "ok")).await.is_ok());
+    }
+}

@@ -1,0 +1,256 @@
+//! Embedded in-memory backend: versioned values, rotation, and simulated dynamic credentials,
+//! so every RPC works with no external service. Optionally seeded from a TOML file.
+
+use super::{check_options, Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated};
+use crate::config::SecretSpec;
+use crate::secret::SecretBytes;
+use async_trait::async_trait;
+use rand::distr::{Alphanumeric, SampleString};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use zeroize::Zeroize;
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DevConfig {
+    /// TOML file of `"path" = "value"` lines loaded at start.
+    #[serde(default)]
+    pub seed_file: Option<PathBuf>,
+    /// Inline seed values, path → value. Dev only: these live in the config file.
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+    /// Artificial latency per fetch, to exercise single-flight and timeouts.
+    #[serde(default)]
+    pub latency: Option<crate::config::Dur>,
+    /// Lease ttl of simulated dynamic credentials.
+    #[serde(default)]
+    pub dynamic_ttl: Option<crate::config::Dur>,
+}
+
+impl DevConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = &self.seed_file {
+            if !p.exists() {
+                return Err(format!("seed_file `{}` does not exist", p.display()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
+        check_options(spec, &["dynamic"])?;
+        if let Some(v) = spec.options.get("dynamic") {
+            v.as_bool()
+                .ok_or("option `dynamic` must be true or false")?;
+        }
+        Ok(())
+    }
+}
+
+struct Versions {
+    /// Index i holds version i+1; None once retired.
+    values: Vec<Option<SecretBytes>>,
+}
+
+/// The in-memory store. Locks are never held across an await.
+pub struct DevBackend {
+    name: String,
+    store: Mutex<HashMap<String, Versions>>,
+    live_leases: Mutex<HashSet<String>>,
+    latency: Duration,
+    dynamic_ttl: Duration,
+    fetches: AtomicU64,
+    lease_seq: AtomicU64,
+}
+
+impl DevBackend {
+    pub fn new(name: &str, cfg: &DevConfig) -> Result<Self, String> {
+        let mut store = HashMap::new();
+        if let Some(path) = &cfg.seed_file {
+            let mut text = std::fs::read_to_string(path)
+                .map_err(|e| format!("backends.{name}.seed_file `{}`: {e}", path.display()))?;
+            let parsed: Result<BTreeMap<String, String>, _> = toml::from_str(&text);
+            text.zeroize();
+            let mut table = parsed.map_err(|e| {
+                format!(
+                    "backends.{name}.seed_file `{}`: {}",
+                    path.display(),
+                    e.message()
+                )
+            })?;
+            for (k, v) in std::mem::take(&mut table) {
+                store.insert(
+                    k,
+                    Versions {
+                        values: vec![Some(SecretBytes::from_string(v))],
+                    },
+                );
+            }
+        }
+        for (k, v) in &cfg.values {
+            store.insert(
+                k.clone(),
+                Versions {
+                    values: vec![Some(SecretBytes::new(v.as_bytes().to_vec()))],
+                },
+            );
+        }
+        Ok(Self {
+            name: name.to_string(),
+            store: Mutex::new(store),
+            live_leases: Mutex::new(HashSet::new()),
+            latency: cfg.latency.map(|d| d.0).unwrap_or_default(),
+            dynamic_ttl: cfg
+                .dynamic_ttl
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(60)),
+            fetches: AtomicU64::new(0),
+            lease_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Backend reads served so far (single-flight tests count these).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    fn is_dynamic(spec: &SecretSpec) -> bool {
+        spec.options
+            .get("dynamic")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+    }
+
+    fn read(&self, spec: &SecretSpec, version: Option<&str>) -> Result<Fetched, BackendError> {
+        let store = self.store.lock().expect("dev store poisoned");
+        let v = store.get(&spec.path).ok_or_else(|| {
+            BackendError::NotFound(format!("{}: no secret at path `{}`", self.name, spec.path))
+        })?;
+        let n = match version {
+            None => v.values.len(),
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1 && *n <= v.values.len())
+                .ok_or_else(|| {
+                    BackendError::NotFound(format!(
+                        "{}: `{}` has no version `{s}`",
+                        self.name, spec.path
+                    ))
+                })?,
+        };
+        let value = v.values[n - 1].clone().ok_or_else(|| {
+            BackendError::NotFound(format!(
+                "{}: `{}` version {n} is retired",
+                self.name, spec.path
+            ))
+        })?;
+        Ok(Fetched {
+            value,
+            version: n.to_string(),
+            lease: None,
+        })
+    }
+}
+
+fn random_value() -> SecretBytes {
+    let mut s = Alphanumeric.sample_string(&mut rand::rng(), 32);
+    let out = SecretBytes::new(s.as_bytes().to_vec());
+    s.zeroize();
+    out
+}
+
+#[async_trait]
+impl Backend for DevBackend {
+    fn kind(&self) -> &'static str {
+        "dev"
+    }
+
+    async fn fetch(&self, req: &FetchRequest<'_>) -> Result<Fetched, BackendError> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if Self::is_dynamic(req.spec) {
+            let n = self.lease_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = format!("{}/{}/{}", self.name, req.spec.path, n);
+            self.live_leases
+                .lock()
+                .expect("poisoned")
+                .insert(id.clone());
+            return Ok(Fetched {
+                value: random_value(),
+                version: n.to_string(),
+                lease: Some(BackendLease {
+                    id,
+                    ttl: self.dynamic_ttl,
+                    renewable: true,
+                }),
+            });
+        }
+        self.read(req.spec, req.version)
+    }
+
+    async fn rotate(
+        &self,
+        spec: &SecretSpec,
+        value: Option<SecretBytes>,
+    ) -> Result<Rotated, BackendError> {
+        if Self::is_dynamic(spec) {
+            return Err(BackendError::Precondition(format!(
+                "`{}` is dynamic: every session already gets fresh credentials",
+                spec.name
+            )));
+        }
+        let mut store = self.store.lock().expect("poisoned");
+        let v = store.get_mut(&spec.path).ok_or_else(|| {
+            BackendError::NotFound(format!("{}: no secret at path `{}`", self.name, spec.path))
+        })?;
+        let prev = v.values.len();
+        v.values.push(Some(value.unwrap_or_else(random_value)));
+        Ok(Rotated {
+            version: v.values.len().to_string(),
+            previous_version: Some(prev.to_string()),
+        })
+    }
+
+    async fn retire(&self, spec: &SecretSpec, version: &str) -> Result<(), BackendError> {
+        let mut store = self.store.lock().expect("poisoned");
+        if let (Some(v), Ok(n)) = (store.get_mut(&spec.path), version.parse::<usize>()) {
+            if n >= 1 && n < v.values.len() {
+                v.values[n - 1] = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn current_version(&self, spec: &SecretSpec) -> Result<Option<String>, BackendError> {
+        if Self::is_dynamic(spec) {
+            return Ok(None);
+        }
+        let store = self.store.lock().expect("poisoned");
+        Ok(store.get(&spec.path).map(|v| v.values.len().to_string()))
+    }
+
+    async fn revoke_lease(
+        &self,
+        lease: &BackendLease,
+        _h: Option<&super::SessionHandle>,
+    ) -> Result<(), BackendError> {
+        self.live_leases.lock().expect("poisoned").remove(&lease.id);
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<String, BackendError> {
+        let secrets = self.store.lock().expect("poisoned").len();
+        let leases = self.live_leases.lock().expect("poisoned").len();
+        Ok(format!(
+            "{secrets} secrets, {leases} live dynamic leases, {} fetches",
+            self.fetch_count()
+        ))
+    }
+}

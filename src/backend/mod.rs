@@ -1,0 +1,208 @@
+//! The one trait every credential source implements, and the registry that builds them from config.
+//!
+//! Backends return [`BackendError`]s that say what failed by name, never by value; the API layer
+//! is the only place they become gRPC statuses.
+
+pub mod dev;
+
+use crate::api::peer::PeerIdentity;
+use crate::config::SecretSpec;
+use crate::secret::{SecretBytes, SecretText};
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a backend call failed. Messages carry names and paths, never secret values.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("denied by backend: {0}")]
+    Denied(String),
+    /// Transient: the only kind that allows serving a stale cached value.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("failed precondition: {0}")]
+    Precondition(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("backend error: {0}")]
+    Internal(String),
+}
+
+impl BackendError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Unavailable(_))
+    }
+}
+
+/// A lease the backend itself tracks (dynamic credentials), renewable and revocable there.
+#[derive(Clone, Debug)]
+pub struct BackendLease {
+    pub id: String,
+    pub ttl: Duration,
+    pub renewable: bool,
+}
+
+/// What a backend returns for one read.
+#[derive(Debug)]
+pub struct Fetched {
+    pub value: SecretBytes,
+    pub version: String,
+    /// Set for dynamic credentials; its ttl bounds the cached value's life.
+    pub lease: Option<BackendLease>,
+}
+
+/// A backend's per-session state, such as an OpenBao child token.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    /// Safe to log (an accessor or an id).
+    pub id: String,
+    pub token: Option<SecretText>,
+}
+
+/// What a session looks like to a backend.
+#[derive(Clone, Debug)]
+pub struct SessionMeta {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub ttl: Duration,
+}
+
+/// One read.
+pub struct FetchRequest<'a> {
+    pub spec: &'a SecretSpec,
+    pub session: &'a SessionMeta,
+    /// This backend's handle for the session, when it made one.
+    pub handle: Option<&'a SessionHandle>,
+    pub call_id: Option<&'a str>,
+    /// A specific version; None for the current one.
+    pub version: Option<&'a str>,
+    pub caller: &'a PeerIdentity,
+    /// The SPIFFE ID the caller's policy rule assigns, for certificate issuers.
+    pub spiffe_id: Option<&'a str>,
+}
+
+/// Result of a rotation at the backend.
+#[derive(Clone, Debug)]
+pub struct Rotated {
+    pub version: String,
+    pub previous_version: Option<String>,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+
+    async fn fetch(&self, req: &FetchRequest<'_>) -> Result<Fetched, BackendError>;
+
+    /// Makes a new version current. `value` is supplied by a rotation job, or generated.
+    async fn rotate(
+        &self,
+        spec: &SecretSpec,
+        _value: Option<SecretBytes>,
+    ) -> Result<Rotated, BackendError> {
+        Err(BackendError::Precondition(format!(
+            "backend kind `{}` cannot rotate `{}`",
+            self.kind(),
+            spec.name
+        )))
+    }
+
+    /// Called when a previous version leaves its grace window.
+    async fn retire(&self, _spec: &SecretSpec, _version: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Cheap change detection: the current version id without fetching the value.
+    async fn current_version(&self, _spec: &SecretSpec) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
+
+    async fn open_session(
+        &self,
+        _session: &SessionMeta,
+    ) -> Result<Option<SessionHandle>, BackendError> {
+        Ok(None)
+    }
+
+    /// Revokes everything the backend tied to the session; returns how many things it revoked.
+    async fn revoke_session(
+        &self,
+        _session: &SessionMeta,
+        _handle: &SessionHandle,
+    ) -> Result<u32, BackendError> {
+        Ok(0)
+    }
+
+    /// Extends a backend lease; returns its new ttl.
+    async fn renew_lease(
+        &self,
+        lease: &BackendLease,
+        _handle: Option<&SessionHandle>,
+    ) -> Result<Duration, BackendError> {
+        Ok(lease.ttl)
+    }
+
+    async fn revoke_lease(
+        &self,
+        _lease: &BackendLease,
+        _handle: Option<&SessionHandle>,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// A one-line health summary (no secrets), or why the backend is unhealthy.
+    async fn health(&self) -> Result<String, BackendError>;
+}
+
+/// Backend settings from `[backends.NAME]`, tagged by `kind`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackendConfig {
+    Dev(dev::DevConfig),
+}
+
+impl BackendConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::Dev(_) => "dev",
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            BackendConfig::Dev(c) => c.validate(),
+        }
+    }
+
+    /// Checks one catalog entry's path and options against this backend.
+    pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
+        match self {
+            BackendConfig::Dev(c) => c.validate_secret(spec),
+        }
+    }
+
+    pub async fn build(&self, name: &str, timeout: Duration) -> Result<Arc<dyn Backend>, String> {
+        let _ = timeout;
+        match self {
+            BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),
+        }
+    }
+}
+
+/// Rejects any option key a backend does not know, naming it.
+pub fn check_options(spec: &SecretSpec, known: &[&str]) -> Result<(), String> {
+    for k in spec.options.keys() {
+        if !known.contains(&k.as_str()) {
+            return Err(format!(
+                "unknown option `{k}` (expected one of: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Command line: `serve`, `check-config`, and thin gRPC clients of the two sockets.
+//! Exit codes: 0 ok, 1 other error, 2 usage or config, 3 denied, 4 not found, 5 unavailable,
+//! 6 failed precondition (revoked or expired session), 7 invalid argument.
+
+mod client;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const DEFAULT_SOCKET: &str = "/tmp/sidecred/workload.sock";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/sidecred-admin/admin.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sidecred",
+    version,
+    about = "Secrets broker sidecar: short-lived credentials over gRPC on a Unix socket"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// Workload socket.
+    #[arg(long, env = "SIDECRED_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    socket: PathBuf,
+    /// Admin socket.
+    #[arg(long, env = "SIDECRED_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET, global = true)]
+    admin_socket: PathBuf,
+    /// Take the socket paths from this config file instead.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Deadline for each call, in seconds.
+    #[arg(long, default_value_t = 10, global = true)]
+    timeout: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the sidecar.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit.
+    CheckConfig { file: PathBuf },
+    /// Fetch a secret (opens and closes a session unless --session is given).
+    Get {
+        name: String,
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        call: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Open or close a session.
+    Session {
+        #[command(subcommand)]
+        op: SessionOp,
+    },
+    /// Release a lease before it expires.
+    Release {
+        lease: String,
+        #[arg(long)]
+        session: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stream version changes of a secret.
+    Watch {
+        name: String,
+        #[arg(long)]
+        session: String,
+        /// Stop after this many events (0 = never).
+        #[arg(long, default_value_t = 0)]
+        count: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke every credential of a session (admin).
+    RevokeSession {
+        session: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Rotate a secret (admin): a new version becomes current, the old one stays valid for the grace.
+    Rotate {
+        name: String,
+        /// Grace window, e.g. 30s or 5m (default: the secret's configured grace).
+        #[arg(long)]
+        grace: Option<String>,
+        /// Read the new value from this file ("-" for stdin); default: the backend generates it.
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show backends, sessions, leases and pending work (admin).
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List open sessions (admin).
+    Sessions {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionOp {
+    Open {
+        /// Lifetime, e.g. 30m (default: the server's).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Labels as key=value, repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Close {
+        session: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { config } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("sidecred: cannot start runtime: {e}");
+                    return 1;
+                }
+            };
+            match rt.block_on(crate::serve::run(&config)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("sidecred: {e}");
+                    2
+                }
+            }
+        }
+        Cmd::CheckConfig { file } => match crate::config::Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} backends, {} secrets, {} workload rules, {} admin rules)",
+                    file.display(),
+                    c.backends.len(),
+                    c.secrets.len(),
+                    c.workload_policy_len(),
+                    c.admin_policy_len()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                2
+            }
+        },
+        other => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("sidecred: cannot start runtime: {e}");
+                    return 1;
+                }
+            };
+            rt.block_on(client::run(other))
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Human durations in config: "250ms", "30s", "5m", "1h30m", "2d", "0".
+
+use serde::{Deserialize, Deserializer};
+use std::time::Duration;
+
+/// A duration read from config text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Dur(pub Duration);
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration `{text}`: expected a number at `{rest}`"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration `{text}`: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86400),
+            "" => {
+                return Err(format!(
+                    "invalid duration `{text}`: missing unit (ms, s, m, h, d)"
+                ))
+            }
+            u => {
+                return Err(format!(
+                    "invalid duration `{text}`: unknown unit `{u}` (ms, s, m, h, d)"
+                ))
+            }
+        };
+        total += part;
+    }
+    Ok(total)
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let ok = [
+            ("0", 0),
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1h30m", 5_400_000),
+            ("2d", 172_800_000),
+        ];
+        for (t, ms) in ok {
+            assert_eq!(parse_duration(t).unwrap(), Duration::from_millis(ms), "{t}");
+        }
+        for bad in ["", "5", "5x", "m", "1h 5m", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

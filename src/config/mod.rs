@@ -1,0 +1,500 @@
+//! Configuration: raw TOML (unknown fields rejected, `${VAR}` interpolated) validated into typed values.
+//!
+//! Every error names the file, a line and column, the key, and what was expected.
+
+mod duration;
+mod interp;
+
+pub use duration::{parse_duration, Dur};
+pub use interp::{env_lookup, interpolate, map_lookup, InterpError};
+
+use crate::backend::BackendConfig;
+use crate::policy::{Policy, RawRule};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Which network boundary a secret serves; the router picks the backend by zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Zone {
+    Internal,
+    External,
+    Restricted,
+}
+
+impl Zone {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Zone::Internal => "internal",
+            Zone::External => "external",
+            Zone::Restricted => "restricted",
+        }
+    }
+}
+
+/// Who may share a cached value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One value for every session (static secrets, KV).
+    #[default]
+    Shared,
+    /// A value per session (dynamic credentials).
+    Session,
+    /// A value per call id; requires a call id on GetSecret.
+    Call,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    audit: AuditConfig,
+    #[serde(default)]
+    backends: BTreeMap<String, Spanned<BackendConfig>>,
+    #[serde(default, rename = "secret")]
+    secrets: Vec<RawSecret>,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    workload_socket: Spanned<String>,
+    #[serde(default = "default_workload_mode")]
+    workload_socket_mode: Spanned<String>,
+    admin_socket: Spanned<String>,
+    #[serde(default = "default_admin_mode")]
+    admin_socket_mode: Spanned<String>,
+    #[serde(default = "default_session_ttl")]
+    default_session_ttl: Dur,
+    #[serde(default = "default_max_session_ttl")]
+    max_session_ttl: Dur,
+    #[serde(default = "default_stale_window")]
+    stale_window: Dur,
+    #[serde(default = "default_backend_timeout")]
+    backend_timeout: Dur,
+    /// Where the revocation and retirement journal lives (ids only, never values).
+    #[serde(default)]
+    state_dir: Option<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        let span = |s: &str| Spanned::new(0..0, s.to_string());
+        Self {
+            workload_socket: span(""),
+            workload_socket_mode: default_workload_mode(),
+            admin_socket: span(""),
+            admin_socket_mode: default_admin_mode(),
+            default_session_ttl: default_session_ttl(),
+            max_session_ttl: default_max_session_ttl(),
+            stale_window: default_stale_window(),
+            backend_timeout: default_backend_timeout(),
+            state_dir: None,
+        }
+    }
+}
+
+fn default_workload_mode() -> Spanned<String> {
+    Spanned::new(0..0, "0660".into())
+}
+fn default_admin_mode() -> Spanned<String> {
+    Spanned::new(0..0, "0600".into())
+}
+fn default_session_ttl() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+fn default_max_session_ttl() -> Dur {
+    Dur(Duration::from_secs(86400))
+}
+fn default_stale_window() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_backend_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON-lines file; no audit log when unset.
+    pub path: Option<PathBuf>,
+    /// When true, a request fails if its audit line cannot be written.
+    #[serde(default)]
+    pub fail_closed: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    name: Spanned<String>,
+    backend: Spanned<String>,
+    path: Spanned<String>,
+    zone: Zone,
+    #[serde(default)]
+    ttl: Option<Dur>,
+    #[serde(default)]
+    grace: Option<Dur>,
+    #[serde(default)]
+    scope: Scope,
+    /// Select one field of a JSON value.
+    #[serde(default)]
+    key: Option<String>,
+    /// Backend-specific settings, validated by the backend.
+    #[serde(default)]
+    options: toml::Table,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    workload: Vec<RawRule>,
+    #[serde(default)]
+    admin: Vec<RawRule>,
+}
+
+/// One catalog entry: where a named secret comes from and how it is leased.
+#[derive(Clone, Debug)]
+pub struct SecretSpec {
+    pub name: String,
+    pub backend: String,
+    pub path: String,
+    pub zone: Zone,
+    pub ttl: Duration,
+    pub grace: Duration,
+    pub scope: Scope,
+    pub key: Option<String>,
+    pub options: toml::Table,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub workload_socket: PathBuf,
+    pub workload_socket_mode: u32,
+    pub admin_socket: PathBuf,
+    pub admin_socket_mode: u32,
+    pub default_session_ttl: Duration,
+    pub max_session_ttl: Duration,
+    pub stale_window: Duration,
+    pub backend_timeout: Duration,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub audit: AuditConfig,
+    pub backends: BTreeMap<String, BackendConfig>,
+    pub secrets: BTreeMap<String, SecretSpec>,
+    pub workload_policy: Policy,
+    pub admin_policy: Policy,
+}
+
+/// A config problem with its position, printed as `file:line:col: key: message`.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Builds errors that point into one document.
+pub(crate) struct Locator<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+}
+
+impl Locator<'_> {
+    pub fn at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = if span.start == 0 && span.end == 0 {
+            (0, 0)
+        } else {
+            line_col(self.text, span.start)
+        };
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.into(),
+            message: msg.into(),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads, interpolates and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text, &env_lookup)
+    }
+
+    /// Parses config text; `env` resolves `${VAR}`.
+    pub fn parse(
+        path: &Path,
+        raw_text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = interpolate(raw_text, env).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: e.line,
+            column: e.column,
+            key: String::new(),
+            message: e.message,
+        })?;
+        let loc = Locator {
+            file: path,
+            text: &text,
+        };
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            loc.at(span, "", e.message().trim_end().to_string())
+        })?;
+        validate(raw, &loc)
+    }
+}
+
+impl Config {
+    pub fn workload_policy_len(&self) -> usize {
+        self.workload_policy.len()
+    }
+    pub fn admin_policy_len(&self) -> usize {
+        self.admin_policy.len()
+    }
+}
+
+fn parse_mode(s: &Spanned<String>, key: &str, loc: &Locator) -> Result<u32, ConfigError> {
+    let v = s.get_ref().trim_start_matches("0o");
+    u32::from_str_radix(v, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            loc.at(
+                s.span(),
+                key,
+                format!(
+                    "expected an octal file mode such as \"0660\", got \"{}\"",
+                    s.get_ref()
+                ),
+            )
+        })
+}
+
+fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
+    let s = &raw.server;
+    let need_path = |v: &Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
+        if v.get_ref().is_empty() {
+            return Err(loc.at(
+                v.span(),
+                format!("server.{key}"),
+                "required: an absolute socket path",
+            ));
+        }
+        let p = PathBuf::from(v.get_ref());
+        if !p.is_absolute() {
+            return Err(loc.at(
+                v.span(),
+                format!("server.{key}"),
+                "expected an absolute path",
+            ));
+        }
+        Ok(p)
+    };
+    let workload_socket = need_path(&s.workload_socket, "workload_socket")?;
+    let admin_socket = need_path(&s.admin_socket, "admin_socket")?;
+    if workload_socket.parent() == admin_socket.parent() {
+        return Err(loc.at(
+            s.admin_socket.span(),
+            "server.admin_socket",
+            "must not be in the workload socket's directory (a workload could reach it)",
+        ));
+    }
+    let server = ServerConfig {
+        workload_socket,
+        workload_socket_mode: parse_mode(
+            &s.workload_socket_mode,
+            "server.workload_socket_mode",
+            loc,
+        )?,
+        admin_socket,
+        admin_socket_mode: parse_mode(&s.admin_socket_mode, "server.admin_socket_mode", loc)?,
+        default_session_ttl: s.default_session_ttl.0,
+        max_session_ttl: s.max_session_ttl.0,
+        stale_window: s.stale_window.0,
+        backend_timeout: s.backend_timeout.0,
+        state_dir: s.state_dir.as_ref().map(PathBuf::from),
+    };
+    if server.default_session_ttl > server.max_session_ttl {
+        return Err(loc.at(
+            0..0,
+            "server.default_session_ttl",
+            "must not exceed server.max_session_ttl",
+        ));
+    }
+    if server.backend_timeout.is_zero() {
+        return Err(loc.at(0..0, "server.backend_timeout", "must be greater than 0"));
+    }
+    tracing_level_check(&raw.log.level).map_err(|m| loc.at(0..0, "log.level", m))?;
+
+    let mut backends = BTreeMap::new();
+    for (name, b) in raw.backends {
+        crate::api::validate_name(&name)
+            .map_err(|m| loc.at(b.span(), format!("backends.{name}"), m))?;
+        b.get_ref()
+            .validate()
+            .map_err(|m| loc.at(b.span(), format!("backends.{name}"), m))?;
+        backends.insert(name, b.into_inner());
+    }
+
+    let mut secrets = BTreeMap::new();
+    for (i, rs) in raw.secrets.into_iter().enumerate() {
+        let key = |f: &str| format!("secret[{i}].{f}");
+        let name = rs.name.get_ref().clone();
+        crate::api::validate_name(&name).map_err(|m| loc.at(rs.name.span(), key("name"), m))?;
+        if secrets.contains_key(&name) {
+            return Err(loc.at(
+                rs.name.span(),
+                key("name"),
+                format!("duplicate secret name `{name}`"),
+            ));
+        }
+        let Some(backend) = backends.get(rs.backend.get_ref()) else {
+            let known: Vec<_> = backends.keys().cloned().collect();
+            return Err(loc.at(
+                rs.backend.span(),
+                key("backend"),
+                format!(
+                    "unknown backend `{}` (defined: {})",
+                    rs.backend.get_ref(),
+                    known.join(", ")
+                ),
+            ));
+        };
+        if rs.path.get_ref().is_empty() {
+            return Err(loc.at(rs.path.span(), key("path"), "must not be empty"));
+        }
+        let spec = SecretSpec {
+            name: name.clone(),
+            backend: rs.backend.get_ref().clone(),
+            path: rs.path.get_ref().clone(),
+            zone: rs.zone,
+            ttl: rs.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+            grace: rs.grace.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+            scope: rs.scope,
+            key: rs.key,
+            options: rs.options,
+        };
+        if spec.ttl.is_zero() {
+            return Err(loc.at(rs.name.span(), key("ttl"), "must be greater than 0"));
+        }
+        backend
+            .validate_secret(&spec)
+            .map_err(|m| loc.at(rs.path.span(), key("options"), m))?;
+        secrets.insert(name, spec);
+    }
+
+    let workload_policy = Policy::build(raw.policy.workload, "policy.workload", &secrets, loc)?;
+    let admin_policy = Policy::build(raw.policy.admin, "policy.admin", &secrets, loc)?;
+    Ok(Config {
+        source: loc.file.to_path_buf(),
+        server,
+        log: raw.log,
+        audit: raw.audit,
+        backends,
+        secrets,
+        workload_policy,
+        admin_policy,
+    })
+}
+
+fn tracing_level_check(level: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("invalid log filter `{level}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests;

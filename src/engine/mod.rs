@@ -1,0 +1,592 @@
+//! The broker core: sessions, leases, the cache and the backends, wired together.
+//! The API layer checks policy and calls in here; this module never sees gRPC types.
+
+mod ops;
+mod sweep;
+
+pub use ops::{RevocationReport, RotateOutcome, Step};
+
+use crate::api::error::ApiError;
+use crate::api::peer::PeerIdentity;
+use crate::audit::{Audit, AuditEvent};
+use crate::backend::{Backend, BackendError, FetchRequest, SessionHandle, SessionMeta};
+use crate::clock::{renew_at, Clock};
+use crate::config::{Config, Scope, SecretSpec};
+use crate::lease::cache::{Cache, CacheKey, Entry, Lookup, ScopeKey};
+use crate::lease::{Lease, LeaseTable};
+use crate::rotation::RotationState;
+use crate::session::{new_id, Session, Sessions};
+use futures::FutureExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::broadcast;
+
+/// Config plus the backends built from it; swapped whole on reload.
+pub struct Catalog {
+    pub config: Config,
+    pub backends: BTreeMap<String, Arc<dyn Backend>>,
+    pub generation: u64,
+}
+
+impl Catalog {
+    pub async fn build(config: Config, generation: u64) -> Result<Catalog, String> {
+        let mut backends = BTreeMap::new();
+        for (name, b) in &config.backends {
+            let built = b
+                .build(name, config.server.backend_timeout)
+                .await
+                .map_err(|e| format!("backend `{name}`: {e}"))?;
+            backends.insert(name.clone(), built);
+        }
+        Ok(Catalog {
+            config,
+            backends,
+            generation,
+        })
+    }
+
+    pub fn secret(&self, name: &str) -> Result<&SecretSpec, ApiError> {
+        self.config
+            .secrets
+            .get(name)
+            .ok_or_else(|| ApiError::NotFound(format!("unknown secret `{name}`")))
+    }
+
+    fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, ApiError> {
+        self.backends
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::Internal(format!("backend `{name}` is not running")))
+    }
+}
+
+/// A change to one secret, pushed to watchers.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub kind: WatchKind,
+    pub version: String,
+    pub previous_version: String,
+    pub previous_retires_at: Option<SystemTime>,
+    pub at: SystemTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchKind {
+    Current,
+    Rotated,
+    Retired,
+    Changed,
+}
+
+/// One credential handed out.
+pub struct Grant {
+    pub entry: Arc<Entry>,
+    pub lease_id: String,
+    pub expires_at: SystemTime,
+    pub previous: Option<(Arc<Entry>, SystemTime)>,
+    pub stale: bool,
+}
+
+pub struct GetRequest<'a> {
+    pub session_id: &'a str,
+    pub call_id: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub spiffe_id: Option<&'a str>,
+}
+
+pub struct Engine {
+    pub(crate) clock: Arc<dyn Clock>,
+    catalog: RwLock<Arc<Catalog>>,
+    pub(crate) sessions: Sessions,
+    pub(crate) leases: Mutex<LeaseTable>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) rotations: Mutex<HashMap<String, RotationState>>,
+    watchers: Mutex<HashMap<String, broadcast::Sender<WatchEvent>>>,
+    pub audit: Audit,
+    pub(crate) pending: Mutex<Vec<ops::Pending>>,
+    backend_calls: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    pub(crate) started: Instant,
+    pub(crate) config_error: Mutex<Option<String>>,
+}
+
+impl Engine {
+    pub fn new(catalog: Catalog, clock: Arc<dyn Clock>, audit: Audit) -> Arc<Engine> {
+        Arc::new(Engine {
+            clock,
+            catalog: RwLock::new(Arc::new(catalog)),
+            sessions: Sessions::default(),
+            leases: Mutex::new(LeaseTable::default()),
+            cache: Arc::new(Cache::default()),
+            rotations: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            audit,
+            pending: Mutex::new(Vec::new()),
+            backend_calls: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            config_error: Mutex::new(None),
+        })
+    }
+
+    /// The current config and backends (one snapshot per request).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("poisoned").clone()
+    }
+
+    /// Swaps in a reloaded catalog; open sessions and leases carry over.
+    pub fn swap_catalog(&self, c: Catalog) {
+        *self.catalog.write().expect("poisoned") = Arc::new(c);
+        *self.config_error.lock().expect("poisoned") = None;
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    fn calls_counter(&self, backend: &str) -> Arc<AtomicU64> {
+        self.backend_calls
+            .lock()
+            .expect("poisoned")
+            .entry(backend.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Backend reads made so far, by backend (what single-flight saves shows here).
+    pub fn backend_fetches(&self, backend: &str) -> u64 {
+        self.calls_counter(backend).load(Ordering::Relaxed)
+    }
+
+    /// Runs a backend call under the configured timeout.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let limit = self.catalog().config.server.backend_timeout;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Unavailable(format!(
+                "{what}: no answer within {limit:?}"
+            ))),
+        }
+    }
+
+    pub async fn open_session(
+        &self,
+        caller: &PeerIdentity,
+        ttl: Option<Duration>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Arc<Session>, ApiError> {
+        let cat = self.catalog();
+        let s = &cat.config.server;
+        let ttl = ttl.unwrap_or(s.default_session_ttl);
+        if ttl > s.max_session_ttl {
+            return Err(ApiError::InvalidArgument(format!(
+                "ttl {}s exceeds the maximum session ttl {}s",
+                ttl.as_secs(),
+                s.max_session_ttl.as_secs()
+            )));
+        }
+        if labels.len() > 32
+            || labels
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 256)
+        {
+            return Err(ApiError::InvalidArgument(
+                "labels: at most 32, keys 1-63 bytes, values at most 256 bytes".into(),
+            ));
+        }
+        let now = self.now();
+        let meta = SessionMeta {
+            id: new_id("ses"),
+            labels,
+            ttl,
+        };
+        let mut handles = BTreeMap::new();
+        for (name, b) in &cat.backends {
+            match self.bounded(name, b.open_session(&meta)).await {
+                Ok(Some(h)) => {
+                    handles.insert(name.clone(), h);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(backend = %name, session = %meta.id, error = %e, "backend could not open session state; dynamic reads from it will fail")
+                }
+            }
+        }
+        let session = self.sessions.insert(Session {
+            meta,
+            owner_uid: caller.uid,
+            opened_at: now,
+            expires_at: now + ttl,
+            handles: Mutex::new(handles),
+        });
+        let mut ev = AuditEvent::new("session_open", "ok").caller(caller);
+        ev.session = Some(&session.meta.id);
+        if let Err(e) = self.audit.record(ev).await {
+            self.teardown(&session, "audit failure").await;
+            return Err(ApiError::Unavailable(e.to_string()));
+        }
+        Ok(session)
+    }
+
+    /// Hands out one credential under a lease. Policy has already allowed it.
+    pub async fn get_secret(
+        &self,
+        cat: &Catalog,
+        spec: &SecretSpec,
+        caller: &PeerIdentity,
+        req: GetRequest<'_>,
+    ) -> Result<Grant, ApiError> {
+        let now = self.now();
+        let session = self
+            .sessions
+            .get(req.session_id, caller.uid, now)
+            .map_err(|e| ApiError::from_session(req.session_id, e))?;
+        let scope = match (spec.scope, req.call_id) {
+            (Scope::Shared, _) => ScopeKey::Shared,
+            (Scope::Session, _) => ScopeKey::Session(session.meta.id.clone()),
+            (Scope::Call, Some(c)) => ScopeKey::Call(session.meta.id.clone(), c.to_string()),
+            (Scope::Call, None) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "secret `{}` is call-scoped: set call_id",
+                    spec.name
+                )))
+            }
+        };
+        if req.version.is_some() && scope != ScopeKey::Shared {
+            return Err(ApiError::InvalidArgument(format!(
+                "secret `{}` is issued per session or call; it has no versions to pin",
+                spec.name
+            )));
+        }
+        let key = CacheKey {
+            secret: spec.name.clone(),
+            version: req.version.map(str::to_string),
+            scope,
+        };
+        let (entry, stale) = self
+            .entry(cat, spec, &session, caller, &key, req.spiffe_id)
+            .await?;
+
+        let owned = matches!(key.scope, ScopeKey::Call(..));
+        let mut expires_at = (now + spec.ttl).min(session.expires_at);
+        if entry.backend_lease.is_some() {
+            expires_at = expires_at.min(entry.fresh_until().max(now));
+        }
+        let lease = Lease {
+            id: new_id("lse"),
+            session_id: session.meta.id.clone(),
+            secret: spec.name.clone(),
+            version: entry.version.clone(),
+            call_id: req.call_id.map(str::to_string),
+            issued_at: now,
+            expires_at,
+            owned_entry: owned.then(|| key.clone()),
+            backend_lease: if owned {
+                entry
+                    .backend_lease
+                    .clone()
+                    .map(|l| (entry.backend.clone(), l))
+            } else {
+                None
+            },
+        };
+        let lease_id = lease.id.clone();
+        let previous = if key.scope == ScopeKey::Shared && req.version.is_none() {
+            self.previous_in_grace(cat, spec, &session, caller, now)
+                .await
+        } else {
+            None
+        };
+        self.leases.lock().expect("poisoned").insert(lease);
+
+        let mut ev = AuditEvent::new("grant", if stale { "ok_stale" } else { "ok" }).caller(caller);
+        ev.session = Some(&session.meta.id);
+        ev.secret = Some(&spec.name);
+        ev.version = Some(&entry.version);
+        ev.lease = Some(&lease_id);
+        ev.call = req.call_id;
+        if let Err(e) = self.audit.record(ev).await {
+            self.leases.lock().expect("poisoned").remove(&lease_id);
+            return Err(ApiError::Unavailable(e.to_string()));
+        }
+        Ok(Grant {
+            entry,
+            lease_id,
+            expires_at,
+            previous,
+            stale,
+        })
+    }
+
+    async fn previous_in_grace(
+        &self,
+        cat: &Catalog,
+        spec: &SecretSpec,
+        session: &Arc<Session>,
+        caller: &PeerIdentity,
+        now: SystemTime,
+    ) -> Option<(Arc<Entry>, SystemTime)> {
+        let prev = {
+            let rot = self.rotations.lock().expect("poisoned");
+            rot.get(&spec.name)?.previous_valid(now)?.clone()
+        };
+        let key = CacheKey {
+            secret: spec.name.clone(),
+            version: Some(prev.version.clone()),
+            scope: ScopeKey::Shared,
+        };
+        match self.entry(cat, spec, session, caller, &key, None).await {
+            Ok((e, _)) => Some((e, prev.retires_at)),
+            Err(e) => {
+                tracing::warn!(secret = %spec.name, version = %prev.version, error = %e, "previous version unavailable during grace");
+                None
+            }
+        }
+    }
+
+    /// Cache lookup, single-flight fetch on a miss, stale-on-transient-error.
+    async fn entry(
+        &self,
+        cat: &Catalog,
+        spec: &SecretSpec,
+        session: &Arc<Session>,
+        caller: &PeerIdentity,
+        key: &CacheKey,
+        spiffe_id: Option<&str>,
+    ) -> Result<(Arc<Entry>, bool), ApiError> {
+        let now = self.now();
+        let window = cat.config.server.stale_window;
+        let stale = match self.cache.lookup(key, now, window) {
+            Lookup::Fresh(e) => {
+                if key.scope == ScopeKey::Shared
+                    && e.backend_lease.is_none()
+                    && e.claim_refresh(now, spec.ttl / 4)
+                {
+                    self.refresh_in_background(cat, spec, session, caller, key);
+                }
+                return Ok((e, false));
+            }
+            Lookup::Stale(e) => Some(e),
+            Lookup::Miss => None,
+        };
+        let fetch = self.fetch_future(cat, spec, session, caller, key, spiffe_id)?;
+        let (res, _) = self.cache.fetch_once(key.clone(), fetch).await;
+        match (res, stale) {
+            (Ok(e), _) => Ok((e, false)),
+            (Err(err), Some(old)) if err.is_transient() => {
+                tracing::warn!(secret = %spec.name, version = %old.version, error = %err, "serving stale value: backend unavailable");
+                Ok((old, true))
+            }
+            (Err(err), _) => Err(ApiError::from_backend(&spec.name, err)),
+        }
+    }
+
+    fn refresh_in_background(
+        &self,
+        cat: &Catalog,
+        spec: &SecretSpec,
+        session: &Arc<Session>,
+        caller: &PeerIdentity,
+        key: &CacheKey,
+    ) {
+        if let Ok(fetch) = self.fetch_future(cat, spec, session, caller, key, None) {
+            let cache = self.cache.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                if let (Err(e), _) = cache.fetch_once(key, fetch).await {
+                    tracing::debug!(error = %e, "background refresh failed; keeping the cached value");
+                }
+            });
+        }
+    }
+
+    /// Builds the one backend read for a key, owning everything it needs.
+    fn fetch_future(
+        &self,
+        cat: &Catalog,
+        spec: &SecretSpec,
+        session: &Arc<Session>,
+        caller: &PeerIdentity,
+        key: &CacheKey,
+        spiffe_id: Option<&str>,
+    ) -> Result<futures::future::BoxFuture<'static, crate::lease::cache::FetchResult>, ApiError>
+    {
+        let backend = cat.backend(&spec.backend)?;
+        let spec = spec.clone();
+        let meta = session.meta.clone();
+        let handle: Option<SessionHandle> = session
+            .handles
+            .lock()
+            .expect("poisoned")
+            .get(&spec.backend)
+            .cloned();
+        let caller = caller.clone();
+        let call_id = match &key.scope {
+            ScopeKey::Call(_, c) => Some(c.clone()),
+            _ => None,
+        };
+        let version = key.version.clone();
+        let spiffe = spiffe_id.map(str::to_string);
+        let counter = self.calls_counter(&spec.backend);
+        let clock = self.clock.clone();
+        let limit = cat.config.server.backend_timeout;
+        Ok(async move {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let req = FetchRequest {
+                spec: &spec,
+                session: &meta,
+                handle: handle.as_ref(),
+                call_id: call_id.as_deref(),
+                version: version.as_deref(),
+                caller: &caller,
+                spiffe_id: spiffe.as_deref(),
+            };
+            let f = match tokio::time::timeout(limit, backend.fetch(&req)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(BackendError::Unavailable(format!(
+                        "`{}`: no answer within {limit:?}",
+                        spec.backend
+                    )))
+                }
+            };
+            let now = clock.now();
+            let life = match &f.lease {
+                Some(l) => l.ttl,
+                None => spec.ttl,
+            };
+            let r: f64 = rand::random();
+            let refresh = match &f.lease {
+                Some(_) => renew_at(now, life, 0.66, 0.1, r),
+                None => renew_at(now, life, 0.75, 0.1, r),
+            };
+            Ok(Arc::new(Entry::new(
+                f.value,
+                f.version,
+                now,
+                life,
+                refresh,
+                f.lease,
+                spec.backend.clone(),
+            )))
+        }
+        .boxed())
+    }
+
+    /// Ends one lease early; a call-scoped credential dies at its backend.
+    pub async fn release_lease(
+        &self,
+        caller: &PeerIdentity,
+        session_id: &str,
+        lease_id: &str,
+    ) -> Result<(), ApiError> {
+        self.sessions
+            .get(session_id, caller.uid, self.now())
+            .map_err(|e| ApiError::from_session(session_id, e))?;
+        let lease = {
+            let mut t = self.leases.lock().expect("poisoned");
+            match t.get(lease_id) {
+                Some(l) if l.session_id == session_id => t.remove(lease_id),
+                Some(_) => {
+                    return Err(ApiError::Denied(format!(
+                        "lease `{lease_id}` belongs to another session"
+                    )))
+                }
+                None => None,
+            }
+        };
+        let lease =
+            lease.ok_or_else(|| ApiError::NotFound(format!("unknown lease `{lease_id}`")))?;
+        self.end_lease(&lease, "released").await;
+        let mut ev = AuditEvent::new("lease_release", "ok").caller(caller);
+        ev.session = Some(session_id);
+        ev.secret = Some(&lease.secret);
+        ev.lease = Some(lease_id);
+        self.audit
+            .record(ev)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))
+    }
+
+    /// Drops what a lease alone owned: its cache entry and its backend lease.
+    pub(crate) async fn end_lease(&self, lease: &Lease, why: &str) {
+        if let Some(key) = &lease.owned_entry {
+            let shared_by_other = {
+                let t = self.leases.lock().expect("poisoned");
+                t.session_lease_ids(&lease.session_id).iter().any(|id| {
+                    t.get(id)
+                        .is_some_and(|l| l.owned_entry.as_ref() == Some(key))
+                })
+            };
+            if shared_by_other {
+                return;
+            }
+            self.cache.remove(key);
+        }
+        if let Some((backend, bl)) = &lease.backend_lease {
+            let cat = self.catalog();
+            if let Ok(b) = cat.backend(backend) {
+                let handle = self.sessions.handle(&lease.session_id, backend);
+                if let Err(e) = self
+                    .bounded(backend, b.revoke_lease(bl, handle.as_ref()))
+                    .await
+                {
+                    tracing::warn!(lease = %lease.id, backend = %backend, error = %e, why, "backend lease revocation failed; queued for retry");
+                    self.queue_lease_revocation(backend, bl.clone(), handle);
+                }
+            }
+        }
+    }
+
+    pub fn subscribe(&self, secret: &str) -> broadcast::Receiver<WatchEvent> {
+        self.watchers
+            .lock()
+            .expect("poisoned")
+            .entry(secret.to_string())
+            .or_insert_with(|| broadcast::channel(64).0)
+            .subscribe()
+    }
+
+    pub(crate) fn notify(&self, secret: &str, ev: WatchEvent) {
+        if let Some(tx) = self.watchers.lock().expect("poisoned").get(secret) {
+            let _ = tx.send(ev);
+        }
+    }
+
+    /// The version a watcher starts from.
+    pub async fn current_version(&self, cat: &Catalog, spec: &SecretSpec) -> String {
+        if let Some(v) = self
+            .rotations
+            .lock()
+            .expect("poisoned")
+            .get(&spec.name)
+            .and_then(|r| r.current.clone())
+        {
+            return v;
+        }
+        let key = CacheKey {
+            secret: spec.name.clone(),
+            version: None,
+            scope: ScopeKey::Shared,
+        };
+        if let Lookup::Fresh(e) | Lookup::Stale(e) =
+            self.cache
+                .lookup(&key, self.now(), cat.config.server.stale_window)
+        {
+            return e.version.clone();
+        }
+        match cat.backend(&spec.backend) {
+            Ok(b) => self
+                .bounded(&spec.backend, b.current_version(spec))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Session teardown and revocation, rotation, and retries of backend revocations that failed.
+
+use super::{Engine, WatchEvent, WatchKind};
+use crate::api::error::ApiError;
+use crate::api::peer::PeerIdentity;
+use crate::audit::AuditEvent;
+use crate::backend::{BackendLease, SessionHandle, SessionMeta};
+use crate::lease::cache::{CacheKey, ScopeKey};
+use crate::secret::SecretBytes;
+use crate::session::Session;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// One line of a revocation report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub target: String,
+    pub what: String,
+    pub count: u32,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RevocationReport {
+    pub done: Vec<Step>,
+    pub pending: Vec<Step>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RotateOutcome {
+    pub version: String,
+    pub previous_version: Option<String>,
+    pub previous_retires_at: Option<SystemTime>,
+}
+
+/// A backend revocation that failed and is retried with backoff until it succeeds.
+#[derive(Clone, Debug)]
+pub(crate) enum PendingWork {
+    Session {
+        meta: SessionMeta,
+        handle: SessionHandle,
+    },
+    Lease {
+        lease: BackendLease,
+        handle: Option<SessionHandle>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub backend: String,
+    pub work: PendingWork,
+    pub attempts: u32,
+    pub next_at: SystemTime,
+}
+
+/// Exponential backoff for retries: 1 s doubling to 60 s.
+pub(crate) fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(6)).min(Duration::from_secs(60))
+}
+
+fn step(target: &str, what: &str, count: u32, detail: impl Into<String>) -> Step {
+    Step {
+        target: target.into(),
+        what: what.into(),
+        count,
+        detail: detail.into(),
+    }
+}
+
+impl Engine {
+    /// Removes a session's leases and values and revokes its backend state.
+    pub(crate) async fn teardown(&self, session: &Arc<Session>, why: &str) -> RevocationReport {
+        let id = &session.meta.id;
+        self.sessions.remove(id);
+        let leases = self.leases.lock().expect("poisoned").remove_session(id);
+        let entries = self.cache.remove_session(id);
+        let mut report = RevocationReport::default();
+        report
+            .done
+            .push(step("local", "leases", leases.len() as u32, ""));
+        report
+            .done
+            .push(step("local", "cached values", entries.len() as u32, ""));
+        let handles = std::mem::take(&mut *session.handles.lock().expect("poisoned"));
+        let cat = self.catalog();
+        for (name, handle) in &handles {
+            let Some(b) = cat.backends.get(name) else {
+                continue;
+            };
+            match self
+                .bounded(name, b.revoke_session(&session.meta, handle))
+                .await
+            {
+                Ok(n) => report.done.push(step(name, "session", n, "")),
+                Err(e) => {
+                    report.pending.push(step(name, "session", 0, e.to_string()));
+                    self.queue(
+                        name,
+                        PendingWork::Session {
+                            meta: session.meta.clone(),
+                            handle: handle.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        // Backend leases not covered by a session handle are revoked one by one.
+        let mut revoked = std::collections::BTreeMap::<String, u32>::new();
+        for e in &entries {
+            let Some(bl) = &e.backend_lease else { continue };
+            if handles.contains_key(&e.backend) {
+                continue;
+            }
+            let Some(b) = cat.backends.get(&e.backend) else {
+                continue;
+            };
+            match self.bounded(&e.backend, b.revoke_lease(bl, None)).await {
+                Ok(()) => *revoked.entry(e.backend.clone()).or_default() += 1,
+                Err(err) => {
+                    report
+                        .pending
+                        .push(step(&e.backend, "lease", 1, err.to_string()));
+                    self.queue(
+                        &e.backend,
+                        PendingWork::Lease {
+                            lease: bl.clone(),
+                            handle: None,
+                        },
+                    );
+                }
+            }
+        }
+        for (b, n) in revoked {
+            report.done.push(step(&b, "leases", n, ""));
+        }
+        tracing::info!(session = %id, why, leases = leases.len(), pending = report.pending.len(), "session torn down");
+        report
+    }
+
+    pub async fn close_session(&self, caller: &PeerIdentity, id: &str) -> Result<u32, ApiError> {
+        let s = self
+            .sessions
+            .get(id, caller.uid, self.now())
+            .map_err(|e| ApiError::from_session(id, e))?;
+        let report = self.teardown(&s, "closed").await;
+        let mut ev = AuditEvent::new("session_close", "ok").caller(caller);
+        ev.session = Some(id);
+        self.audit
+            .record(ev)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(report.done.first().map_or(0, |s| s.count))
+    }
+
+    /// Revokes a session: refused from now on, everything it held revoked.
+    pub async fn revoke_session(
+        &self,
+        caller: Option<&PeerIdentity>,
+        id: &str,
+        reason: &str,
+    ) -> Result<RevocationReport, ApiError> {
+        let open = self.sessions.list().into_iter().find(|s| s.meta.id == id);
+        let first = self.sessions.tombstone(id, self.now(), reason);
+        let report = match open {
+            Some(s) => self.teardown(&s, "revoked").await,
+            None if first => {
+                self.sessions.untombstone(id);
+                return Err(ApiError::NotFound(format!("unknown session `{id}`")));
+            }
+            None => RevocationReport {
+                done: vec![step("local", "session", 0, "already revoked")],
+                pending: vec![],
+            },
+        };
+        let detail = format!(
+            "reason={reason} done={} pending={}",
+            report.done.len(),
+            report.pending.len()
+        );
+        let mut ev = AuditEvent::new(
+            "session_revoke",
+            if report.pending.is_empty() {
+                "ok"
+            } else {
+                "pending"
+            },
+        );
+        if let Some(c) = caller {
+            ev = ev.caller(c);
+        }
+        ev.session = Some(id);
+        ev.detail = Some(&detail);
+        self.audit
+            .record(ev)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(report)
+    }
+
+    /// Makes a new version current; the previous stays valid for `grace`.
+    pub async fn rotate(
+        &self,
+        caller: &PeerIdentity,
+        name: &str,
+        grace: Option<Duration>,
+        value: Option<SecretBytes>,
+    ) -> Result<RotateOutcome, ApiError> {
+        let cat = self.catalog();
+        let spec = cat.secret(name)?.clone();
+        let backend = cat.backend(&spec.backend)?;
+        let grace = grace.unwrap_or(spec.grace);
+        let rotated = self
+            .bounded(&spec.backend, backend.rotate(&spec, value))
+            .await
+            .map_err(|e| ApiError::from_backend(name, e))?;
+        let now = self.now();
+        let (applied, prev) = {
+            let mut rot = self.rotations.lock().expect("poisoned");
+            let st = rot.entry(name.to_string()).or_default();
+            let applied = st.apply(
+                rotated.previous_version.clone(),
+                rotated.version.clone(),
+                now,
+                grace,
+            );
+            (applied, st.previous_valid(now).cloned())
+        };
+        self.cache.remove(&CacheKey {
+            secret: name.to_string(),
+            version: None,
+            scope: ScopeKey::Shared,
+        });
+        for v in applied.retire_now {
+            self.retire(&spec.name, &v).await;
+        }
+        self.notify(
+            name,
+            WatchEvent {
+                kind: WatchKind::Rotated,
+                version: rotated.version.clone(),
+                previous_version: rotated.previous_version.clone().unwrap_or_default(),
+                previous_retires_at: prev.as_ref().map(|p| p.retires_at),
+                at: now,
+            },
+        );
+        let detail = format!("grace={}s", grace.as_secs());
+        let mut ev = AuditEvent::new("rotate", "ok").caller(caller);
+        ev.secret = Some(name);
+        ev.version = Some(&rotated.version);
+        ev.detail = Some(&detail);
+        self.audit
+            .record(ev)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(RotateOutcome {
+            version: rotated.version,
+            previous_version: rotated.previous_version,
+            previous_retires_at: prev.map(|p| p.retires_at),
+        })
+    }
+
+    /// Retires a previous version: gone at the backend and from the cache, watchers told.
+    pub(crate) async fn retire(&self, name: &str, version: &str) {
+        let cat = self.catalog();
+        if let Ok(spec) = cat.secret(name) {
+            if let Ok(b) = cat.backend(&spec.backend) {
+                if let Err(e) = self.bounded(&spec.backend, b.retire(spec, version)).await {
+                    tracing::warn!(secret = %name, version, error = %e, "backend retirement failed; the version is no longer served regardless");
+                }
+            }
+        }
+        self.cache.remove_secret(name, Some(version));
+        let current = self
+            .rotations
+            .lock()
+            .expect("poisoned")
+            .get(name)
+            .and_then(|r| r.current.clone())
+            .unwrap_or_default();
+        self.notify(
+            name,
+            WatchEvent {
+                kind: WatchKind::Retired,
+                version: current,
+                previous_version: version.to_string(),
+                previous_retires_at: None,
+                at: self.now(),
+            },
+        );
+        let mut ev = AuditEvent::new("retire", "ok");
+        ev.secret = Some(name);
+        ev.version = Some(version);
+        let _ = self.audit.record(ev).await;
+    }
+
+    fn queue(&self, backend: &str, work: PendingWork) {
+        let p = Pending {
+            backend: backend.to_string(),
+            work,
+            attempts: 0,
+            next_at: self.now() + backoff(0),
+        };
+        self.pending.lock().expect("poisoned").push(p);
+    }
+
+    pub(crate) fn queue_lease_revocation(
+        &self,
+        backend: &str,
+        lease: BackendLease,
+        handle: Option<SessionHandle>,
+    ) {
+        self.queue(backend, PendingWork::Lease { lease, handle });
+    }
+
+    /// Retries due backend revocations; failures back off, nothing is dropped.
+    pub(crate) async fn retry_pending(&self) {
+        let now = self.now();
+        let due: Vec<Pending> = {
+            let mut p = self.pending.lock().expect("poisoned");
+            let (due, later): (Vec<_>, Vec<_>) = p.drain(..).partition(|x| x.next_at <= now);
+            *p = later;
+            due
+        };
+        let cat = self.catalog();
+        for mut p in due {
+            let Some(b) = cat.backends.get(&p.backend) else {
+                tracing::error!(backend = %p.backend, "pending revocation for a backend no longer configured; kept");
+                p.next_at = now + backoff(6);
+                self.pending.lock().expect("poisoned").push(p);
+                continue;
+            };
+            let r = match &p.work {
+                PendingWork::Session { meta, handle } => self
+                    .bounded(&p.backend, b.revoke_session(meta, handle))
+                    .await
+                    .map(|_| ()),
+                PendingWork::Lease { lease, handle } => {
+                    self.bounded(&p.backend, b.revoke_lease(lease, handle.as_ref()))
+                        .await
+                }
+            };
+            match r {
+                Ok(()) => {
+                    tracing::info!(backend = %p.backend, attempts = p.attempts + 1, "pending revocation completed")
+                }
+                Err(e) => {
+                    p.attempts += 1;
+                    p.next_at = self.now() + backoff(p.attempts);
+                    tracing::warn!(backend = %p.backend, attempts = p.attempts, error = %e, "revocation still pending");
+                    self.pending.lock().expect("poisoned").push(p);
+                }
+            }
+        }
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().expect("poisoned").len()
+    }
+}

@@ -1,0 +1,16 @@
+//! sidecred: a secrets broker sidecar serving short-lived credentials over gRPC on Unix sockets.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod audit;
+pub mod backend;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod lease;
+pub mod policy;
+pub mod rotation;
+pub mod secret;
+pub mod serve;
+pub mod session;

@@ -1,0 +1,267 @@
+//! Caller identity → what it may obtain. Rules match uid, gid and executable; they grant
+//! secret-name globs, zones and admin actions. Denials name the rule that failed.
+
+mod glob;
+
+pub use glob::glob_match;
+
+use crate::api::peer::PeerIdentity;
+use crate::config::{ConfigError, Locator, SecretSpec, Zone};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// A uid in a rule: a number, a user name, `"self"` (sidecred's own uid) or `"*"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UidSpec {
+    Num(u32),
+    Name(String),
+}
+
+/// Admin actions; `"*"` grants all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    RevokeSession,
+    Rotate,
+    ListSessions,
+    Status,
+    #[serde(rename = "*")]
+    All,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    name: Spanned<String>,
+    #[serde(default)]
+    uids: Vec<UidSpec>,
+    #[serde(default)]
+    gids: Vec<u32>,
+    #[serde(default)]
+    exe: Option<String>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    zones: Option<Vec<Zone>>,
+    #[serde(default)]
+    actions: Vec<Action>,
+    /// SPIFFE ID this caller's certificates carry (used by the CA).
+    #[serde(default)]
+    spiffe_id: Option<String>,
+}
+
+/// Who a rule matches.
+#[derive(Clone, Debug)]
+enum UidMatch {
+    Any,
+    Set(Vec<u32>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    uids: UidMatch,
+    gids: Vec<u32>,
+    exe: Option<String>,
+    secrets: Vec<String>,
+    zones: Option<Vec<Zone>>,
+    actions: Vec<Action>,
+    pub spiffe_id: Option<String>,
+}
+
+impl Rule {
+    fn matches(&self, id: &PeerIdentity) -> bool {
+        let uid_ok = match &self.uids {
+            UidMatch::Any => true,
+            UidMatch::Set(u) => u.contains(&id.uid),
+        };
+        let gid_ok = self.gids.is_empty() || self.gids.contains(&id.gid);
+        let exe_ok = match (&self.exe, &id.exe) {
+            (None, _) => true,
+            (Some(pat), Some(exe)) => glob_match(pat, &exe.to_string_lossy()),
+            (Some(_), None) => false,
+        };
+        uid_ok && gid_ok && exe_ok
+    }
+
+    fn grants_secret(&self, name: &str) -> bool {
+        self.secrets.iter().any(|g| glob_match(g, name))
+    }
+
+    fn grants_zone(&self, zone: Zone) -> bool {
+        self.zones.as_ref().is_none_or(|z| z.contains(&zone))
+    }
+
+    fn grants_action(&self, a: Action) -> bool {
+        self.actions.iter().any(|x| *x == a || *x == Action::All)
+    }
+}
+
+/// An ordered rule set for one socket.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    section: String,
+    rules: Vec<Rule>,
+}
+
+impl Policy {
+    pub(crate) fn build(
+        raw: Vec<RawRule>,
+        section: &str,
+        secrets: &BTreeMap<String, SecretSpec>,
+        loc: &Locator,
+    ) -> Result<Policy, ConfigError> {
+        let mut rules = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = format!("{section}[{i}]");
+            let span = r.name.span();
+            let name = r.name.into_inner();
+            if name.is_empty() {
+                return Err(loc.at(span, format!("{key}.name"), "must not be empty"));
+            }
+            if rules.iter().any(|x: &Rule| x.name == name) {
+                return Err(loc.at(
+                    span,
+                    format!("{key}.name"),
+                    format!("duplicate rule name `{name}`"),
+                ));
+            }
+            if r.uids.is_empty() && r.gids.is_empty() && r.exe.is_none() {
+                return Err(loc.at(
+                    span,
+                    key.clone(),
+                    "a rule must match on uids, gids or exe (use uids = [\"*\"] to match every caller)",
+                ));
+            }
+            let mut set = Vec::new();
+            let mut any = false;
+            for u in r.uids {
+                match u {
+                    UidSpec::Num(n) => set.push(n),
+                    UidSpec::Name(s) if s == "*" => any = true,
+                    UidSpec::Name(s) if s == "self" => set.push(nix::unistd::getuid().as_raw()),
+                    UidSpec::Name(s) => match nix::unistd::User::from_name(&s) {
+                        Ok(Some(u)) => set.push(u.uid.as_raw()),
+                        _ => {
+                            return Err(loc.at(
+                                span,
+                                format!("{key}.uids"),
+                                format!("unknown user `{s}`"),
+                            ))
+                        }
+                    },
+                }
+            }
+            for g in &r.secrets {
+                if !secrets.keys().any(|s| glob_match(g, s)) {
+                    tracing::warn!(rule = %name, glob = %g, "policy glob matches no configured secret");
+                }
+            }
+            rules.push(Rule {
+                name,
+                uids: if any {
+                    UidMatch::Any
+                } else {
+                    UidMatch::Set(set)
+                },
+                gids: r.gids,
+                exe: r.exe,
+                secrets: r.secrets,
+                zones: r.zones,
+                actions: r.actions,
+                spiffe_id: r.spiffe_id,
+            });
+        }
+        Ok(Policy {
+            section: section.to_string(),
+            rules,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    fn matching<'a, 'b>(
+        &'a self,
+        id: &'b PeerIdentity,
+    ) -> impl Iterator<Item = &'a Rule> + use<'a, 'b> {
+        self.rules.iter().filter(move |r| r.matches(id))
+    }
+
+    fn no_match(&self, id: &PeerIdentity) -> String {
+        format!("no {} rule matches caller {}", self.section, id)
+    }
+
+    /// The first rule that matches the caller at all (sessions need no particular grant).
+    pub fn caller_rule(&self, id: &PeerIdentity) -> Result<&Rule, String> {
+        self.matching(id).next().ok_or_else(|| self.no_match(id))
+    }
+
+    /// The rule that lets `id` obtain `secret`, or why none does.
+    pub fn check_secret(&self, id: &PeerIdentity, secret: &SecretSpec) -> Result<&Rule, String> {
+        let matched: Vec<&Rule> = self.matching(id).collect();
+        if matched.is_empty() {
+            return Err(self.no_match(id));
+        }
+        if let Some(r) = matched
+            .iter()
+            .find(|r| r.grants_secret(&secret.name) && r.grants_zone(secret.zone))
+        {
+            return Ok(r);
+        }
+        let r = matched[0];
+        if r.grants_secret(&secret.name) {
+            Err(format!(
+                "rule `{}` does not grant zone `{}` of secret `{}`",
+                r.name,
+                secret.zone.as_str(),
+                secret.name
+            ))
+        } else {
+            let names: Vec<&str> = matched.iter().map(|r| r.name.as_str()).collect();
+            Err(format!(
+                "rule `{}` does not grant secret `{}`",
+                names.join("`, `"),
+                secret.name
+            ))
+        }
+    }
+
+    /// The rule that lets `id` perform an admin action (optionally on a secret).
+    pub fn check_action(
+        &self,
+        id: &PeerIdentity,
+        action: Action,
+        secret: Option<&str>,
+    ) -> Result<&Rule, String> {
+        let matched: Vec<&Rule> = self.matching(id).collect();
+        if matched.is_empty() {
+            return Err(self.no_match(id));
+        }
+        let ok = matched.iter().find(|r| {
+            r.grants_action(action)
+                && secret.is_none_or(|s| r.secrets.is_empty() || r.grants_secret(s))
+        });
+        ok.copied().ok_or_else(|| {
+            let names: Vec<&str> = matched.iter().map(|r| r.name.as_str()).collect();
+            match secret {
+                Some(s) => format!(
+                    "rule `{}` does not grant {:?} on secret `{s}`",
+                    names.join("`, `"),
+                    action
+                ),
+                None => format!("rule `{}` does not grant {:?}", names.join("`, `"), action),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
