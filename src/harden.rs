@@ -162,15 +162,22 @@ mod tests {
         assert_eq!(v, vec![8192]);
     }
 
+    fn uses(p: usize) -> u32 {
+        LOCKED.lock().unwrap().get(&p).copied().unwrap_or(0)
+    }
+
     #[test]
     fn lock_counts_pages_by_use() {
-        let a = vec![1u8; 64];
-        let before = locked_pages();
-        lock(&a);
-        lock(&a);
-        assert!(locked_pages() >= before + 1);
-        unlock(&a);
-        unlock(&a);
-        assert_eq!(locked_pages(), before);
+        // A whole page of its own, so no other test's secret shares it.
+        let a = vec![1u8; 3 * PAGE];
+        let page = (a.as_ptr() as usize + PAGE) & !(PAGE - 1);
+        let mine = &a[page - a.as_ptr() as usize..][..PAGE];
+        lock(mine);
+        lock(mine);
+        assert_eq!(uses(page), 2);
+        unlock(mine);
+        assert_eq!(uses(page), 1);
+        unlock(mine);
+        assert_eq!(uses(page), 0);
     }
 }
