@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod appender;
 pub mod audit;
 pub mod backend;
 pub mod cli;

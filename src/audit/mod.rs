@@ -2,12 +2,11 @@
 //! Events carry names, versions and ids only; there is no field a value could go into.
 
 use crate::api::peer::PeerIdentity;
+use crate::appender::Appender;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Default, Serialize)]
 pub struct AuditEvent<'a> {
@@ -87,12 +86,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-type Ack = oneshot::Sender<std::io::Result<()>>;
-
 /// Writes audit lines from a background task; with `fail_closed`, callers wait for the write.
 #[derive(Clone)]
 pub struct Audit {
-    tx: Option<mpsc::Sender<(String, Option<Ack>)>>,
+    out: Option<Appender>,
     fail_closed: bool,
     dropped: Arc<AtomicU64>,
 }
@@ -104,35 +101,16 @@ pub struct AuditError(pub String);
 impl Audit {
     pub fn disabled() -> Self {
         Self {
-            tx: None,
+            out: None,
             fail_closed: false,
             dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 
     pub async fn open(path: &Path, fail_closed: bool) -> std::io::Result<Self> {
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
-        let (tx, mut rx) = mpsc::channel::<(String, Option<Ack>)>(4096);
-        tokio::spawn(async move {
-            while let Some((line, ack)) = rx.recv().await {
-                let r = match file.write_all(line.as_bytes()).await {
-                    Ok(()) => file.flush().await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "audit write failed");
-                }
-                if let Some(ack) = ack {
-                    let _ = ack.send(r);
-                }
-            }
-        });
+        let out = Appender::open(path, false).await?;
         Ok(Self {
-            tx: Some(tx),
+            out: Some(out),
             fail_closed,
             dropped: Arc::new(AtomicU64::new(0)),
         })
@@ -144,21 +122,15 @@ impl Audit {
 
     /// Records an event. Fails only when the log is fail-closed and the line could not be written.
     pub async fn record(&self, ev: AuditEvent<'_>) -> Result<(), AuditError> {
-        let Some(tx) = &self.tx else { return Ok(()) };
+        let Some(out) = &self.out else { return Ok(()) };
         let mut line = serde_json::to_string(&ev).map_err(|e| AuditError(e.to_string()))?;
         line.push('\n');
         if self.fail_closed {
-            let (ack_tx, ack_rx) = oneshot::channel();
-            tx.send((line, Some(ack_tx)))
+            out.append(line)
                 .await
-                .map_err(|_| AuditError("writer stopped".into()))?;
-            match ack_rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(AuditError(e.to_string())),
-                Err(_) => Err(AuditError("writer stopped".into())),
-            }
+                .map_err(|e| AuditError(e.to_string()))
         } else {
-            if tx.try_send((line, None)).is_err() {
+            if !out.try_append(line) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("audit queue full; line dropped (fail_closed = false)");
             }

@@ -1,0 +1,60 @@
+//! An append-only line file owned by one background task, so request handlers never block on
+//! file IO and never hold a lock across an await. Writers either wait for the write (and its
+//! fsync, when asked) or hand the line over and move on.
+
+use std::path::Path;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+type Ack = oneshot::Sender<std::io::Result<()>>;
+
+#[derive(Clone)]
+pub struct Appender {
+    tx: mpsc::Sender<(String, Option<Ack>)>,
+}
+
+impl Appender {
+    /// Opens `path` for appending; with `sync`, every acknowledged line is fsynced.
+    pub async fn open(path: &Path, sync: bool) -> std::io::Result<Appender> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        let (tx, mut rx) = mpsc::channel::<(String, Option<Ack>)>(4096);
+        tokio::spawn(async move {
+            while let Some((line, ack)) = rx.recv().await {
+                let mut r = file.write_all(line.as_bytes()).await;
+                if r.is_ok() {
+                    r = file.flush().await;
+                }
+                if r.is_ok() && sync && ack.is_some() {
+                    r = file.sync_data().await;
+                }
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "append failed");
+                }
+                if let Some(ack) = ack {
+                    let _ = ack.send(r);
+                }
+            }
+        });
+        Ok(Appender { tx })
+    }
+
+    /// Appends a line and waits until it is written.
+    pub async fn append(&self, line: String) -> std::io::Result<()> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((line, Some(ack)))
+            .await
+            .map_err(|_| std::io::Error::other("writer stopped"))?;
+        done.await
+            .map_err(|_| std::io::Error::other("writer stopped"))?
+    }
+
+    /// Hands a line over without waiting; false if the queue is full.
+    pub fn try_append(&self, line: String) -> bool {
+        self.tx.try_send((line, None)).is_ok()
+    }
+}

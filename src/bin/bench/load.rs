@@ -1,0 +1,331 @@
+//! Closed-loop load: C callers over N connections for a fixed duration, latencies in an HDR histogram.
+
+use crate::http::Conn;
+use hdrhistogram::Histogram;
+use sidecred::api::pb;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+pub mod echo {
+    tonic::include_proto!("bench.v1");
+}
+
+pub struct Opts {
+    pub duration: Duration,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub warmup: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum Target {
+    Sidecred {
+        socket: PathBuf,
+        secret: String,
+    },
+    Echo {
+        socket: PathBuf,
+    },
+    HttpUnix {
+        socket: PathBuf,
+        path: String,
+        header: Option<String>,
+    },
+    HttpTcp {
+        addr: String,
+        path: String,
+        header: Option<String>,
+    },
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let (kind, rest) = s
+            .split_once('=')
+            .ok_or(format!("target `{s}`: expected KIND=..."))?;
+        let parts: Vec<&str> = rest.splitn(3, ',').collect();
+        let need = |i: usize| {
+            parts
+                .get(i)
+                .map(|s| s.to_string())
+                .ok_or(format!("target `{s}`: missing field {i}"))
+        };
+        Ok(match kind {
+            "sidecred" => Target::Sidecred {
+                socket: need(0)?.into(),
+                secret: need(1)?,
+            },
+            "echo" => Target::Echo {
+                socket: need(0)?.into(),
+            },
+            "http-unix" => Target::HttpUnix {
+                socket: need(0)?.into(),
+                path: need(1)?,
+                header: parts.get(2).map(|s| s.to_string()),
+            },
+            "http-tcp" => Target::HttpTcp {
+                addr: need(0)?,
+                path: need(1)?,
+                header: parts.get(2).map(|s| s.to_string()),
+            },
+            k => return Err(format!("unknown target kind `{k}`")),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Sidecred { .. } => "sidecred GetSecret (gRPC/UDS)",
+            Target::Echo { .. } => "bare tonic echo (gRPC/UDS)",
+            Target::HttpUnix { .. } => "bao proxy cached (HTTP/UDS)",
+            Target::HttpTcp { .. } => "AWS SM Agent cached (HTTP/TCP)",
+        }
+    }
+}
+
+pub struct Outcome {
+    pub name: &'static str,
+    pub layout: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub hist: Histogram<u64>,
+}
+
+impl Outcome {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn q(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+async fn uds_channel(path: &PathBuf) -> Channel {
+    Endpoint::from_shared(format!("unix://{}", path.display()))
+        .expect("socket uri")
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(4 << 20))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()))
+}
+
+/// One caller's request function, built per caller over its assigned connection.
+enum Caller {
+    Sidecred(
+        pb::broker_client::BrokerClient<Channel>,
+        pb::GetSecretRequest,
+    ),
+    Echo(echo::echo_client::EchoClient<Channel>),
+    HttpUnix(Conn<tokio::net::UnixStream>),
+    HttpTcp(Conn<tokio::net::TcpStream>),
+}
+
+impl Caller {
+    async fn call(&mut self) -> bool {
+        match self {
+            Caller::Sidecred(c, req) => c.get_secret(req.clone()).await.is_ok(),
+            Caller::Echo(c) => c
+                .echo(echo::EchoMessage {
+                    payload: b"dev-github-token-0001".to_vec(),
+                })
+                .await
+                .is_ok(),
+            Caller::HttpUnix(c) => matches!(c.get().await, Ok(200)),
+            Caller::HttpTcp(c) => matches!(c.get().await, Ok(200)),
+        }
+    }
+}
+
+async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
+    let mut out = Vec::new();
+    match t {
+        Target::Sidecred { socket, secret } => {
+            let chans: Vec<Channel> =
+                futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket))).await;
+            let mut b = pb::broker_client::BrokerClient::new(chans[0].clone());
+            let sid = b
+                .open_session(pb::OpenSessionRequest {
+                    ttl_seconds: 3600,
+                    labels: Default::default(),
+                })
+                .await
+                .expect("open session")
+                .into_inner()
+                .session_id;
+            let req = pb::GetSecretRequest {
+                name: secret.clone(),
+                session_id: sid,
+                ..Default::default()
+            };
+            for i in 0..opts.concurrency {
+                out.push(Caller::Sidecred(
+                    pb::broker_client::BrokerClient::new(chans[i % chans.len()].clone()),
+                    req.clone(),
+                ));
+            }
+            (
+                out,
+                format!(
+                    "{} callers / {} HTTP/2 conns",
+                    opts.concurrency, opts.connections
+                ),
+            )
+        }
+        Target::Echo { socket } => {
+            let chans: Vec<Channel> =
+                futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket))).await;
+            for i in 0..opts.concurrency {
+                out.push(Caller::Echo(echo::echo_client::EchoClient::new(
+                    chans[i % chans.len()].clone(),
+                )));
+            }
+            (
+                out,
+                format!(
+                    "{} callers / {} HTTP/2 conns",
+                    opts.concurrency, opts.connections
+                ),
+            )
+        }
+        Target::HttpUnix {
+            socket,
+            path,
+            header,
+        } => {
+            for _ in 0..opts.concurrency {
+                let s = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .expect("connect");
+                out.push(Caller::HttpUnix(Conn::new(s, path, header.as_deref())));
+            }
+            (
+                out,
+                format!("{} keep-alive HTTP/1.1 conns", opts.concurrency),
+            )
+        }
+        Target::HttpTcp { addr, path, header } => {
+            for _ in 0..opts.concurrency {
+                let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.set_nodelay(true).ok();
+                out.push(Caller::HttpTcp(Conn::new(s, path, header.as_deref())));
+            }
+            (
+                out,
+                format!("{} keep-alive HTTP/1.1 conns", opts.concurrency),
+            )
+        }
+    }
+}
+
+async fn run_one(t: &Target, opts: &Opts) -> Outcome {
+    let (cs, layout) = callers(t, opts).await;
+    let start = Instant::now() + opts.warmup;
+    let end = start + opts.duration;
+    let tasks: Vec<_> = cs
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let (mut n, mut errors) = (0u64, 0u64);
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let ok = c.call().await;
+                    if t0 >= start {
+                        let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+                        n += 1;
+                        if !ok {
+                            errors += 1;
+                        }
+                    }
+                }
+                (h, n, errors)
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let (mut requests, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, n, e) = t.await.expect("caller task");
+        hist.add(h).expect("merge");
+        requests += n;
+        errors += e;
+    }
+    Outcome {
+        name: t.name(),
+        layout,
+        requests,
+        errors,
+        elapsed: opts.duration,
+        hist,
+    }
+}
+
+pub async fn run_all(opts: &Opts, targets: &[Target]) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for t in targets {
+        eprintln!(
+            "running {} for {:?} at C={} ...",
+            t.name(),
+            opts.duration,
+            opts.concurrency
+        );
+        out.push(run_one(t, opts).await);
+    }
+    out
+}
+
+pub fn print_table(opts: &Opts, rs: &[Outcome]) {
+    println!(
+        "\nC={} duration={:?} (latency in microseconds; ratios are sidecred / peer)",
+        opts.concurrency, opts.duration
+    );
+    println!(
+        "{:<32} {:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "target", "layout", "rps", "p50", "p99", "p999", "max", "errors", "rps ×", "p99 ×"
+    );
+    let base = &rs[0];
+    for r in rs {
+        println!(
+            "{:<32} {:<34} {:>10.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>9.2} {:>9.2}",
+            r.name,
+            r.layout,
+            r.rps(),
+            r.q(0.5),
+            r.q(0.99),
+            r.q(0.999),
+            r.hist.max() as f64,
+            r.errors,
+            base.rps() / r.rps(),
+            base.q(0.99) / r.q(0.99),
+        );
+    }
+}
+
+#[derive(Default)]
+struct EchoSvc;
+
+#[tonic::async_trait]
+impl echo::echo_server::Echo for EchoSvc {
+    async fn echo(
+        &self,
+        r: tonic::Request<echo::EchoMessage>,
+    ) -> Result<tonic::Response<echo::EchoMessage>, tonic::Status> {
+        Ok(tonic::Response::new(r.into_inner()))
+    }
+}
+
+/// Serves the bare echo on a Unix socket until killed.
+pub async fn serve_echo(path: &str) {
+    let _ = std::fs::remove_file(path);
+    let l = tokio::net::UnixListener::bind(path).expect("bind echo socket");
+    tonic::transport::Server::builder()
+        .add_service(echo::echo_server::EchoServer::new(EchoSvc))
+        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l))
+        .await
+        .expect("echo server");
+}

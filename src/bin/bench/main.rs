@@ -1,0 +1,100 @@
+//! sidecred-bench: a closed-loop load generator over Unix sockets and loopback TCP, and the
+//! side-by-side comparison of sidecred against the transport floor and the peer sidecars.
+//!
+//!   sidecred-bench serve-echo SOCKET
+//!   sidecred-bench run [--duration 10s] [--concurrency 32] [--connections 4] TARGET...
+//!   sidecred-bench startup SIDECRED_BIN CONFIG SOCKET RUNS
+//!   sidecred-bench singleflight SOCKET ADMIN_SOCKET SECRET N
+//!   sidecred-bench fill SOCKET PREFIX N
+//!   sidecred-bench rss PID
+//!
+//! Targets (the first one is the baseline for ratios):
+//!   sidecred=SOCKET,SECRET        cached GetSecret over gRPC on a Unix socket
+//!   echo=SOCKET                   bare tonic unary echo over a Unix socket
+//!   http-unix=SOCKET,PATH[,H:V]   HTTP/1.1 keep-alive GET over a Unix socket (bao proxy)
+//!   http-tcp=HOST:PORT,PATH[,H:V] HTTP/1.1 keep-alive GET over loopback TCP (AWS SM Agent)
+#![forbid(unsafe_code)]
+
+mod extra;
+mod http;
+mod load;
+
+use std::time::Duration;
+
+fn usage() -> ! {
+    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--label NAME=TARGET]... TARGET...");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::env::var("BENCH_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match args.first().map(String::as_str) {
+        Some("serve-echo") => rt.block_on(load::serve_echo(args.get(1).unwrap_or_else(|| usage()))),
+        Some("run") => {
+            let mut opts = load::Opts {
+                duration: Duration::from_secs(10),
+                concurrency: 32,
+                connections: 4,
+                warmup: Duration::from_secs(1),
+            };
+            let mut targets = Vec::new();
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                let mut val = || it.next().cloned().unwrap_or_else(|| usage());
+                match a.as_str() {
+                    "--duration" => {
+                        opts.duration =
+                            sidecred::config::parse_duration(&val()).unwrap_or_else(|_| usage())
+                    }
+                    "--warmup" => {
+                        opts.warmup =
+                            sidecred::config::parse_duration(&val()).unwrap_or_else(|_| usage())
+                    }
+                    "--concurrency" => opts.concurrency = val().parse().unwrap_or_else(|_| usage()),
+                    "--connections" => opts.connections = val().parse().unwrap_or_else(|_| usage()),
+                    t => targets.push(load::Target::parse(t).unwrap_or_else(|e| {
+                        eprintln!("{e}");
+                        usage()
+                    })),
+                }
+            }
+            if targets.is_empty() {
+                usage();
+            }
+            let results = rt.block_on(load::run_all(&opts, &targets));
+            load::print_table(&opts, &results);
+        }
+        Some("startup") if args.len() == 5 => rt.block_on(extra::startup(
+            &args[1],
+            &args[2],
+            &args[3],
+            args[4].parse().unwrap_or_else(|_| usage()),
+        )),
+        Some("singleflight") if args.len() == 5 => rt.block_on(extra::singleflight(
+            &args[1],
+            &args[2],
+            &args[3],
+            args[4].parse().unwrap_or_else(|_| usage()),
+        )),
+        Some("fill") if args.len() == 4 => rt.block_on(extra::fill(
+            &args[1],
+            &args[2],
+            args[3].parse().unwrap_or_else(|_| usage()),
+        )),
+        Some("rss") if args.len() == 2 => println!(
+            "{}",
+            extra::rss_kib(args[1].parse().unwrap_or_else(|_| usage()))
+        ),
+        _ => usage(),
+    }
+}
