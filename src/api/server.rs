@@ -101,6 +101,9 @@ fn builder() -> tonic::transport::Server<
         .layer(super::layer::ObserveLayer)
 }
 
+/// How long a shutdown waits for open connections before it closes them.
+const DRAIN: Duration = Duration::from_secs(5);
+
 /// Serves both sockets until `shutdown` flips to true.
 pub async fn serve(
     engine: Arc<Engine>,
@@ -128,6 +131,7 @@ pub async fn serve(
             }
         }
     };
+    let shutdown_drain = shutdown.clone();
     let w = builder()
         .add_service(broker)
         .add_service(health_svc.clone())
@@ -140,7 +144,19 @@ pub async fn serve(
         .add_service(r2)
         .add_service(r2a)
         .serve_with_incoming_shutdown(incoming(admin), wait(shutdown));
-    let (rw, ra) = tokio::join!(w, a);
+    // Idle client connections (a long-lived orchestrator's channel, an open watch) would
+    // hold a graceful shutdown forever: give in-flight requests DRAIN, then stop anyway.
+    let drain_limit = async move {
+        wait(shutdown_drain).await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    let (rw, ra) = tokio::select! {
+        r = async { tokio::join!(w, a) } => r,
+        _ = drain_limit => {
+            tracing::warn!(limit = ?DRAIN, "connections still open after shutdown; closing them");
+            return Ok(());
+        }
+    };
     rw.map_err(|e| format!("workload socket: {e}"))?;
     ra.map_err(|e| format!("admin socket: {e}"))?;
     Ok(())
