@@ -25,7 +25,12 @@ async fn open(b: &mut Broker) -> String {
     .session_id
 }
 
-async fn get(b: &mut Broker, sid: &str, name: &str, version: &str) -> Result<pb::GetSecretResponse, tonic::Status> {
+async fn get(
+    b: &mut Broker,
+    sid: &str,
+    name: &str,
+    version: &str,
+) -> Result<pb::GetSecretResponse, tonic::Status> {
     b.get_secret(pb::GetSecretRequest {
         name: name.into(),
         session_id: sid.into(),
@@ -54,10 +59,17 @@ path "secret/metadata/app/*" { capabilities = ["read"] }"#;
 #[tokio::test]
 async fn kv2_versions_and_cas_rotation_with_grace() {
     let bao = OpenBao::start();
-    bao.kv_put("app/db", json!({"password": "kv-one", "user": "app"})).await;
-    bao.kv_put("app/db", json!({"password": "kv-two", "user": "app"})).await;
+    bao.kv_put("app/db", json!({"password": "kv-one", "user": "app"}))
+        .await;
+    bao.kv_put("app/db", json!({"password": "kv-two", "user": "app"}))
+        .await;
     // Writes without check-and-set are refused on this path: rotation must send cas.
-    bao.api("POST", "secret/metadata/app/db", json!({"cas_required": true})).await;
+    bao.api(
+        "POST",
+        "secret/metadata/app/db",
+        json!({"cas_required": true}),
+    )
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let tf = write_file(tmp.path(), "token", &bao.root_token);
     let body = format!(
@@ -71,9 +83,15 @@ async fn kv2_versions_and_cas_rotation_with_grace() {
     let sid = open(&mut b).await;
 
     let cur = get(&mut b, &sid, "app/db", "").await.unwrap();
-    assert_eq!((cur.value.as_slice(), cur.version.as_str()), (&b"kv-two"[..], "2"));
+    assert_eq!(
+        (cur.value.as_slice(), cur.version.as_str()),
+        (&b"kv-two"[..], "2")
+    );
     let v1 = get(&mut b, &sid, "app/db", "1").await.unwrap();
-    assert_eq!((v1.value.as_slice(), v1.version.as_str()), (&b"kv-one"[..], "1"));
+    assert_eq!(
+        (v1.value.as_slice(), v1.version.as_str()),
+        (&b"kv-one"[..], "1")
+    );
     let e = get(&mut b, &sid, "app/db", "9").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
@@ -88,31 +106,61 @@ async fn kv2_versions_and_cas_rotation_with_grace() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((rot.version.as_str(), rot.previous_version.as_str()), ("3", "2"));
-    let stored = bao.api("GET", "secret/data/app/db", serde_json::Value::Null).await;
-    assert_eq!(stored["data"]["data"], json!({"password": "kv-three", "user": "app"}), "other fields kept");
+    assert_eq!(
+        (rot.version.as_str(), rot.previous_version.as_str()),
+        ("3", "2")
+    );
+    let stored = bao
+        .api("GET", "secret/data/app/db", serde_json::Value::Null)
+        .await;
+    assert_eq!(
+        stored["data"]["data"],
+        json!({"password": "kv-three", "user": "app"}),
+        "other fields kept"
+    );
 
     let r = get(&mut b, &sid, "app/db", "").await.unwrap();
-    assert_eq!((r.value.as_slice(), r.version.as_str()), (&b"kv-three"[..], "3"));
+    assert_eq!(
+        (r.value.as_slice(), r.version.as_str()),
+        (&b"kv-three"[..], "3")
+    );
     let prev = r.previous.expect("previous served during grace");
-    assert_eq!((prev.value.as_slice(), prev.version.as_str()), (&b"kv-two"[..], "2"));
+    assert_eq!(
+        (prev.value.as_slice(), prev.version.as_str()),
+        (&b"kv-two"[..], "2")
+    );
     assert!(r.previous_retires_at > 0);
 
     let gone = wait_for_async(Duration::from_secs(5), || {
         let mut b = b.clone();
         let sid = sid.clone();
-        async move { get(&mut b, &sid, "app/db", "").await.unwrap().previous.is_none() }
+        async move {
+            get(&mut b, &sid, "app/db", "")
+                .await
+                .unwrap()
+                .previous
+                .is_none()
+        }
     })
     .await;
     assert!(gone, "previous still served after grace");
     // on_retire = "delete": OpenBao no longer serves version 2 either.
     let deleted = wait_for_async(Duration::from_secs(2), || async {
-        bao.api_as(&bao.root_token, "GET", "secret/data/app/db?version=2", serde_json::Value::Null)
-            .await
-            .is_err()
+        bao.api_as(
+            &bao.root_token,
+            "GET",
+            "secret/data/app/db?version=2",
+            serde_json::Value::Null,
+        )
+        .await
+        .is_err()
     })
     .await;
-    assert!(deleted, "version 2 still readable at OpenBao:\n{}", sc.logs());
+    assert!(
+        deleted,
+        "version 2 still readable at OpenBao:\n{}",
+        sc.logs()
+    );
 }
 
 /// Polls an async condition until true or the deadline.
@@ -157,7 +205,13 @@ async fn errors_map_to_precise_statuses() {
     assert!(e.message().contains("lacks a policy"), "{}", e.message());
     let e = get(&mut b, &sid, "missing", "").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    let st = sc.admin().await.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    let st = sc
+        .admin()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let bs = st.backends.iter().find(|b| b.name == "bao").unwrap();
     assert!(bs.healthy && bs.detail.contains("OpenBao"), "{bs:?}");
 }
@@ -172,7 +226,10 @@ async fn tls_listener_with_ca_file() {
     let sc = Sidecar::start(&format!("{}{secrets}", token_file_backend(&bao, &tf, "")));
     let mut b = sc.broker().await;
     let sid = open(&mut b).await;
-    assert_eq!(get(&mut b, &sid, "tls", "").await.unwrap().value, b"over-tls");
+    assert_eq!(
+        get(&mut b, &sid, "tls", "").await.unwrap().value,
+        b"over-tls"
+    );
 
     // Without the CA the server is not trusted: UNAVAILABLE, not a hang.
     let no_ca = format!(
@@ -180,7 +237,9 @@ async fn tls_listener_with_ca_file() {
         bao.addr,
         tf.display()
     );
-    let sc2 = Sidecar::builder(&no_ca).server("backend_timeout = \"2s\"").start();
+    let sc2 = Sidecar::builder(&no_ca)
+        .server("backend_timeout = \"2s\"")
+        .start();
     let mut b2 = sc2.broker().await;
     let sid2 = open(&mut b2).await;
     let e = get(&mut b2, &sid2, "tls", "").await.unwrap_err();
@@ -201,11 +260,14 @@ async fn token_file_is_reread_when_it_changes() {
         kv_secret("t", "app/t", "ttl = \"1s\""),
         OPEN_POLICY
     );
-    let sc = Sidecar::builder(&body).server("stale_window = \"0s\"").start();
+    let sc = Sidecar::builder(&body)
+        .server("stale_window = \"0s\"")
+        .start();
     let mut b = sc.broker().await;
     let sid = open(&mut b).await;
     assert_eq!(get(&mut b, &sid, "t", "").await.unwrap().value, b"tf");
-    bao.api("POST", "auth/token/revoke", json!({"token": first})).await;
+    bao.api("POST", "auth/token/revoke", json!({"token": first}))
+        .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let e = get(&mut b, &sid, "t", "").await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
@@ -229,8 +291,20 @@ async fn approle(bao: &OpenBao, ttl: &str, max: &str) -> (String, String) {
         json!({"token_policies": ["kvread"], "token_ttl": ttl, "token_max_ttl": max, "secret_id_ttl": "0"}),
     )
     .await;
-    let role = bao.api("GET", "auth/approle/role/sc/role-id", serde_json::Value::Null).await;
-    let sid = bao.api("POST", "auth/approle/role/sc/secret-id", serde_json::Value::Null).await;
+    let role = bao
+        .api(
+            "GET",
+            "auth/approle/role/sc/role-id",
+            serde_json::Value::Null,
+        )
+        .await;
+    let sid = bao
+        .api(
+            "POST",
+            "auth/approle/role/sc/secret-id",
+            serde_json::Value::Null,
+        )
+        .await;
     (
         role["data"]["role_id"].as_str().unwrap().into(),
         sid["data"]["secret_id"].as_str().unwrap().into(),
@@ -259,7 +333,9 @@ async fn approle_login_renews_then_logs_in_again() {
         kv_secret("r", "app/r", "ttl = \"1s\""),
         OPEN_POLICY
     );
-    let sc = Sidecar::builder(&body).server("stale_window = \"0s\"").start();
+    let sc = Sidecar::builder(&body)
+        .server("stale_window = \"0s\"")
+        .start();
     let mut b = sc.broker().await;
     let sid = open(&mut b).await;
     let end = Instant::now() + Duration::from_secs(8);
@@ -315,8 +391,15 @@ now = int(time.time())
 claims = {"iss": "https://kubernetes.default.svc", "sub": "system:serviceaccount:agents:sidecred", "aud": ["sidecred"], "iat": now, "nbf": now - 5, "exp": now + 600}
 print(json.dumps({"pub": pub, "jwt": jwt.encode(claims, k, algorithm="ES256")}))
 "#;
-    let out = std::process::Command::new(py).args(["-c", script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(py)
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let minted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     bao.enable("auth", "jwt", "jwt").await;
     bao.api(
@@ -364,7 +447,10 @@ async fn outage_serves_stale_then_unavailable_then_recovers() {
         .start();
     let mut b = sc.broker().await;
     let sid = open(&mut b).await;
-    assert_eq!(get(&mut b, &sid, "o", "").await.unwrap().value, b"before-outage");
+    assert_eq!(
+        get(&mut b, &sid, "o", "").await.unwrap().value,
+        b"before-outage"
+    );
     bao.kill();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = get(&mut b, &sid, "o", "").await.unwrap();
@@ -374,7 +460,11 @@ async fn outage_serves_stale_then_unavailable_then_recovers() {
     let t = Instant::now();
     let e = get(&mut b, &sid, "o", "").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
 
     bao.spawn();
     bao.kv_put("app/o", json!({"v": "after-outage"})).await;
@@ -392,8 +482,18 @@ async fn outage_serves_stale_then_unavailable_then_recovers() {
 
 async fn pki(bao: &OpenBao) {
     bao.enable("secrets", "pki", "pki").await;
-    bao.api("POST", "sys/mounts/pki/tune", json!({"max_lease_ttl": "87600h"})).await;
-    bao.api("POST", "pki/root/generate/internal", json!({"common_name": "sidecred test root", "ttl": "87600h"})).await;
+    bao.api(
+        "POST",
+        "sys/mounts/pki/tune",
+        json!({"max_lease_ttl": "87600h"}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "pki/root/generate/internal",
+        json!({"common_name": "sidecred test root", "ttl": "87600h"}),
+    )
+    .await;
     bao.api(
         "POST",
         "pki/roles/web",
@@ -420,22 +520,45 @@ async fn pki_issue_and_no_secret_in_logs_at_trace() {
         "[[secret]]\nname = \"cert\"\nbackend = \"bao\"\npath = \"pki/issue/web\"\nzone = \"internal\"\nscope = \"session\"\noptions = { engine = \"pki\", common_name = \"api.svc.test\", cert_ttl = \"10m\" }\n",
         OPEN_POLICY
     );
-    let sc = Sidecar::builder(&body).env("SIDECRED_LOG", "trace").log("trace").start();
+    let sc = Sidecar::builder(&body)
+        .env("SIDECRED_LOG", "trace")
+        .log("trace")
+        .start();
     let mut b = sc.broker().await;
     let sid = open(&mut b).await;
-    assert_eq!(get(&mut b, &sid, "c", "").await.unwrap().value, canary.as_bytes());
+    assert_eq!(
+        get(&mut b, &sid, "c", "").await.unwrap().value,
+        canary.as_bytes()
+    );
     let e = get(&mut b, &sid, "missing", "").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
     let cert = get(&mut b, &sid, "cert", "").await.unwrap();
     let pem = String::from_utf8(cert.value.clone()).unwrap();
-    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "leaf + issuing CA");
+    assert_eq!(
+        pem.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf + issuing CA"
+    );
     assert!(pem.contains("PRIVATE KEY"));
     let serial = &cert.version;
-    let stored = bao.api("GET", &format!("pki/cert/{serial}"), serde_json::Value::Null).await;
+    let stored = bao
+        .api(
+            "GET",
+            &format!("pki/cert/{serial}"),
+            serde_json::Value::Null,
+        )
+        .await;
     assert!(pem.starts_with(stored["data"]["certificate"].as_str().unwrap().trim_end()));
-    let left = cert.expires_at - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((1..=600).contains(&left), "lease ends with the certificate: {left}s");
+    let left = cert.expires_at
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+    assert!(
+        (1..=600).contains(&left),
+        "lease ends with the certificate: {left}s"
+    );
     let key_line = pem
         .lines()
         .skip_while(|l| !l.contains("PRIVATE KEY"))
@@ -446,13 +569,19 @@ async fn pki_issue_and_no_secret_in_logs_at_trace() {
     let rev = sc
         .admin()
         .await
-        .revoke_session(pb::RevokeSessionRequest { session_id: sid.clone(), reason: "canary".into() })
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: sid.clone(),
+            reason: "canary".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(rev.pending.is_empty(), "{rev:?}");
     let text = format!("{}{}{e:?}", sc.logs(), sc.audit_text());
-    assert!(text.contains("TRACE") || text.contains("trace"), "not at trace level");
+    assert!(
+        text.contains("TRACE") || text.contains("trace"),
+        "not at trace level"
+    );
     for needle in [canary, root, key_line.as_str()] {
         assert!(!text.contains(needle), "`{needle}` leaked");
     }
@@ -465,11 +594,18 @@ fn example_config_is_accepted() {
         std::fs::write(tmp.path().join(f), "x").unwrap();
     }
     let out = std::process::Command::new(BIN)
-        .args(["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/openbao.toml")])
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/openbao.toml"),
+        ])
         .env("OPENBAO_ADDR", "https://127.0.0.1:8200")
         .env("OPENBAO_CA_FILE", tmp.path().join("ca.pem"))
         .env("OPENBAO_TOKEN_FILE", tmp.path().join("token"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

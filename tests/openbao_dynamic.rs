@@ -51,14 +51,7 @@ options = {{ engine = "dynamic" }}
     let sc = Sidecar::builder(&body)
         .server("backend_timeout = \"1s\"")
         .start();
-    (
-        Env {
-            sc,
-            pg,
-            _tmp: tmp,
-        },
-        bao,
-    )
+    (Env { sc, pg, _tmp: tmp }, bao)
 }
 
 struct Creds {
@@ -135,15 +128,26 @@ async fn session_credentials_log_in_and_die_with_the_session() {
         .into_inner();
     let revoke_took = t.elapsed();
     assert!(rep.pending.is_empty(), "{rep:?}");
-    let step = rep.done.iter().find(|s| s.target == "bao").expect("bao step");
+    let step = rep
+        .done
+        .iter()
+        .find(|s| s.target == "bao")
+        .expect("bao step");
     assert_eq!((step.what.as_str(), step.count), ("session", 1), "{rep:?}");
     let died = dies_within(&env.pg, &c1, Duration::from_secs(1));
     assert!(died.is_some(), "revoked credentials still log in");
     assert!(!env.pg.role_exists(&c1.user), "role still in pg_roles");
-    assert_eq!(login(&env.pg, &c2).unwrap(), c2.user, "other session unaffected");
+    assert_eq!(
+        login(&env.pg, &c2).unwrap(),
+        c2.user,
+        "other session unaffected"
+    );
     eprintln!("revoke_session took {revoke_took:?}; login failed {died:?} after it returned");
     let text = format!("{}{}", env.sc.logs(), env.sc.audit_text());
-    assert!(!text.contains(&c1.password) && !text.contains(&c2.password), "password leaked");
+    assert!(
+        !text.contains(&c1.password) && !text.contains(&c2.password),
+        "password leaked"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +168,11 @@ async fn call_credentials_differ_per_call_and_die_on_release() {
     .unwrap();
     assert!(dies_within(&env.pg, &a, Duration::from_secs(1)).is_some());
     assert!(!env.pg.role_exists(&a.user));
-    assert_eq!(login(&env.pg, &c).unwrap(), c.user, "the other call keeps its credentials");
+    assert_eq!(
+        login(&env.pg, &c).unwrap(),
+        c.user,
+        "the other call keeps its credentials"
+    );
 }
 
 #[tokio::test]
@@ -175,7 +183,11 @@ async fn renewal_keeps_credentials_alive_past_their_ttl() {
     let s = open(&mut b, "agent-renew").await;
     let c = creds(&mut b, &s, "db/session", "").await;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(login(&env.pg, &c).unwrap(), c.user, "expired despite renewal");
+    assert_eq!(
+        login(&env.pg, &c).unwrap(),
+        c.user,
+        "expired despite renewal"
+    );
     assert!(env.pg.role_exists(&c.user));
     let again = creds(&mut b, &s, "db/session", "").await;
     assert_eq!(again.user, c.user, "renewed credentials are still served");
@@ -207,7 +219,11 @@ async fn revocation_is_retried_across_an_outage() {
     let t = Instant::now();
     let mut cleared = false;
     while t.elapsed() < Duration::from_secs(8) {
-        let st = admin.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        let st = admin
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         if st.pending_revocations == 0 {
             cleared = true;
             break;

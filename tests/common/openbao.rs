@@ -181,14 +181,22 @@ impl OpenBao {
 
     pub async fn kv_put(&self, path: &str, data: Value) -> u64 {
         let r = self
-            .api("POST", &format!("secret/data/{path}"), json!({ "data": data }))
+            .api(
+                "POST",
+                &format!("secret/data/{path}"),
+                json!({ "data": data }),
+            )
             .await;
         r["data"]["version"].as_u64().unwrap()
     }
 
     pub async fn policy(&self, name: &str, hcl: &str) {
-        self.api("PUT", &format!("sys/policies/acl/{name}"), json!({ "policy": hcl }))
-            .await;
+        self.api(
+            "PUT",
+            &format!("sys/policies/acl/{name}"),
+            json!({ "policy": hcl }),
+        )
+        .await;
     }
 
     /// A token with the given policies (and no root), returned as a string.
@@ -213,7 +221,13 @@ impl OpenBao {
     }
 
     /// Database engine at `database/` pointing at `pg`, with role `name` (ttls in seconds).
-    pub async fn database_role(&self, pg: &super::postgres::Postgres, name: &str, ttl: u64, max: u64) {
+    pub async fn database_role(
+        &self,
+        pg: &super::postgres::Postgres,
+        name: &str,
+        ttl: u64,
+        max: u64,
+    ) {
         if self.api("GET", "sys/mounts", Value::Null).await["data"]["database/"].is_null() {
             self.enable("secrets", "database", "database").await;
             self.api(

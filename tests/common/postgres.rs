@@ -73,7 +73,12 @@ impl Postgres {
             .arg("-l")
             .arg(root.join("log"))
             .args(["-w", "start"]));
-        Postgres { port, dir, uid, gid }
+        Postgres {
+            port,
+            dir,
+            uid,
+            gid,
+        }
     }
 
     /// Runs SQL as `user`; Ok(stdout) or Err(stderr) (a failed login is an Err).

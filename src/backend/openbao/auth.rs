@@ -340,7 +340,15 @@ mod tests {
             // age, ttl, initial, renewable, can_login, r, want
             (s(0), s(0), s(0), false, false, 0.0, Next::Wait(POLL)),
             (s(10), s(60), s(60), true, true, 0.0, Next::Wait(POLL)),
-            (s(39), s(60), s(60), true, true, 0.0, Next::Wait(Duration::from_millis(600))),
+            (
+                s(39),
+                s(60),
+                s(60),
+                true,
+                true,
+                0.0,
+                Next::Wait(Duration::from_millis(600)),
+            ),
             (s(40), s(60), s(60), true, true, 0.0, Next::Renew),
             (s(34), s(60), s(60), true, true, 0.999, Next::Renew),
             (s(40), s(60), s(60), false, true, 0.0, Next::Login),

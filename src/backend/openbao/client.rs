@@ -117,11 +117,7 @@ impl Bao {
         }
         let resp = req.send().await.map_err(|e| transport(path, &e))?;
         let status = resp.status().as_u16();
-        let mut bytes: Vec<u8> = resp
-            .bytes()
-            .await
-            .map_err(|e| transport(path, &e))?
-            .into();
+        let mut bytes: Vec<u8> = resp.bytes().await.map_err(|e| transport(path, &e))?.into();
         let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
         bytes.zeroize();
         if !(200..300).contains(&status) {
@@ -136,7 +132,9 @@ impl Bao {
             return Ok(None);
         }
         let mut v = parsed.map_err(|_| {
-            BackendError::Internal(format!("`{path}`: OpenBao sent a response that is not JSON"))
+            BackendError::Internal(format!(
+                "`{path}`: OpenBao sent a response that is not JSON"
+            ))
         })?;
         let reply = Reply {
             data: v.get_mut("data").map(Value::take).unwrap_or(Value::Null),

@@ -4,7 +4,9 @@
 
 use super::client::{from_vaultrs, Reply};
 use super::{select, CallToken, Inner, Opts};
-use crate::backend::{BackendError, BackendLease, FetchRequest, Fetched, SessionHandle, SessionMeta};
+use crate::backend::{
+    BackendError, BackendLease, FetchRequest, Fetched, SessionHandle, SessionMeta,
+};
 use crate::config::Scope;
 use crate::secret::{SecretBytes, SecretText};
 use reqwest::Method;
@@ -37,8 +39,11 @@ async fn child_token(
 }
 
 pub async fn open_session(inner: &Inner, s: &SessionMeta) -> Result<SessionHandle, BackendError> {
-    let mut meta: HashMap<String, String> =
-        s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut meta: HashMap<String, String> = s
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     meta.insert("sidecred_session".into(), s.id.clone());
     let own = inner.token();
     let (token, accessor) =
@@ -72,7 +77,11 @@ fn lease_version(lease_id: &str) -> String {
 }
 
 /// Reads a leased path (database/creds/ROLE and the like).
-pub async fn read(inner: &Inner, req: &FetchRequest<'_>, o: &Opts) -> Result<Fetched, BackendError> {
+pub async fn read(
+    inner: &Inner,
+    req: &FetchRequest<'_>,
+    o: &Opts,
+) -> Result<Fetched, BackendError> {
     if req.version.is_some() {
         return Err(BackendError::Invalid(format!(
             "`{}` is issued fresh per read; it has no versions",
@@ -93,10 +102,16 @@ pub async fn read(inner: &Inner, req: &FetchRequest<'_>, o: &Opts) -> Result<Fet
     };
     let token = call.as_ref().map(|c| &c.0).unwrap_or(&session_token);
     let ns = o.namespace.as_deref();
-    let reply = inner.bao.call(Method::GET, &o.path, token.expose(), ns, None).await;
+    let reply = inner
+        .bao
+        .call(Method::GET, &o.path, token.expose(), ns, None)
+        .await;
     let reply = match reply {
         Ok(Some(r)) => r,
-        Ok(None) => Err(BackendError::NotFound(format!("`{}` returned no data", o.path)))?,
+        Ok(None) => Err(BackendError::NotFound(format!(
+            "`{}` returned no data",
+            o.path
+        )))?,
         Err(e) => {
             if let Some((t, _)) = &call {
                 revoke_self(inner, t).await.ok();
@@ -141,11 +156,21 @@ fn record(inner: &Inner, session: &str, r: &Reply, call: Option<SecretText>) {
 
 /// Issues a certificate: the value is the PEM bundle (certificate, chain, key), the version its
 /// serial, and the lease runs until the certificate expires.
-pub async fn issue(inner: &Inner, req: &FetchRequest<'_>, o: &Opts) -> Result<Fetched, BackendError> {
+pub async fn issue(
+    inner: &Inner,
+    req: &FetchRequest<'_>,
+    o: &Opts,
+) -> Result<Fetched, BackendError> {
     let (mount, role) = o.path.split_once("/issue/").unwrap_or((&o.path, ""));
     let token = reader_token(inner, req)?;
     let c = inner.bao.vault(token.expose(), o.namespace.as_deref());
-    let opt = |k: &str| req.spec.options.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let opt = |k: &str| {
+        req.spec
+            .options
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
     let mut b = vaultrs::api::pki::requests::GenerateCertificateRequest::builder();
     if let Some(v) = opt("common_name") {
         b.common_name(v);
@@ -176,7 +201,9 @@ pub async fn issue(inner: &Inner, req: &FetchRequest<'_>, o: &Opts) -> Result<Fe
     pem.push('\n');
     r.private_key.zeroize();
     let value = SecretBytes::from_string(pem);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let ttl = Duration::from_secs(r.expiration.unwrap_or(0)).saturating_sub(now);
     Ok(Fetched {
         value,
@@ -214,7 +241,13 @@ pub async fn renew(
     let body = json!({ "lease_id": lease.id, "increment": lease.ttl.as_secs() });
     let r = inner
         .bao
-        .call(Method::PUT, "sys/leases/renew", token.expose(), None, Some(body))
+        .call(
+            Method::PUT,
+            "sys/leases/renew",
+            token.expose(),
+            None,
+            Some(body),
+        )
         .await?;
     let ttl = r.map(|r| r.lease_duration).unwrap_or(0);
     Ok(if ttl < 1 {
@@ -227,7 +260,13 @@ pub async fn renew(
 async fn revoke_self(inner: &Inner, token: &SecretText) -> Result<(), BackendError> {
     match inner
         .bao
-        .call(Method::POST, "auth/token/revoke-self", token.expose(), None, None)
+        .call(
+            Method::POST,
+            "auth/token/revoke-self",
+            token.expose(),
+            None,
+            None,
+        )
         .await
     {
         // 403: the token is already gone (expired or revoked).
@@ -242,7 +281,13 @@ async fn revoke_one(inner: &Inner, lease_id: &str) -> Result<(), BackendError> {
     let own = inner.token();
     match inner
         .bao
-        .call(Method::PUT, "sys/leases/revoke", own.token.expose(), None, Some(body))
+        .call(
+            Method::PUT,
+            "sys/leases/revoke",
+            own.token.expose(),
+            None,
+            Some(body),
+        )
         .await
     {
         Ok(_) | Err(BackendError::Invalid(_)) => Ok(()),
@@ -276,7 +321,11 @@ pub async fn revoke_lease(
         }
         Err(e) => {
             if let Some(c) = call {
-                inner.calls.lock().expect("poisoned").insert(lease.id.clone(), c);
+                inner
+                    .calls
+                    .lock()
+                    .expect("poisoned")
+                    .insert(lease.id.clone(), c);
             }
             Err(e)
         }
@@ -289,7 +338,13 @@ async fn lease_alive(inner: &Inner, lease_id: &str) -> Result<bool, BackendError
     let body = json!({ "lease_id": lease_id });
     match inner
         .bao
-        .call(Method::PUT, "sys/leases/lookup", own.token.expose(), None, Some(body))
+        .call(
+            Method::PUT,
+            "sys/leases/lookup",
+            own.token.expose(),
+            None,
+            Some(body),
+        )
         .await
     {
         Ok(_) => Ok(true),
@@ -312,7 +367,13 @@ pub async fn revoke_session(
     revoke_self(inner, token).await?;
     match inner
         .bao
-        .call(Method::GET, "auth/token/lookup-self", token.expose(), None, None)
+        .call(
+            Method::GET,
+            "auth/token/lookup-self",
+            token.expose(),
+            None,
+            None,
+        )
         .await
     {
         Err(BackendError::Denied(_)) => {}

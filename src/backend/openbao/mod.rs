@@ -106,7 +106,11 @@ impl Opts {
         let delete_on_retire = match str_opt(spec, "on_retire")?.unwrap_or("keep") {
             "keep" => false,
             "delete" => true,
-            o => return Err(format!("option `on_retire` = \"{o}\": expected keep or delete")),
+            o => {
+                return Err(format!(
+                    "option `on_retire` = \"{o}\": expected keep or delete"
+                ))
+            }
         };
         if delete_on_retire && kind != Kind::Kv2 {
             return Err("option `on_retire` applies to kv2 secrets only".into());
@@ -114,7 +118,10 @@ impl Opts {
         let (path, mount) = match (kind, mount) {
             (Kind::Kv2, m) => (path, m.unwrap_or_else(|| "secret".into())),
             (_, Some(m)) => (format!("{m}/{path}"), m),
-            (_, None) => (path.clone(), path.split('/').next().unwrap_or("").to_string()),
+            (_, None) => (
+                path.clone(),
+                path.split('/').next().unwrap_or("").to_string(),
+            ),
         };
         if kind == Kind::Pki {
             if !path.contains("/issue/") {
@@ -204,11 +211,7 @@ impl Drop for OpenBaoBackend {
 
 impl OpenBaoBackend {
     /// Connects and logs in. A rejected login is fatal; an unreachable server is retried later.
-    pub async fn new(
-        name: &str,
-        cfg: &OpenBaoConfig,
-        timeout: Duration,
-    ) -> Result<Self, String> {
+    pub async fn new(name: &str, cfg: &OpenBaoConfig, timeout: Duration) -> Result<Self, String> {
         let timeout = cfg.timeout.map(|d| d.0).unwrap_or(timeout);
         let ca = cfg.ca_file.as_ref().map(|p| p.display().to_string());
         let bao = Bao::new(&cfg.address, ca.as_deref(), cfg.namespace.clone(), timeout)?;
@@ -247,15 +250,23 @@ impl OpenBaoBackend {
 }
 
 /// The value handed out: one field when the secret sets `key`, else the whole data object as JSON.
-pub(crate) fn select(data: &Value, key: Option<&str>, what: &str) -> Result<SecretBytes, BackendError> {
+pub(crate) fn select(
+    data: &Value,
+    key: Option<&str>,
+    what: &str,
+) -> Result<SecretBytes, BackendError> {
     match key {
         Some(k) => match data.get(k) {
             Some(Value::String(s)) => Ok(SecretBytes::new(s.as_bytes().to_vec())),
             Some(v) => Ok(SecretBytes::new(serde_json::to_vec(v).unwrap_or_default())),
-            None => Err(BackendError::NotFound(format!("`{what}` has no field `{k}`"))),
+            None => Err(BackendError::NotFound(format!(
+                "`{what}` has no field `{k}`"
+            ))),
         },
         None => match data {
-            Value::Object(m) if m.len() == 1 => select(data, m.keys().next().map(String::as_str), what),
+            Value::Object(m) if m.len() == 1 => {
+                select(data, m.keys().next().map(String::as_str), what)
+            }
             Value::Null => Err(BackendError::NotFound(format!("`{what}` has no data"))),
             v => Ok(SecretBytes::new(serde_json::to_vec(v).unwrap_or_default())),
         },
