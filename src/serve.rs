@@ -10,8 +10,32 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+/// Crates whose debug/trace output could carry credentials on the wire.
+const QUIET_TARGETS: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "rustls",
+    "tower",
+    "tonic",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sdk_secretsmanager",
+    "aws_config",
+    "vaultrs",
+    "rustify",
+];
+
 pub fn init_logging(cfg: &Config) {
-    let filter = std::env::var("SIDECRED_LOG").unwrap_or_else(|_| cfg.log.level.clone());
+    let mut filter = std::env::var("SIDECRED_LOG").unwrap_or_else(|_| cfg.log.level.clone());
+    // Transport and SDK crates trace raw headers and bodies (tokens, values): never below info.
+    for quiet in QUIET_TARGETS {
+        if !filter.contains(quiet) {
+            filter.push_str(&format!(",{quiet}=info"));
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -29,6 +53,16 @@ pub fn init_logging(cfg: &Config) {
 pub async fn run(config_path: &Path) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
     init_logging(&cfg);
+    crate::harden::harden_process()?;
+    if cfg.server.mlockall {
+        if !crate::harden::lock_all() {
+            return Err(
+                "server.mlockall = true but mlockall failed: grant CAP_IPC_LOCK or turn it off"
+                    .into(),
+            );
+        }
+        tracing::info!("all memory locked");
+    }
     let audit = match &cfg.audit.path {
         Some(p) => Audit::open(p, cfg.audit.fail_closed)
             .await
@@ -49,6 +83,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("admin socket {}: {e}", server_cfg.admin_socket.display()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = engine.spawn_sweeper(stop_rx.clone());
+    let metrics = crate::api::server::spawn_metrics(engine.clone(), stop_rx.clone()).await?;
     let signals = tokio::spawn(handle_signals(
         engine.clone(),
         config_path.to_path_buf(),
@@ -62,6 +97,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     );
     let served = server::serve(engine.clone(), workload, admin, stop_rx).await;
     let _ = sweeper.await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     signals.abort();
     let _ = std::fs::remove_file(&server_cfg.workload_socket);
     let _ = std::fs::remove_file(&server_cfg.admin_socket);
@@ -112,6 +150,9 @@ pub async fn reload(engine: &Engine, path: &Path) {
         }
         Err(e) => {
             tracing::error!(error = %e, "config reload rejected; keeping the running config");
+            crate::metrics::METRICS
+                .config_reload_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             *engine.config_error.lock().expect("poisoned") = Some(e);
         }
     }

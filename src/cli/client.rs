@@ -267,6 +267,35 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::Status { conn } => status(&conn).await,
+        Cmd::Health { admin, conn } => {
+            let (w, a) = sockets(&conn)?;
+            let path = if admin { a } else { w };
+            let mut c = tonic_health::pb::health_client::HealthClient::new(
+                channel(&path, conn.timeout).await?,
+            );
+            let r = c
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner();
+            let serving =
+                r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            if conn.json {
+                print_json(json!({"socket": path.display().to_string(), "serving": serving}));
+            } else {
+                println!(
+                    "{}: {}",
+                    path.display(),
+                    if serving { "SERVING" } else { "NOT_SERVING" }
+                );
+            }
+            if serving {
+                Ok(())
+            } else {
+                Err(Fail(5, "not serving".into()))
+            }
+        }
         Cmd::Sessions { conn } => {
             let r = admin(&conn)
                 .await?
@@ -391,7 +420,8 @@ async fn status(conn: &Conn) -> Result<(), Fail> {
             json!({"version": s.version, "uptime_seconds": s.uptime_seconds, "sessions": s.sessions, "leases": s.leases,
             "cached_values": s.cached_values, "backends": b, "pending_revocations": s.pending_revocations,
             "pending_retirements": s.pending_retirements, "config_generation": s.config_generation,
-            "config_error": s.config_error, "revoked_sessions": s.revoked_sessions}),
+            "config_error": s.config_error, "revoked_sessions": s.revoked_sessions,
+            "locked_pages": s.locked_pages, "lock_failures": s.lock_failures, "dumpable": s.dumpable}),
         );
         return Ok(());
     }
@@ -424,5 +454,13 @@ async fn status(conn: &Conn) -> Result<(), Fail> {
     println!("cached values        {}", s.cached_values);
     println!("pending revocations  {}", s.pending_revocations);
     println!("pending retirements  {}", s.pending_retirements);
+    println!(
+        "locked secret pages  {} ({} could not be locked)",
+        s.locked_pages, s.lock_failures
+    );
+    println!(
+        "dumpable             {}",
+        if s.dumpable { "YES" } else { "no" }
+    );
     Ok(())
 }

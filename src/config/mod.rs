@@ -59,6 +59,8 @@ struct RawConfig {
     #[serde(default)]
     audit: AuditConfig,
     #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default)]
     backends: BTreeMap<String, Spanned<BackendConfig>>,
     #[serde(default, rename = "secret")]
     secrets: Vec<RawSecret>,
@@ -86,6 +88,9 @@ struct RawServer {
     /// Where the revocation and retirement journal lives (ids only, never values).
     #[serde(default)]
     state_dir: Option<String>,
+    /// Lock all memory (needs CAP_IPC_LOCK); secret buffers are locked either way.
+    #[serde(default)]
+    mlockall: bool,
 }
 
 impl Default for RawServer {
@@ -101,6 +106,7 @@ impl Default for RawServer {
             stale_window: default_stale_window(),
             backend_timeout: default_backend_timeout(),
             state_dir: None,
+            mlockall: false,
         }
     }
 }
@@ -164,6 +170,18 @@ pub struct AuditConfig {
     pub fail_closed: bool,
 }
 
+/// Where Prometheus metrics are served; nothing is served when both are unset.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback TCP address such as "127.0.0.1:9464".
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Or a Unix socket path.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecret {
@@ -219,6 +237,7 @@ pub struct ServerConfig {
     pub stale_window: Duration,
     pub backend_timeout: Duration,
     pub state_dir: Option<PathBuf>,
+    pub mlockall: bool,
 }
 
 /// The validated configuration.
@@ -228,6 +247,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
     pub backends: BTreeMap<String, BackendConfig>,
     pub secrets: BTreeMap<String, SecretSpec>,
     pub workload_policy: Policy,
@@ -406,6 +426,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         stale_window: s.stale_window.0,
         backend_timeout: s.backend_timeout.0,
         state_dir: s.state_dir.as_ref().map(PathBuf::from),
+        mlockall: s.mlockall,
     };
     if server.default_session_ttl > server.max_session_ttl {
         return Err(loc.at(
@@ -418,6 +439,22 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         return Err(loc.at(0..0, "server.backend_timeout", "must be greater than 0"));
     }
     tracing_level_check(&raw.log.level).map_err(|m| loc.at(0..0, "log.level", m))?;
+    if let Some(addr) = &raw.metrics.listen {
+        let a: std::net::SocketAddr = addr.parse().map_err(|_| {
+            loc.at(
+                0..0,
+                "metrics.listen",
+                format!("expected an address such as 127.0.0.1:9464, got `{addr}`"),
+            )
+        })?;
+        if !a.ip().is_loopback() {
+            return Err(loc.at(
+                0..0,
+                "metrics.listen",
+                "must be a loopback address (metrics stay inside the pod)",
+            ));
+        }
+    }
 
     let mut backends = BTreeMap::new();
     for (name, b) in raw.backends {
@@ -483,6 +520,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         server,
         log: raw.log,
         audit: raw.audit,
+        metrics: raw.metrics,
         backends,
         secrets,
         workload_policy,
