@@ -105,7 +105,14 @@ impl Bao {
             .request(method, &url)
             .header("X-Vault-Request", "true");
         if !token.is_empty() {
-            req = req.header("X-Vault-Token", token);
+            // Sensitive: kept out of any header dump the HTTP stack may log.
+            let mut v = reqwest::header::HeaderValue::from_str(token).map_err(|_| {
+                BackendError::Invalid(
+                    "the OpenBao token has characters a header cannot carry".into(),
+                )
+            })?;
+            v.set_sensitive(true);
+            req = req.header("X-Vault-Token", v);
         }
         if let Some(ns) = namespace.or(self.namespace.as_deref()) {
             req = req.header("X-Vault-Namespace", ns);

@@ -369,3 +369,6 @@ impl Backend for OpenBaoBackend {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests;
