@@ -58,6 +58,8 @@ struct Creds {
     user: String,
     password: String,
     lease_id: String,
+    /// OpenBao's lease id (the version is its last segment).
+    bao_lease: String,
 }
 
 async fn open(b: &mut Broker, agent: &str) -> String {
@@ -87,6 +89,7 @@ async fn creds(b: &mut Broker, sid: &str, name: &str, call: &str) -> Creds {
         user: v["username"].as_str().unwrap().into(),
         password: v["password"].as_str().unwrap().into(),
         lease_id: r.lease_id,
+        bao_lease: format!("database/creds/ro/{}", r.version),
     }
 }
 
@@ -100,9 +103,29 @@ fn dies_within(pg: &Postgres, c: &Creds, limit: Duration) -> Option<Duration> {
     wait_for(limit, || login(pg, c).is_err().then(|| t.elapsed()))
 }
 
+/// The OpenBao token (lookup data) whose metadata has `key` = `value`.
+async fn token_with(bao: &OpenBao, key: &str, value: &str) -> serde_json::Value {
+    let list = bao
+        .api("LIST", "auth/token/accessors", serde_json::Value::Null)
+        .await;
+    for acc in list["data"]["keys"].as_array().unwrap() {
+        let t = bao
+            .api(
+                "POST",
+                "auth/token/lookup-accessor",
+                serde_json::json!({ "accessor": acc }),
+            )
+            .await;
+        if t["data"]["meta"][key] == value {
+            return t["data"].clone();
+        }
+    }
+    panic!("no OpenBao token has {key} = {value}");
+}
+
 #[tokio::test]
 async fn session_credentials_log_in_and_die_with_the_session() {
-    let (env, _bao) = setup(300, 600).await;
+    let (env, bao) = setup(300, 600).await;
     let mut b = env.sc.broker().await;
     let s1 = open(&mut b, "agent-1").await;
     let s2 = open(&mut b, "agent-2").await;
@@ -113,6 +136,9 @@ async fn session_credentials_log_in_and_die_with_the_session() {
     assert_eq!(login(&env.pg, &c2).unwrap(), c2.user);
     let again = creds(&mut b, &s1, "db/session", "").await;
     assert_eq!(again.user, c1.user, "same session, same credentials");
+    let t = token_with(&bao, "sidecred_session", &s1).await;
+    assert_eq!(t["meta"]["agent_id"], "agent-1", "{t}");
+    assert!(t["ttl"].as_u64().unwrap() <= 3600, "session ttl: {t}");
 
     let t = Instant::now();
     let rep = env
@@ -152,12 +178,20 @@ async fn session_credentials_log_in_and_die_with_the_session() {
 
 #[tokio::test]
 async fn call_credentials_differ_per_call_and_die_on_release() {
-    let (env, _bao) = setup(300, 600).await;
+    let (env, bao) = setup(300, 600).await;
     let mut b = env.sc.broker().await;
     let s = open(&mut b, "agent-call").await;
     let a = creds(&mut b, &s, "db/call", "call-a").await;
     let c = creds(&mut b, &s, "db/call", "call-b").await;
     assert_ne!(a.user, c.user);
+    // The role grants 300 s, but the lease hangs off a call token that OpenBao expires (and
+    // revokes, with its leases) after the secret's ttl of 30 s.
+    let body = serde_json::json!({ "lease_id": a.bao_lease });
+    let l = bao.api("PUT", "sys/leases/lookup", body).await;
+    assert!(l["data"]["ttl"].as_u64().unwrap() > 30);
+    let t = token_with(&bao, "sidecred_call", "call-a").await;
+    assert!(t["ttl"].as_u64().unwrap() <= 30, "{t}");
+    assert_eq!(t["meta"]["sidecred_session"], s.as_str());
     assert_eq!(login(&env.pg, &a).unwrap(), a.user);
     assert_eq!(login(&env.pg, &c).unwrap(), c.user);
     b.release_lease(pb::ReleaseLeaseRequest {

@@ -127,13 +127,18 @@ pub async fn read(
             lease: None,
         });
     }
+    // A call lease dies with its call token, whatever ttl the role grants.
+    let mut ttl = Duration::from_secs(reply.lease_duration);
+    if call.is_some() {
+        ttl = ttl.min(req.spec.ttl.min(req.session.ttl));
+    }
     record(inner, &req.session.id, &reply, call.map(|c| c.0));
     Ok(Fetched {
         value,
         version: lease_version(&reply.lease_id),
         lease: Some(BackendLease {
             id: reply.lease_id.clone(),
-            ttl: Duration::from_secs(reply.lease_duration),
+            ttl,
             renewable: reply.renewable,
         }),
     })
