@@ -2,9 +2,10 @@
 //! HTTP helper for seeding it as the root token.
 
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use sidecred::api::pb;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct OpenBao {
     pub port: u16,
@@ -300,3 +301,65 @@ name = "root-admin"
 uids = [0]
 actions = ["*"]
 "#;
+
+// Client-side helpers shared by the OpenBao test files.
+
+pub type Broker = pb::broker_client::BrokerClient<tonic::transport::Channel>;
+
+pub async fn open(b: &mut Broker) -> String {
+    b.open_session(pb::OpenSessionRequest {
+        ttl_seconds: 0,
+        labels: [("agent_id".into(), "bao-test".into())].into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .session_id
+}
+
+pub async fn get(
+    b: &mut Broker,
+    sid: &str,
+    name: &str,
+    version: &str,
+) -> Result<pb::GetSecretResponse, tonic::Status> {
+    b.get_secret(pb::GetSecretRequest {
+        name: name.into(),
+        session_id: sid.into(),
+        version: version.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn kv_secret(name: &str, path: &str, extra: &str) -> String {
+    format!(
+        "[[secret]]\nname = \"{name}\"\nbackend = \"bao\"\npath = \"{path}\"\nzone = \"internal\"\n{extra}\n"
+    )
+}
+
+pub const KV_READ: &str = r#"path "secret/data/app/*" { capabilities = ["read", "create", "update"] }
+path "secret/metadata/app/*" { capabilities = ["read"] }"#;
+
+/// Polls an async condition until true or the deadline.
+pub async fn wait_for_async<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
