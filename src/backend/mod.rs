@@ -4,6 +4,7 @@
 //! is the only place they become gRPC statuses.
 
 pub mod dev;
+pub mod openbao;
 
 use crate::api::peer::PeerIdentity;
 use crate::config::SecretSpec;
@@ -164,18 +165,22 @@ pub trait Backend: Send + Sync + 'static {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BackendConfig {
     Dev(dev::DevConfig),
+    #[serde(rename = "openbao")]
+    OpenBao(openbao::OpenBaoConfig),
 }
 
 impl BackendConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::Dev(_) => "dev",
+            BackendConfig::OpenBao(_) => "openbao",
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         match self {
             BackendConfig::Dev(c) => c.validate(),
+            BackendConfig::OpenBao(c) => c.validate(),
         }
     }
 
@@ -183,13 +188,16 @@ impl BackendConfig {
     pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
         match self {
             BackendConfig::Dev(c) => c.validate_secret(spec),
+            BackendConfig::OpenBao(c) => c.validate_secret(spec),
         }
     }
 
     pub async fn build(&self, name: &str, timeout: Duration) -> Result<Arc<dyn Backend>, String> {
-        let _ = timeout;
         match self {
             BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),
+            BackendConfig::OpenBao(c) => Ok(Arc::new(
+                openbao::OpenBaoBackend::new(name, c, timeout).await?,
+            )),
         }
     }
 }

@@ -349,3 +349,6 @@ actions = ["*"]
 "#
     )
 }
+
+pub mod openbao;
+pub mod postgres;
