@@ -10,18 +10,33 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+/// Client-library targets capped at INFO whatever the filter says: at DEBUG/TRACE they log
+/// request and response headers and bodies (the AWS SDK, hyper, h2), which carry secret values.
+const CAPPED_TARGETS: &[&str] = &[
+    "aws_", "hyper", "h2", "rustls", "reqwest", "tower", "vaultrs", "rustify",
+];
+
 pub fn init_logging(cfg: &Config) {
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = std::env::var("SIDECRED_LOG").unwrap_or_else(|_| cfg.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let cap = CAPPED_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, p| {
+            t.with_target(*p, LevelFilter::INFO)
+        });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let registry = tracing_subscriber::registry();
     let _ = match cfg.log.format {
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => b.try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_filter(filter.and(cap)))
+            .try_init(),
+        LogFormat::Pretty => registry.with(fmt.with_filter(filter.and(cap))).try_init(),
     };
 }
 

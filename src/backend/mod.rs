@@ -3,6 +3,7 @@
 //! Backends return [`BackendError`]s that say what failed by name, never by value; the API layer
 //! is the only place they become gRPC statuses.
 
+pub mod aws;
 pub mod dev;
 
 use crate::api::peer::PeerIdentity;
@@ -122,6 +123,12 @@ pub trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// How often the engine re-validates shared cached values with `current_version`
+    /// (changes made outside sidecred); None: never.
+    fn recheck_interval(&self) -> Option<Duration> {
+        None
+    }
+
     async fn open_session(
         &self,
         _session: &SessionMeta,
@@ -164,18 +171,21 @@ pub trait Backend: Send + Sync + 'static {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BackendConfig {
     Dev(dev::DevConfig),
+    Aws(aws::AwsConfig),
 }
 
 impl BackendConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::Dev(_) => "dev",
+            BackendConfig::Aws(_) => "aws",
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         match self {
             BackendConfig::Dev(c) => c.validate(),
+            BackendConfig::Aws(c) => c.validate(),
         }
     }
 
@@ -183,13 +193,14 @@ impl BackendConfig {
     pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
         match self {
             BackendConfig::Dev(c) => c.validate_secret(spec),
+            BackendConfig::Aws(c) => c.validate_secret(spec),
         }
     }
 
     pub async fn build(&self, name: &str, timeout: Duration) -> Result<Arc<dyn Backend>, String> {
-        let _ = timeout;
         match self {
             BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),
+            BackendConfig::Aws(c) => Ok(Arc::new(aws::AwsBackend::new(name, c, timeout).await?)),
         }
     }
 }
