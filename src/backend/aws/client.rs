@@ -20,10 +20,10 @@ pub(super) async fn build(cfg: &AwsConfig, timeout: Duration) -> Result<Client, 
     if let Some(r) = &cfg.region {
         loader = loader.region(Region::new(r.clone()));
     }
-    if let Some(p) = &cfg.profile {
+    if let Some(p) = cfg.profile.as_deref().filter(|p| !p.is_empty()) {
         loader = loader.profile_name(p);
     }
-    if let Some(e) = &cfg.endpoint {
+    if let Some(e) = cfg.endpoint.as_deref().filter(|e| !e.is_empty()) {
         loader = loader.endpoint_url(e);
     }
     if let (Some(id), Some(key)) = (&cfg.access_key_id, &cfg.secret_access_key) {

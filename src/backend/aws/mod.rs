@@ -29,9 +29,9 @@ const PREVIOUS: &str = "AWSPREVIOUS";
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
     pub region: Option<String>,
-    /// Endpoint override, e.g. a VPC endpoint or a local emulator.
+    /// Endpoint override, e.g. a VPC endpoint or a local emulator; empty means none.
     pub endpoint: Option<String>,
-    /// Named profile from the shared config files.
+    /// Named profile from the shared config files; empty means the default.
     pub profile: Option<String>,
     /// Static credentials; both or neither. Prefer the chain in production.
     pub access_key_id: Option<String>,
@@ -74,7 +74,7 @@ impl AwsConfig {
         if self.session_token.is_some() && self.access_key_id.is_none() {
             return Err("session_token needs access_key_id and secret_access_key".into());
         }
-        if let Some(e) = &self.endpoint {
+        if let Some(e) = self.endpoint.as_deref().filter(|e| !e.is_empty()) {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 return Err(format!(
                     "endpoint `{e}` must start with http:// or https://"
