@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod lease;
+pub mod metrics;
 pub mod policy;
 pub mod rotation;
 pub mod secret;

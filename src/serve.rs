@@ -10,10 +10,11 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-/// Client-library targets capped at INFO whatever the filter says: at DEBUG/TRACE they log
-/// request and response headers and bodies (the AWS SDK, hyper, h2), which carry secret values.
-const CAPPED_TARGETS: &[&str] = &[
-    "aws_", "hyper", "h2", "rustls", "reqwest", "tower", "vaultrs", "rustify",
+/// Crates whose debug/trace output could carry credentials on the wire (raw headers and
+/// bodies; STS answers hold credentials). Prefixes: `aws_` covers every AWS SDK crate.
+/// Capped at INFO by a separate filter, so no `SIDECRED_LOG` value can lift the cap.
+const QUIET_TARGETS: &[&str] = &[
+    "aws_", "h2", "hyper", "reqwest", "rustls", "tower", "tonic", "vaultrs", "rustify",
 ];
 
 pub fn init_logging(cfg: &Config) {
@@ -22,7 +23,7 @@ pub fn init_logging(cfg: &Config) {
     let filter = std::env::var("SIDECRED_LOG").unwrap_or_else(|_| cfg.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let cap = CAPPED_TARGETS
+    let cap = QUIET_TARGETS
         .iter()
         .fold(Targets::new().with_default(LevelFilter::TRACE), |t, p| {
             t.with_target(*p, LevelFilter::INFO)
@@ -64,6 +65,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("admin socket {}: {e}", server_cfg.admin_socket.display()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = engine.spawn_sweeper(stop_rx.clone());
+    let metrics = crate::api::server::spawn_metrics(engine.clone(), stop_rx.clone()).await?;
     let signals = tokio::spawn(handle_signals(
         engine.clone(),
         config_path.to_path_buf(),
@@ -77,6 +79,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     );
     let served = server::serve(engine.clone(), workload, admin, stop_rx).await;
     let _ = sweeper.await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     signals.abort();
     let _ = std::fs::remove_file(&server_cfg.workload_socket);
     let _ = std::fs::remove_file(&server_cfg.admin_socket);
@@ -127,6 +132,9 @@ pub async fn reload(engine: &Engine, path: &Path) {
         }
         Err(e) => {
             tracing::error!(error = %e, "config reload rejected; keeping the running config");
+            crate::metrics::METRICS
+                .config_reload_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             *engine.config_error.lock().expect("poisoned") = Some(e);
         }
     }

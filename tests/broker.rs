@@ -123,9 +123,9 @@ async fn lease_expires_on_time() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    assert!(sc.audit_text().contains(&format!(
-        "\"event\":\"lease_expire\",\"outcome\":\"ok\",\"session\""
-    )));
+    assert!(sc
+        .audit_text()
+        .contains("\"event\":\"lease_expire\",\"outcome\":\"ok\",\"session\""));
 }
 
 #[tokio::test]

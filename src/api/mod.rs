@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod broker;
 pub mod error;
+pub mod layer;
 pub mod peer;
 mod redact;
 pub mod server;

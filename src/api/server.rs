@@ -65,7 +65,10 @@ fn incoming(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Resu
     }
 }
 
-fn reflection() -> (
+/// Reflection listing only the services this socket serves.
+fn reflection(
+    service: &'static str,
+) -> (
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -77,6 +80,8 @@ fn reflection() -> (
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(super::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(service)
+            .with_service_name("grpc.health.v1.Health")
     };
     (
         b().build_v1().expect("descriptor set is valid"),
@@ -84,13 +89,16 @@ fn reflection() -> (
     )
 }
 
-fn builder() -> tonic::transport::Server {
+fn builder() -> tonic::transport::Server<
+    tower::layer::util::Stack<super::layer::ObserveLayer, tower::layer::util::Identity>,
+> {
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
         .max_concurrent_streams(Some(1024))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .timeout(Duration::from_secs(60))
+        .layer(super::layer::ObserveLayer)
 }
 
 /// Serves both sockets until `shutdown` flips to true.
@@ -111,8 +119,8 @@ pub async fn serve(
         engine: engine.clone(),
     })
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let (r1, r1a) = reflection();
-    let (r2, r2a) = reflection();
+    let (r1, r1a) = reflection("sidecred.v1.Broker");
+    let (r2, r2a) = reflection("sidecred.v1.Admin");
     let wait = |mut rx: watch::Receiver<bool>| async move {
         while !*rx.borrow() {
             if rx.changed().await.is_err() {
@@ -136,4 +144,53 @@ pub async fn serve(
     rw.map_err(|e| format!("workload socket: {e}"))?;
     ra.map_err(|e| format!("admin socket: {e}"))?;
     Ok(())
+}
+
+/// Starts the metrics endpoint if configured (TCP on loopback, or a Unix socket).
+pub async fn spawn_metrics(
+    engine: Arc<Engine>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let cfg = engine.catalog().config.metrics.clone();
+    let render = {
+        let engine = engine.clone();
+        move || {
+            let st = engine.gauges();
+            crate::metrics::METRICS.render(&st)
+        }
+    };
+    if let Some(addr) = cfg.listen {
+        let l = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        return Ok(Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    a = l.accept() => if let Ok((s, _)) = a {
+                        let r = render.clone();
+                        tokio::spawn(crate::metrics::serve_http(s, r));
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        })));
+    }
+    if let Some(path) = cfg.socket {
+        let l =
+            bind(&path, 0o660).map_err(|e| format!("metrics.socket {}: {e}", path.display()))?;
+        return Ok(Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    a = l.accept() => if let Ok((s, _)) = a {
+                        let r = render.clone();
+                        tokio::spawn(crate::metrics::serve_http(s, r));
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        })));
+    }
+    Ok(None)
 }

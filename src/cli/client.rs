@@ -267,6 +267,35 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::Status { conn } => status(&conn).await,
+        Cmd::Health { admin, conn } => {
+            let (w, a) = sockets(&conn)?;
+            let path = if admin { a } else { w };
+            let mut c = tonic_health::pb::health_client::HealthClient::new(
+                channel(&path, conn.timeout).await?,
+            );
+            let r = c
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner();
+            let serving =
+                r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            if conn.json {
+                print_json(json!({"socket": path.display().to_string(), "serving": serving}));
+            } else {
+                println!(
+                    "{}: {}",
+                    path.display(),
+                    if serving { "SERVING" } else { "NOT_SERVING" }
+                );
+            }
+            if serving {
+                Ok(())
+            } else {
+                Err(Fail(5, "not serving".into()))
+            }
+        }
         Cmd::Sessions { conn } => {
             let r = admin(&conn)
                 .await?

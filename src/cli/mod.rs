@@ -110,6 +110,14 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Check a socket's grpc.health.v1 status (for liveness and readiness probes).
+    Health {
+        /// Check the admin socket instead of the workload socket.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// List open sessions (admin).
     Sessions {
         #[command(flatten)]

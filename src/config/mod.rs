@@ -59,6 +59,8 @@ struct RawConfig {
     #[serde(default)]
     audit: AuditConfig,
     #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default)]
     backends: BTreeMap<String, Spanned<BackendConfig>>,
     #[serde(default, rename = "secret")]
     secrets: Vec<RawSecret>,
@@ -164,6 +166,18 @@ pub struct AuditConfig {
     pub fail_closed: bool,
 }
 
+/// Where Prometheus metrics are served; nothing is served when both are unset.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback TCP address such as "127.0.0.1:9464".
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Or a Unix socket path.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecret {
@@ -228,6 +242,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
     pub backends: BTreeMap<String, BackendConfig>,
     pub secrets: BTreeMap<String, SecretSpec>,
     pub workload_policy: Policy,
@@ -418,6 +433,22 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         return Err(loc.at(0..0, "server.backend_timeout", "must be greater than 0"));
     }
     tracing_level_check(&raw.log.level).map_err(|m| loc.at(0..0, "log.level", m))?;
+    if let Some(addr) = &raw.metrics.listen {
+        let a: std::net::SocketAddr = addr.parse().map_err(|_| {
+            loc.at(
+                0..0,
+                "metrics.listen",
+                format!("expected an address such as 127.0.0.1:9464, got `{addr}`"),
+            )
+        })?;
+        if !a.ip().is_loopback() {
+            return Err(loc.at(
+                0..0,
+                "metrics.listen",
+                "must be a loopback address (metrics stay inside the pod)",
+            ));
+        }
+    }
 
     let mut backends = BTreeMap::new();
     for (name, b) in raw.backends {
@@ -483,6 +514,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         server,
         log: raw.log,
         audit: raw.audit,
+        metrics: raw.metrics,
         backends,
         secrets,
         workload_policy,

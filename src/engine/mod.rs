@@ -15,6 +15,7 @@ use crate::clock::{renew_at, Clock};
 use crate::config::{Config, Scope, SecretSpec};
 use crate::lease::cache::{Cache, CacheKey, Entry, Lookup, ScopeKey};
 use crate::lease::{Lease, LeaseTable};
+use crate::metrics::{Gauges, METRICS};
 use crate::rotation::RotationState;
 use crate::session::{new_id, Session, Sessions};
 use futures::FutureExt;
@@ -141,6 +142,17 @@ impl Engine {
     pub fn swap_catalog(&self, c: Catalog) {
         *self.catalog.write().expect("poisoned") = Arc::new(c);
         *self.config_error.lock().expect("poisoned") = None;
+    }
+
+    /// Gauges for a metrics scrape.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            sessions: self.sessions.count() as u64,
+            leases: self.leases.lock().expect("poisoned").len() as u64,
+            cached_values: self.cache.len() as u64,
+            journal_backlog: self.pending_count() as u64,
+            config_generation: self.catalog().generation,
+        }
     }
 
     pub fn now(&self) -> SystemTime {
@@ -365,6 +377,7 @@ impl Engine {
         let window = cat.config.server.stale_window;
         let stale = match self.cache.lookup(key, now, window) {
             Lookup::Fresh(e) => {
+                METRICS.cache_hits.fetch_add(1, Ordering::Relaxed);
                 if key.scope == ScopeKey::Shared
                     && e.backend_lease.is_none()
                     && e.claim_refresh(now, spec.ttl / 4)
@@ -376,12 +389,14 @@ impl Engine {
             Lookup::Stale(e) => Some(e),
             Lookup::Miss => None,
         };
+        METRICS.cache_misses.fetch_add(1, Ordering::Relaxed);
         let fetch = self.fetch_future(cat, spec, session, caller, key, spiffe_id)?;
         let (res, _) = self.cache.fetch_once(key.clone(), fetch).await;
         match (res, stale) {
             (Ok(e), _) => Ok((e, false)),
             (Err(err), Some(old)) if err.is_transient() => {
                 tracing::warn!(secret = %spec.name, version = %old.version, error = %err, "serving stale value: backend unavailable");
+                METRICS.cache_stale.fetch_add(1, Ordering::Relaxed);
                 Ok((old, true))
             }
             (Err(err), _) => Err(ApiError::from_backend(&spec.name, err)),
@@ -439,6 +454,7 @@ impl Engine {
         let limit = cat.config.server.backend_timeout;
         Ok(async move {
             counter.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             let req = FetchRequest {
                 spec: &spec,
                 session: &meta,
@@ -448,7 +464,9 @@ impl Engine {
                 caller: &caller,
                 spiffe_id: spiffe.as_deref(),
             };
-            let f = match tokio::time::timeout(limit, backend.fetch(&req)).await {
+            let f = tokio::time::timeout(limit, backend.fetch(&req)).await;
+            METRICS.backend_call(&spec.backend, "fetch", started.elapsed());
+            let f = match f {
                 Ok(r) => r?,
                 Err(_) => {
                     return Err(BackendError::Unavailable(format!(

@@ -173,6 +173,9 @@ impl Engine {
                 pending: vec![],
             },
         };
+        crate::metrics::METRICS
+            .revocations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let detail = format!(
             "reason={reason} done={} pending={}",
             report.done.len(),
@@ -244,6 +247,7 @@ impl Engine {
                 at: now,
             },
         );
+        crate::metrics::METRICS.rotation(name);
         let detail = format!("grace={}s", grace.as_secs());
         let mut ev = AuditEvent::new("rotate", "ok").caller(caller);
         ev.secret = Some(name);
