@@ -634,6 +634,8 @@ async fn canary_values_never_reach_logs_audit_or_errors_at_trace() {
     ))
     .log("trace")
     .env("SIDECRED_LOG", "trace")
+    // Makes the AWS SDK print response bodies at trace: only sidecred's log cap stops them.
+    .env("LOG_SENSITIVE_BODIES", "true")
     .start();
     let mut b = sc.broker().await;
     let sid = open(&mut b).await;
