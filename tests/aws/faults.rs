@@ -71,6 +71,9 @@ async fn emulator_down_stale_in_window_then_unavailable_then_recovery() {
     let fetched = Instant::now();
     assert!(!get(&mut b, &sid, "app/svc", "").await.unwrap().stale);
     m.stop();
+    let (healthy, detail) = aws_health(&sc).await;
+    assert!(!healthy, "{detail}");
+    assert!(detail.contains("ListSecrets"), "{detail}");
 
     tokio::time::sleep(Duration::from_millis(1300).saturating_sub(fetched.elapsed())).await;
     let t = Instant::now();
@@ -92,6 +95,11 @@ async fn emulator_down_stale_in_window_then_unavailable_then_recovery() {
 
     m.spawn();
     create(&m, "svc", "svc-v1").await;
+    let (healthy, detail) = aws_health(&sc).await;
+    assert!(
+        healthy && detail.contains("us-east-1: reachable"),
+        "{detail}"
+    );
     let r = get(&mut b, &sid, "app/svc", "").await.unwrap();
     assert!(!r.stale);
     assert_eq!(r.value, b"svc-v1");
@@ -158,4 +166,17 @@ async fn throttling_and_5xx_are_retried_then_unavailable_promptly_and_denied_is_
         get(&mut b, &sid, "app/two", "").await.unwrap().value,
         b"two-value"
     );
+}
+
+async fn aws_health(sc: &Sidecar) -> (bool, String) {
+    let st = sc
+        .admin()
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let b = st.backends.iter().find(|b| b.name == "aws").unwrap();
+    assert_eq!(b.kind, "aws");
+    (b.healthy, b.detail.clone())
 }
