@@ -174,3 +174,39 @@ async fn canary_values_never_reach_logs_audit_or_errors_at_trace() {
         assert!(!text.contains(CANARY), "canary in {what}");
     }
 }
+
+/// IRSA: no credentials in config; the chain reads AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE and
+/// calls STS AssumeRoleWithWebIdentity (moto answers it), endpoint from AWS_ENDPOINT_URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_web_identity_as_on_eks() {
+    let m = Moto::start();
+    let proxy = crate::fault_proxy::FaultProxy::start(m.port);
+    create(&m, "irsa", "irsa-value").await;
+    let cfg = body("", "", &[("app/irsa", "irsa", "")]).replace(
+        "access_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(
+        &token,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2ln",
+    )
+    .unwrap();
+    let sc = Sidecar::builder(&cfg)
+        .env("AWS_ENDPOINT_URL", &proxy.endpoint())
+        .env("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/sidecred")
+        .env("AWS_ROLE_SESSION_NAME", "sidecred-test")
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap())
+        .start();
+    let mut b = sc.broker().await;
+    let sid = open(&mut b).await;
+    let r = get(&mut b, &sid, "app/irsa", "").await.unwrap();
+    assert_eq!(r.value, b"irsa-value");
+    assert_eq!(
+        proxy.count("other"),
+        1,
+        "one STS AssumeRoleWithWebIdentity call"
+    );
+    assert_eq!(proxy.count("GetSecretValue"), 1);
+}

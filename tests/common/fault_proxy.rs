@@ -76,7 +76,8 @@ impl FaultProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Requests received for one operation (e.g. "GetSecretValue"), faulted ones included.
+    /// Requests received for one operation (e.g. "GetSecretValue"; "other" for requests without
+    /// X-Amz-Target, such as STS query calls), faulted ones included.
     pub fn count(&self, op: &str) -> u64 {
         *self.state.counts.lock().unwrap().get(op).unwrap_or(&0)
     }
