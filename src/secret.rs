@@ -4,14 +4,22 @@ use secrecy::{ExposeSecret, SecretSlice};
 use std::fmt;
 use zeroize::Zeroize;
 
-/// Secret bytes. Clone shares nothing: each clone is its own zeroizing buffer.
-#[derive(Clone)]
+/// Secret bytes, locked in RAM while they live (see `harden`). Clone shares nothing: each clone
+/// is its own locked, zeroizing buffer.
 pub struct SecretBytes(SecretSlice<u8>);
 
 impl SecretBytes {
-    /// Takes ownership of `bytes`; the vector's buffer becomes the secret's buffer.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(SecretSlice::from(bytes))
+    /// Takes ownership of `bytes`; the vector's buffer (shrunk to fit) becomes the secret's buffer.
+    pub fn new(mut bytes: Vec<u8>) -> Self {
+        if bytes.capacity() != bytes.len() {
+            // Copy into an exact-size buffer and wipe the old one, so no spare capacity keeps a tail.
+            let exact = bytes.as_slice().to_vec();
+            bytes.zeroize();
+            bytes = exact;
+        }
+        let s = Self(SecretSlice::from(bytes));
+        crate::harden::lock(s.expose());
+        s
     }
 
     /// Copies a string a client library handed us, then wipes the original.
@@ -37,6 +45,19 @@ impl SecretBytes {
     pub fn ct_eq(&self, other: &[u8]) -> bool {
         use subtle::ConstantTimeEq;
         self.expose().ct_eq(other).into()
+    }
+}
+
+impl Clone for SecretBytes {
+    fn clone(&self) -> Self {
+        Self::new(self.expose().to_vec())
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        // The inner buffer zeroizes itself right after this.
+        crate::harden::unlock(self.expose());
     }
 }
 

@@ -45,6 +45,16 @@ pub fn init_logging(cfg: &Config) {
 pub async fn run(config_path: &Path) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
     init_logging(&cfg);
+    crate::harden::harden_process()?;
+    if cfg.server.mlockall {
+        if !crate::harden::lock_all() {
+            return Err(
+                "server.mlockall = true but mlockall failed: grant CAP_IPC_LOCK or turn it off"
+                    .into(),
+            );
+        }
+        tracing::info!("all memory locked");
+    }
     let audit = match &cfg.audit.path {
         Some(p) => Audit::open(p, cfg.audit.fail_closed)
             .await

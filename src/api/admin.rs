@@ -178,6 +178,9 @@ impl Engine {
                 .clone()
                 .unwrap_or_default(),
             revoked_sessions: self.sessions.revoked_count() as u32,
+            locked_pages: crate::harden::locked_pages() as u32,
+            lock_failures: crate::harden::lock_failures(),
+            dumpable: crate::harden::is_dumpable(),
         }
     }
 }

@@ -420,7 +420,8 @@ async fn status(conn: &Conn) -> Result<(), Fail> {
             json!({"version": s.version, "uptime_seconds": s.uptime_seconds, "sessions": s.sessions, "leases": s.leases,
             "cached_values": s.cached_values, "backends": b, "pending_revocations": s.pending_revocations,
             "pending_retirements": s.pending_retirements, "config_generation": s.config_generation,
-            "config_error": s.config_error, "revoked_sessions": s.revoked_sessions}),
+            "config_error": s.config_error, "revoked_sessions": s.revoked_sessions,
+            "locked_pages": s.locked_pages, "lock_failures": s.lock_failures, "dumpable": s.dumpable}),
         );
         return Ok(());
     }
@@ -453,5 +454,13 @@ async fn status(conn: &Conn) -> Result<(), Fail> {
     println!("cached values        {}", s.cached_values);
     println!("pending revocations  {}", s.pending_revocations);
     println!("pending retirements  {}", s.pending_retirements);
+    println!(
+        "locked secret pages  {} ({} could not be locked)",
+        s.locked_pages, s.lock_failures
+    );
+    println!(
+        "dumpable             {}",
+        if s.dumpable { "YES" } else { "no" }
+    );
     Ok(())
 }

@@ -88,6 +88,9 @@ struct RawServer {
     /// Where the revocation and retirement journal lives (ids only, never values).
     #[serde(default)]
     state_dir: Option<String>,
+    /// Lock all memory (needs CAP_IPC_LOCK); secret buffers are locked either way.
+    #[serde(default)]
+    mlockall: bool,
 }
 
 impl Default for RawServer {
@@ -103,6 +106,7 @@ impl Default for RawServer {
             stale_window: default_stale_window(),
             backend_timeout: default_backend_timeout(),
             state_dir: None,
+            mlockall: false,
         }
     }
 }
@@ -233,6 +237,7 @@ pub struct ServerConfig {
     pub stale_window: Duration,
     pub backend_timeout: Duration,
     pub state_dir: Option<PathBuf>,
+    pub mlockall: bool,
 }
 
 /// The validated configuration.
@@ -421,6 +426,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         stale_window: s.stale_window.0,
         backend_timeout: s.backend_timeout.0,
         state_dir: s.state_dir.as_ref().map(PathBuf::from),
+        mlockall: s.mlockall,
     };
     if server.default_session_ttl > server.max_session_ttl {
         return Err(loc.at(

@@ -1,0 +1,183 @@
+//! Process and memory hardening. The only module allowed `unsafe`: each block is a libc-level
+//! call on memory this module owns or was handed by the allocator contract.
+//!
+//! - the process is not dumpable and its core limit is 0;
+//! - every freed heap block is zeroed before it returns to the allocator, so transport buffers
+//!   (HTTP/2 frames, protobuf encodings) that held a value leave nothing behind;
+//! - secret buffers are locked in RAM (mlock) and excluded from dumps (MADV_DONTDUMP), page by
+//!   page with reference counts, within the default memlock limit.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+
+/// Makes the process non-dumpable (no core files, no ptrace by same-uid peers) with core limit 0.
+pub fn harden_process() -> Result<(), String> {
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE, 0): {e}"))?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|e| format!("setrlimit(RLIMIT_CORE, 0): {e}"))?;
+    Ok(())
+}
+
+/// Whether the process is dumpable (tests check hardening took effect).
+pub fn is_dumpable() -> bool {
+    nix::sys::prctl::get_dumpable().unwrap_or(true)
+}
+
+/// Locks all current and future memory when CAP_IPC_LOCK allows it; returns whether it did.
+pub fn lock_all() -> bool {
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).is_ok()
+}
+
+static ZERO_ON_FREE: AtomicBool = AtomicBool::new(true);
+
+/// Turns zero-on-free off (benchmarks measure its cost this way).
+pub fn set_zero_on_free(on: bool) {
+    ZERO_ON_FREE.store(on, Ordering::Relaxed);
+}
+
+/// The system allocator, zeroing each block when it is freed or moved.
+pub struct ZeroizingAlloc;
+
+fn wipe(ptr: *mut u8, len: usize) {
+    if ZERO_ON_FREE.load(Ordering::Relaxed) && len > 0 {
+        // SAFETY: the allocator contract gives us `len` writable bytes at `ptr` until dealloc.
+        unsafe {
+            std::ptr::write_bytes(ptr, 0, len);
+        }
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's layout; `realloc` allocates anew,
+// copies, wipes and frees, so no block is ever released unwiped.
+unsafe impl GlobalAlloc for ZeroizingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        wipe(ptr, layout.size());
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+            return std::ptr::null_mut();
+        };
+        let new = unsafe { System.alloc(new_layout) };
+        if !new.is_null() {
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+            }
+            wipe(ptr, layout.size());
+            unsafe { System.dealloc(ptr, layout) };
+        }
+        new
+    }
+}
+
+const PAGE: usize = 4096;
+
+/// Pages holding secret bytes, with how many secret buffers use each.
+static LOCKED: LazyLock<Mutex<HashMap<usize, u32>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static LOCK_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Secret buffers that could not be locked (memlock limit reached); they still zeroize.
+pub fn lock_failures() -> u64 {
+    LOCK_FAILURES.load(Ordering::Relaxed)
+}
+
+fn pages(ptr: *const u8, len: usize) -> impl Iterator<Item = usize> {
+    let start = ptr as usize & !(PAGE - 1);
+    let end = (ptr as usize + len.max(1) - 1) & !(PAGE - 1);
+    (start..=end).step_by(PAGE)
+}
+
+/// Locks the pages of a secret buffer and marks them excluded from core dumps.
+pub fn lock(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let mut locked = LOCKED.lock().expect("poisoned");
+    for p in pages(bytes.as_ptr(), bytes.len()) {
+        let n = locked.entry(p).or_insert(0);
+        if *n == 0 {
+            let addr = NonNull::new(p as *mut std::ffi::c_void).expect("page address is not null");
+            // SAFETY: `p` is the start of a mapped page that holds part of a live buffer.
+            let ok = unsafe { nix::sys::mman::mlock(addr, PAGE) }.is_ok();
+            // SAFETY: as above; MADV_DONTDUMP only changes dump behaviour.
+            let _ = unsafe {
+                nix::sys::mman::madvise(addr, PAGE, nix::sys::mman::MmapAdvise::MADV_DONTDUMP)
+            };
+            if !ok {
+                LOCK_FAILURES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        *n += 1;
+    }
+}
+
+/// Releases a buffer's hold on its pages; a page is unlocked when no secret uses it.
+pub fn unlock(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let mut locked = LOCKED.lock().expect("poisoned");
+    for p in pages(bytes.as_ptr(), bytes.len()) {
+        if let Some(n) = locked.get_mut(&p) {
+            *n -= 1;
+            if *n == 0 {
+                locked.remove(&p);
+                let addr =
+                    NonNull::new(p as *mut std::ffi::c_void).expect("page address is not null");
+                // SAFETY: the page is still mapped (the buffer is being dropped, not yet freed).
+                let _ = unsafe { nix::sys::mman::munlock(addr, PAGE) };
+            }
+        }
+    }
+}
+
+/// Pages currently locked for secrets.
+pub fn locked_pages() -> usize {
+    LOCKED.lock().expect("poisoned").len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_ranges() {
+        let v: Vec<usize> = pages(4096 as *const u8, 1).collect();
+        assert_eq!(v, vec![4096]);
+        let v: Vec<usize> = pages(4095 as *const u8, 2).collect();
+        assert_eq!(v, vec![0, 4096]);
+        let v: Vec<usize> = pages(8192 as *const u8, 4096).collect();
+        assert_eq!(v, vec![8192]);
+    }
+
+    fn uses(p: usize) -> u32 {
+        LOCKED.lock().unwrap().get(&p).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn lock_counts_pages_by_use() {
+        // A whole page of its own, so no other test's secret shares it.
+        let a = vec![1u8; 3 * PAGE];
+        let page = (a.as_ptr() as usize + PAGE) & !(PAGE - 1);
+        let mine = &a[page - a.as_ptr() as usize..][..PAGE];
+        lock(mine);
+        lock(mine);
+        assert_eq!(uses(page), 2);
+        unlock(mine);
+        assert_eq!(uses(page), 1);
+        unlock(mine);
+        assert_eq!(uses(page), 0);
+    }
+}
