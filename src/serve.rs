@@ -10,42 +10,34 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-/// Crates whose debug/trace output could carry credentials on the wire.
+/// Crates whose debug/trace output could carry credentials on the wire (raw headers and
+/// bodies; STS answers hold credentials). Prefixes: `aws_` covers every AWS SDK crate.
+/// Capped at INFO by a separate filter, so no `SIDECRED_LOG` value can lift the cap.
 const QUIET_TARGETS: &[&str] = &[
-    "h2",
-    "hyper",
-    "hyper_util",
-    "reqwest",
-    "rustls",
-    "tower",
-    "tonic",
-    "aws_smithy_runtime",
-    "aws_smithy_runtime_api",
-    "aws_smithy_http_client",
-    "aws_sdk_secretsmanager",
-    "aws_config",
-    "vaultrs",
-    "rustify",
+    "aws_", "h2", "hyper", "reqwest", "rustls", "tower", "tonic", "vaultrs", "rustify",
 ];
 
 pub fn init_logging(cfg: &Config) {
-    let mut filter = std::env::var("SIDECRED_LOG").unwrap_or_else(|_| cfg.log.level.clone());
-    // Transport and SDK crates trace raw headers and bodies (tokens, values): never below info.
-    for quiet in QUIET_TARGETS {
-        if !filter.contains(quiet) {
-            filter.push_str(&format!(",{quiet}=info"));
-        }
-    }
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
+    let filter = std::env::var("SIDECRED_LOG").unwrap_or_else(|_| cfg.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let cap = QUIET_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, p| {
+            t.with_target(*p, LevelFilter::INFO)
+        });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let registry = tracing_subscriber::registry();
     let _ = match cfg.log.format {
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => b.try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_filter(filter.and(cap)))
+            .try_init(),
+        LogFormat::Pretty => registry.with(fmt.with_filter(filter.and(cap))).try_init(),
     };
 }
 

@@ -29,6 +29,9 @@ pub struct DevConfig {
     /// Lease ttl of simulated dynamic credentials.
     #[serde(default)]
     pub dynamic_ttl: Option<crate::config::Dur>,
+    /// Re-validate cached values this often (see `Backend::recheck_interval`).
+    #[serde(default)]
+    pub recheck_interval: Option<crate::config::Dur>,
 }
 
 impl DevConfig {
@@ -63,6 +66,7 @@ pub struct DevBackend {
     live_leases: Mutex<HashSet<String>>,
     latency: Duration,
     dynamic_ttl: Duration,
+    recheck: Option<Duration>,
     fetches: AtomicU64,
     lease_seq: AtomicU64,
 }
@@ -108,6 +112,7 @@ impl DevBackend {
                 .dynamic_ttl
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(60)),
+            recheck: cfg.recheck_interval.map(|d| d.0).filter(|d| !d.is_zero()),
             fetches: AtomicU64::new(0),
             lease_seq: AtomicU64::new(0),
         })
@@ -234,6 +239,10 @@ impl Backend for DevBackend {
         }
         let store = self.store.lock().expect("poisoned");
         Ok(store.get(&spec.path).map(|v| v.values.len().to_string()))
+    }
+
+    fn recheck_interval(&self) -> Option<Duration> {
+        self.recheck
     }
 
     async fn revoke_lease(

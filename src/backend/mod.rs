@@ -3,6 +3,7 @@
 //! Backends return [`BackendError`]s that say what failed by name, never by value; the API layer
 //! is the only place they become gRPC statuses.
 
+pub mod aws;
 pub mod dev;
 pub mod openbao;
 
@@ -123,6 +124,12 @@ pub trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// How often the engine re-validates shared cached values with `current_version`
+    /// (changes made outside sidecred); None: never.
+    fn recheck_interval(&self) -> Option<Duration> {
+        None
+    }
+
     async fn open_session(
         &self,
         _session: &SessionMeta,
@@ -167,6 +174,7 @@ pub enum BackendConfig {
     Dev(dev::DevConfig),
     #[serde(rename = "openbao")]
     OpenBao(openbao::OpenBaoConfig),
+    Aws(aws::AwsConfig),
 }
 
 impl BackendConfig {
@@ -174,6 +182,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Dev(_) => "dev",
             BackendConfig::OpenBao(_) => "openbao",
+            BackendConfig::Aws(_) => "aws",
         }
     }
 
@@ -181,6 +190,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Dev(c) => c.validate(),
             BackendConfig::OpenBao(c) => c.validate(),
+            BackendConfig::Aws(c) => c.validate(),
         }
     }
 
@@ -189,6 +199,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Dev(c) => c.validate_secret(spec),
             BackendConfig::OpenBao(c) => c.validate_secret(spec),
+            BackendConfig::Aws(c) => c.validate_secret(spec),
         }
     }
 
@@ -198,6 +209,7 @@ impl BackendConfig {
             BackendConfig::OpenBao(c) => Ok(Arc::new(
                 openbao::OpenBaoBackend::new(name, c, timeout).await?,
             )),
+            BackendConfig::Aws(c) => Ok(Arc::new(aws::AwsBackend::new(name, c, timeout).await?)),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! The API layer checks policy and calls in here; this module never sees gRPC types.
 
 mod ops;
+mod recheck;
 mod sweep;
 
 pub use ops::{RevocationReport, RotateOutcome, Step};
@@ -110,6 +111,7 @@ pub struct Engine {
     backend_calls: Mutex<HashMap<String, Arc<AtomicU64>>>,
     pub(crate) started: Instant,
     pub(crate) config_error: Mutex<Option<String>>,
+    pub(crate) rechecks: recheck::Rechecks,
 }
 
 impl Engine {
@@ -127,6 +129,7 @@ impl Engine {
             backend_calls: Mutex::new(HashMap::new()),
             started: Instant::now(),
             config_error: Mutex::new(None),
+            rechecks: recheck::Rechecks::default(),
         })
     }
 

@@ -21,7 +21,10 @@ impl Engine {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => engine.sweep().await,
+                    _ = tick.tick() => {
+                        engine.sweep().await;
+                        engine.spawn_rechecks();
+                    }
                     _ = shutdown.changed() => break,
                 }
             }

@@ -158,6 +158,26 @@ impl Cache {
         self.entries.lock().expect("poisoned").remove(key)
     }
 
+    /// Removes the entry only if it is still `entry` (not replaced by a newer fetch).
+    pub fn remove_if_same(&self, key: &CacheKey, entry: &Arc<Entry>) -> bool {
+        let mut entries = self.entries.lock().expect("poisoned");
+        if entries.get(key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            entries.remove(key);
+            return true;
+        }
+        false
+    }
+
+    /// Shared entries of current versions (not pinned ones): what change detection re-validates.
+    pub fn shared_current(&self) -> Vec<(CacheKey, Arc<Entry>)> {
+        let entries = self.entries.lock().expect("poisoned");
+        entries
+            .iter()
+            .filter(|(k, _)| k.scope == ScopeKey::Shared && k.version.is_none())
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
     /// Evicts every entry of one secret, optionally only one version.
     pub fn remove_secret(&self, secret: &str, version: Option<&str>) -> usize {
         let mut entries = self.entries.lock().expect("poisoned");
