@@ -101,7 +101,7 @@ impl Outcome {
     }
 }
 
-async fn uds_channel(path: &PathBuf) -> Channel {
+async fn uds_channel(path: &std::path::Path) -> Channel {
     Endpoint::from_shared(format!("unix://{}", path.display()))
         .expect("socket uri")
         .initial_stream_window_size(Some(1 << 20))
