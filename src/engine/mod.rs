@@ -3,6 +3,7 @@
 
 mod ops;
 mod recheck;
+mod revoke;
 mod sweep;
 
 pub use ops::{RevocationReport, RotateOutcome, Step};
@@ -112,6 +113,10 @@ pub struct Engine {
     pub(crate) started: Instant,
     pub(crate) config_error: Mutex<Option<String>>,
     pub(crate) rechecks: recheck::Rechecks,
+    /// Set once at start when `[fleet]` is configured.
+    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
+    /// Set once at start when `server.state_dir` is configured.
+    pub(crate) journal: std::sync::OnceLock<crate::journal::Journal>,
 }
 
 impl Engine {
@@ -130,6 +135,8 @@ impl Engine {
             started: Instant::now(),
             config_error: Mutex::new(None),
             rechecks: recheck::Rechecks::default(),
+            fleet: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
         })
     }
 
@@ -231,6 +238,7 @@ impl Engine {
                 }
             }
         }
+        self.record_session(&meta, &handles, now + ttl).await;
         let session = self.sessions.insert(Session {
             meta,
             owner_uid: caller.uid,
@@ -557,7 +565,8 @@ impl Engine {
                     .await
                 {
                     tracing::warn!(lease = %lease.id, backend = %backend, error = %e, why, "backend lease revocation failed; queued for retry");
-                    self.queue_lease_revocation(backend, bl.clone(), handle);
+                    self.queue_lease_revocation(backend, bl.clone(), handle)
+                        .await;
                 }
             }
         }
