@@ -72,7 +72,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
                 .map_err(|e| format!("journal in {}: {e}", dir.display()))?,
         ),
         None => {
-            tracing::warn!("server.state_dir is not set: revocations in flight are lost in a crash");
+            tracing::warn!(
+                "server.state_dir is not set: revocations in flight are lost in a crash"
+            );
             None
         }
     };

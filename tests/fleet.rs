@@ -180,7 +180,10 @@ async fn revocation_through_one_sidecar_is_refused_everywhere_within_a_second() 
     tokio::time::sleep(window).await;
     let per_sidecar = (bao_requests(&f) - before) as f64 / window.as_secs_f64() / 3.0;
     eprintln!("idle OpenBao load: {per_sidecar:.2} requests/s per sidecar");
-    assert!(per_sidecar <= 5.0, "idle load {per_sidecar:.2}/s per sidecar");
+    assert!(
+        per_sidecar <= 5.0,
+        "idle load {per_sidecar:.2}/s per sidecar"
+    );
 
     let mut a = f.scs[0].broker().await;
     let mut c = f.scs[2].broker().await;
@@ -192,7 +195,10 @@ async fn revocation_through_one_sidecar_is_refused_everywhere_within_a_second() 
     assert_eq!(login(&f.pg, &oc).unwrap(), oc.user);
     // Before: the other sidecars simply do not know the session.
     let mut b = f.scs[1].broker().await;
-    assert_eq!(err_code(&get(&mut b, &victim).await.unwrap_err()), "invalid-argument");
+    assert_eq!(
+        err_code(&get(&mut b, &victim).await.unwrap_err()),
+        "invalid-argument"
+    );
 
     // Revoked through sidecar B, which does not hold it.
     let t0 = Instant::now();
@@ -201,17 +207,28 @@ async fn revocation_through_one_sidecar_is_refused_everywhere_within_a_second() 
     assert!(rep.pending.is_empty(), "{rep:?}");
     for what in ["tombstone", "log", "token"] {
         assert!(
-            rep.done.iter().any(|s| s.target == "fleet" && s.what == what),
+            rep.done
+                .iter()
+                .any(|s| s.target == "fleet" && s.what == what),
             "no fleet {what} step: {rep:?}"
         );
     }
     let when = refused_everywhere(&f, &victim, t0, Duration::from_secs(1)).await;
     eprintln!("revoke call {took:?}; refused on A/B/C after {when:?}");
-    let died = wait_for(Duration::from_secs(1), || login(&f.pg, &vc).is_err().then_some(()));
+    let died = wait_for(Duration::from_secs(1), || {
+        login(&f.pg, &vc).is_err().then_some(())
+    });
     assert!(died.is_some(), "revoked credentials still log in");
     assert!(!f.pg.role_exists(&vc.user), "role still in pg_roles");
-    assert_eq!(login(&f.pg, &oc).unwrap(), oc.user, "other session untouched");
-    assert!(get(&mut c, &other).await.is_ok(), "other session still served");
+    assert_eq!(
+        login(&f.pg, &oc).unwrap(),
+        oc.user,
+        "other session untouched"
+    );
+    assert!(
+        get(&mut c, &other).await.is_ok(),
+        "other session still served"
+    );
     // Sidecar A tore its own session down and audited it.
     let torn = wait_for(Duration::from_secs(2), || {
         f.scs[0]
@@ -250,16 +267,26 @@ async fn cli_revokes_through_openbao_with_no_sidecar() {
     assert_eq!(rep["done"].as_array().unwrap().len(), 3, "{rep}");
     let when = refused_everywhere(&f, &victim, t0, Duration::from_secs(1)).await;
     eprintln!("CLI took {:?}; refused after {when:?}", t0.elapsed());
-    assert!(wait_for(Duration::from_secs(1), || login(&f.pg, &vc).is_err().then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(1), || login(&f.pg, &vc)
+        .is_err()
+        .then_some(()))
+    .is_some());
     assert!(!f.pg.role_exists(&vc.user));
     assert_eq!(login(&f.pg, &oc).unwrap(), oc.user);
     // The tombstone says who and why.
     let t = f
         .bao
-        .api("GET", &format!("secret/data/sidecred/fleet/tombstones/{victim}"), serde_json::Value::Null)
+        .api(
+            "GET",
+            &format!("secret/data/sidecred/fleet/tombstones/{victim}"),
+            serde_json::Value::Null,
+        )
         .await;
     assert_eq!(t["data"]["data"]["reason"], "incident-42");
-    assert!(t["data"]["data"]["origin"].as_str().unwrap().starts_with("cli:"));
+    assert!(t["data"]["data"]["origin"]
+        .as_str()
+        .unwrap()
+        .starts_with("cli:"));
     // Unknown token: a clear failure, exit code 5 or 3, nothing printed as done.
     let bad = std::process::Command::new(BIN)
         .args(["revoke-session", &other, "--openbao", &f.bao.addr])
@@ -267,7 +294,10 @@ async fn cli_revokes_through_openbao_with_no_sidecar() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("403"), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("403"),
+        "{bad:?}"
+    );
     assert_eq!(login(&f.pg, &oc).unwrap(), oc.user);
 }
 
@@ -295,15 +325,28 @@ async fn a_sidecar_killed_mid_revocation_finishes_it_after_restart() {
     let _ = call.await;
     let journal = f.scs[0].dir.path().join("state/journal.jsonl");
     let text = std::fs::read_to_string(&journal).unwrap();
-    assert!(text.contains("\"op\":\"session\"") && text.contains("\"op\":\"revoke\""), "{text}");
+    assert!(
+        text.contains("\"op\":\"session\"") && text.contains("\"op\":\"revoke\""),
+        "{text}"
+    );
     assert!(!text.contains(&vc.password));
     f.proxy.fail_always(None);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(login(&f.pg, &vc).unwrap(), vc.user, "still alive before the restart");
+    assert_eq!(
+        login(&f.pg, &vc).unwrap(),
+        vc.user,
+        "still alive before the restart"
+    );
     let t = Instant::now();
     f.scs[0].spawn();
-    let died = wait_for(Duration::from_secs(10), || login(&f.pg, &vc).is_err().then_some(()));
-    assert!(died.is_some(), "role survived the restart:\n{}", f.scs[0].logs());
+    let died = wait_for(Duration::from_secs(10), || {
+        login(&f.pg, &vc).is_err().then_some(())
+    });
+    assert!(
+        died.is_some(),
+        "role survived the restart:\n{}",
+        f.scs[0].logs()
+    );
     assert!(!f.pg.role_exists(&vc.user));
     eprintln!("role dropped {:?} after restart", t.elapsed());
     assert!(f.scs[0].logs().contains("journal replayed"));
@@ -320,7 +363,10 @@ async fn a_sidecar_killed_mid_revocation_finishes_it_after_restart() {
         "sidecar B never learned of the revocation"
     );
     assert!(
-        wait_for_async(Duration::from_secs(5), || async { pending(&f.scs[0]).await == 0 }).await
+        wait_for_async(Duration::from_secs(5), || async {
+            pending(&f.scs[0]).await == 0
+        })
+        .await
     );
 }
 
@@ -360,23 +406,42 @@ async fn a_revocation_during_an_outage_is_pending_then_completes() {
     let vc = creds(&mut a, &victim).await;
     f.bao.freeze(true);
     let rep = admin_revoke(&f.scs[0], &victim).await.unwrap();
-    let targets: Vec<_> = rep.pending.iter().map(|s| (s.target.as_str(), s.what.as_str())).collect();
+    let targets: Vec<_> = rep
+        .pending
+        .iter()
+        .map(|s| (s.target.as_str(), s.what.as_str()))
+        .collect();
     assert!(targets.contains(&("bao", "session")), "{rep:?}");
     assert!(targets.contains(&("fleet", "tombstone")), "{rep:?}");
-    assert_eq!(err_code(&get(&mut a, &victim).await.unwrap_err()), "session-revoked");
+    assert_eq!(
+        err_code(&get(&mut a, &victim).await.unwrap_err()),
+        "session-revoked"
+    );
     assert!(pending(&f.scs[0]).await >= 2);
     tokio::time::sleep(Duration::from_secs(1)).await;
     f.bao.freeze(false);
     let t = Instant::now();
     assert!(
-        wait_for_async(Duration::from_secs(10), || async { pending(&f.scs[0]).await == 0 }).await,
+        wait_for_async(Duration::from_secs(10), || async {
+            pending(&f.scs[0]).await == 0
+        })
+        .await,
         "still pending:\n{}",
         f.scs[0].logs()
     );
-    assert!(wait_for(Duration::from_secs(1), || login(&f.pg, &vc).is_err().then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(1), || login(&f.pg, &vc)
+        .is_err()
+        .then_some(()))
+    .is_some());
     assert!(!f.pg.role_exists(&vc.user));
     assert!(revoked_on(&f.scs[1], &victim, Duration::from_secs(2)).await);
-    eprintln!("outage revocation completed {:?} after OpenBao returned", t.elapsed());
+    eprintln!(
+        "outage revocation completed {:?} after OpenBao returned",
+        t.elapsed()
+    );
     let logs = f.scs[0].logs();
-    assert!(logs.contains("pending fleet revocation completed"), "{logs}");
+    assert!(
+        logs.contains("pending fleet revocation completed"),
+        "{logs}"
+    );
 }

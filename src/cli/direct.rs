@@ -34,8 +34,8 @@ pub struct Direct {
 
 fn token(d: &Direct) -> Result<SecretText, String> {
     if let Some(p) = &d.token_file {
-        let t = std::fs::read_to_string(p)
-            .map_err(|e| format!("token file {}: {e}", p.display()))?;
+        let t =
+            std::fs::read_to_string(p).map_err(|e| format!("token file {}: {e}", p.display()))?;
         return Ok(SecretText::new(t.trim().to_string()));
     }
     for var in ["BAO_TOKEN", "VAULT_TOKEN"] {
@@ -113,10 +113,16 @@ pub async fn revoke(d: &Direct, session: &str, reason: &str, json_out: bool) -> 
     } else {
         println!("revoked {session} (through OpenBao at {addr})");
         for s in &out.done {
-            println!("  done     {:<10} {:<14} {:>4} {}", s.target, s.what, s.count, s.detail);
+            println!(
+                "  done     {:<10} {:<14} {:>4} {}",
+                s.target, s.what, s.count, s.detail
+            );
         }
         for s in &pending {
-            println!("  PENDING  {:<10} {:<14} {:>4} {}", s.target, s.what, s.count, s.detail);
+            println!(
+                "  PENDING  {:<10} {:<14} {:>4} {}",
+                s.target, s.what, s.count, s.detail
+            );
         }
     }
     match out.pending {

@@ -460,9 +460,7 @@ impl Engine {
                         failing = true;
                     }
                     Err(_) if !failing => {
-                        tracing::warn!(
-                            "fleet revocation log read timed out; retrying every poll"
-                        );
+                        tracing::warn!("fleet revocation log read timed out; retrying every poll");
                         failing = true;
                     }
                     _ => {}

@@ -163,11 +163,20 @@ mod tests {
         assert_eq!(ok.poll_interval, Duration::from_millis(250));
         assert_eq!(ok.sidecar_id, "pod-1");
         let bad = [
-            ("backend = \"nope\"", "fleet.backend: unknown backend `nope`"),
+            (
+                "backend = \"nope\"",
+                "fleet.backend: unknown backend `nope`",
+            ),
             ("backend = \"dev\"", "needs an openbao backend"),
             ("backend = \"bao\"\nprefix = \"a/../b\"", "fleet.prefix"),
-            ("backend = \"bao\"\npoll_interval = \"20s\"", "fleet.poll_interval"),
-            ("backend = \"bao\"\nsidecar_id = \"a/b\"", "fleet.sidecar_id"),
+            (
+                "backend = \"bao\"\npoll_interval = \"20s\"",
+                "fleet.poll_interval",
+            ),
+            (
+                "backend = \"bao\"\nsidecar_id = \"a/b\"",
+                "fleet.sidecar_id",
+            ),
             ("backend = \"bao\"\npoll = \"1s\"", "unknown field `poll`"),
         ];
         for (text, want) in bad {

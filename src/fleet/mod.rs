@@ -29,8 +29,11 @@ pub trait Store: Send + Sync {
     /// Writes a new version of `key`; returns its version number.
     async fn put(&self, key: &str, data: Value) -> Result<u64, BackendError>;
     /// The data and version of `key` (the current one, or `version`); None when absent/deleted.
-    async fn get(&self, key: &str, version: Option<u64>)
-        -> Result<Option<(u64, Value)>, BackendError>;
+    async fn get(
+        &self,
+        key: &str,
+        version: Option<u64>,
+    ) -> Result<Option<(u64, Value)>, BackendError>;
     /// Keys directly below `dir`.
     async fn list(&self, dir: &str) -> Result<Vec<String>, BackendError>;
     /// Removes `key` and all its versions.
@@ -130,9 +133,11 @@ pub async fn publish(store: &dyn Store, t: &Tombstone, revoke_token: bool) -> Pu
             }
         };
         match rec {
-            None => out
-                .done
-                .push(step("token", 0, "no session record (closed, or never opened)")),
+            None => out.done.push(step(
+                "token",
+                0,
+                "no session record (closed, or never opened)",
+            )),
             Some(r) => match store.revoke_accessor(&r.accessor).await {
                 Ok(()) => {
                     out.done
