@@ -15,7 +15,7 @@ use std::time::Duration;
 
 enum Src {
     Backend(Arc<Inner>),
-    Direct { bao: Bao, token: SecretText },
+    Direct { bao: Box<Bao>, token: SecretText },
 }
 
 pub struct BaoStore {
@@ -44,7 +44,10 @@ impl BaoStore {
     ) -> Result<BaoStore, String> {
         let bao = Bao::new(address, ca_file, None, timeout)?;
         Ok(BaoStore {
-            src: Src::Direct { bao, token },
+            src: Src::Direct {
+                bao: Box::new(bao),
+                token,
+            },
             mount: mount.into(),
             prefix: prefix.into(),
         })
@@ -58,7 +61,7 @@ impl BaoStore {
     ) -> Result<Option<Value>, BackendError> {
         let (bao, token) = match &self.src {
             Src::Backend(i) => (&i.bao, i.token().token.clone()),
-            Src::Direct { bao, token } => (bao, token.clone()),
+            Src::Direct { bao, token } => (&**bao, token.clone()),
         };
         let r = bao.call(method, path, token.expose(), None, body).await?;
         Ok(r.map(|mut r| std::mem::take(&mut r.data)))
