@@ -93,11 +93,12 @@ fn builder() -> tonic::transport::Server {
         .timeout(Duration::from_secs(60))
 }
 
-/// Serves both sockets until `shutdown` flips to true.
+/// Serves the sockets until `shutdown` flips to true.
 pub async fn serve(
     engine: Arc<Engine>,
     workload: UnixListener,
     admin: UnixListener,
+    spiffe: Option<UnixListener>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -113,6 +114,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let (r1, r1a) = reflection();
     let (r2, r2a) = reflection();
+    let shutdown2 = shutdown.clone();
     let wait = |mut rx: watch::Receiver<bool>| async move {
         while !*rx.borrow() {
             if rx.changed().await.is_err() {
@@ -132,8 +134,39 @@ pub async fn serve(
         .add_service(r2)
         .add_service(r2a)
         .serve_with_incoming_shutdown(incoming(admin), wait(shutdown));
-    let (rw, ra) = tokio::join!(w, a);
+    let s = serve_spiffe(engine.clone(), spiffe, wait(shutdown2));
+    let (rw, ra, rs) = tokio::join!(w, a, s);
     rw.map_err(|e| format!("workload socket: {e}"))?;
     ra.map_err(|e| format!("admin socket: {e}"))?;
+    rs.map_err(|e| format!("spiffe socket: {e}"))?;
     Ok(())
+}
+
+/// The SPIFFE Workload API and Envoy SDS, when a SPIFFE socket is configured.
+async fn serve_spiffe(
+    engine: Arc<Engine>,
+    listener: Option<UnixListener>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    use super::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
+    use super::spiffe_pb::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    let spiffe = SpiffeWorkloadApiServer::new(super::spiffe::SpiffeService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let sds = SecretDiscoveryServiceServer::new(super::sds::SdsService { engine })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Long-lived streams: no per-request timeout here.
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(Some(1024))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(spiffe)
+        .add_service(sds)
+        .serve_with_incoming_shutdown(incoming(listener), stop)
+        .await
 }

@@ -3,10 +3,12 @@
 //! Backends return [`BackendError`]s that say what failed by name, never by value; the API layer
 //! is the only place they become gRPC statuses.
 
+pub mod ca;
 pub mod dev;
 
 use crate::api::peer::PeerIdentity;
 use crate::config::SecretSpec;
+use crate::policy::SanPolicy;
 use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -84,6 +86,8 @@ pub struct FetchRequest<'a> {
     pub caller: &'a PeerIdentity,
     /// The SPIFFE ID the caller's policy rule assigns, for certificate issuers.
     pub spiffe_id: Option<&'a str>,
+    /// The DNS/IP SANs the caller's policy rule allows in its certificates.
+    pub sans: Option<&'a SanPolicy>,
 }
 
 /// Result of a rotation at the backend.
@@ -157,6 +161,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A one-line health summary (no secrets), or why the backend is unhealthy.
     async fn health(&self) -> Result<String, BackendError>;
+
+    /// The certificate authority behind this backend, for the SPIFFE, SDS, CSR and CRL APIs.
+    fn authority(&self) -> Option<Arc<ca::Authority>> {
+        None
+    }
 }
 
 /// Backend settings from `[backends.NAME]`, tagged by `kind`.
@@ -164,18 +173,21 @@ pub trait Backend: Send + Sync + 'static {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BackendConfig {
     Dev(dev::DevConfig),
+    Ca(ca::CaConfig),
 }
 
 impl BackendConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::Dev(_) => "dev",
+            BackendConfig::Ca(_) => "ca",
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         match self {
             BackendConfig::Dev(c) => c.validate(),
+            BackendConfig::Ca(c) => c.validate(),
         }
     }
 
@@ -183,6 +195,7 @@ impl BackendConfig {
     pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
         match self {
             BackendConfig::Dev(c) => c.validate_secret(spec),
+            BackendConfig::Ca(c) => c.validate_secret(spec),
         }
     }
 
@@ -190,6 +203,7 @@ impl BackendConfig {
         let _ = timeout;
         match self {
             BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),
+            BackendConfig::Ca(c) => Ok(Arc::new(ca::CaBackend::new(name, c)?)),
         }
     }
 }

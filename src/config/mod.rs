@@ -86,6 +86,12 @@ struct RawServer {
     /// Where the revocation and retirement journal lives (ids only, never values).
     #[serde(default)]
     state_dir: Option<String>,
+    /// Socket serving the SPIFFE Workload API and Envoy SDS from a CA backend.
+    #[serde(default)]
+    spiffe_socket: Option<Spanned<String>>,
+    /// The CA backend behind spiffe_socket; default: the only `kind = "ca"` backend.
+    #[serde(default)]
+    spiffe_ca: Option<Spanned<String>>,
 }
 
 impl Default for RawServer {
@@ -101,6 +107,8 @@ impl Default for RawServer {
             stale_window: default_stale_window(),
             backend_timeout: default_backend_timeout(),
             state_dir: None,
+            spiffe_socket: None,
+            spiffe_ca: None,
         }
     }
 }
@@ -219,6 +227,9 @@ pub struct ServerConfig {
     pub stale_window: Duration,
     pub backend_timeout: Duration,
     pub state_dir: Option<PathBuf>,
+    pub spiffe_socket: Option<PathBuf>,
+    /// The CA backend serving spiffe_socket (resolved at load).
+    pub spiffe_ca: Option<String>,
 }
 
 /// The validated configuration.
@@ -406,7 +417,22 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         stale_window: s.stale_window.0,
         backend_timeout: s.backend_timeout.0,
         state_dir: s.state_dir.as_ref().map(PathBuf::from),
+        spiffe_socket: s
+            .spiffe_socket
+            .as_ref()
+            .map(|p| need_path(p, "spiffe_socket"))
+            .transpose()?,
+        spiffe_ca: None,
     };
+    if let Some(p) = &server.spiffe_socket {
+        if p.parent() == server.admin_socket.parent() {
+            return Err(loc.at(
+                0..0,
+                "server.spiffe_socket",
+                "must not be in the admin socket's directory",
+            ));
+        }
+    }
     if server.default_session_ttl > server.max_session_ttl {
         return Err(loc.at(
             0..0,
@@ -427,6 +453,33 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             .validate()
             .map_err(|m| loc.at(b.span(), format!("backends.{name}"), m))?;
         backends.insert(name, b.into_inner());
+    }
+
+    let mut server = server;
+    if server.spiffe_socket.is_some() {
+        let cas: Vec<&String> = backends
+            .iter()
+            .filter(|(_, b)| b.kind() == "ca")
+            .map(|(n, _)| n)
+            .collect();
+        server.spiffe_ca = Some(match &s.spiffe_ca {
+            Some(n) if cas.contains(&n.get_ref()) => n.get_ref().clone(),
+            Some(n) => {
+                return Err(loc.at(
+                    n.span(),
+                    "server.spiffe_ca",
+                    format!("`{}` is not a backend of kind \"ca\"", n.get_ref()),
+                ))
+            }
+            None if cas.len() == 1 => cas[0].clone(),
+            None => {
+                return Err(loc.at(
+                    0..0,
+                    "server.spiffe_socket",
+                    "needs exactly one backend of kind \"ca\", or server.spiffe_ca naming one",
+                ))
+            }
+        });
     }
 
     let mut secrets = BTreeMap::new();
