@@ -108,11 +108,11 @@ mod tests {
         impl<T: ?Sized + serde::Serialize> Probe<T> {
             const SER: bool = true;
         }
-        assert!(!<Probe<SecretBytes>>::DISPLAY);
-        assert!(!<Probe<SecretText>>::DISPLAY);
-        assert!(!<Probe<SecretBytes>>::SER);
-        assert!(!<Probe<SecretText>>::SER);
-        assert!(<Probe<String>>::DISPLAY, "the probe must detect Display");
-        assert!(<Probe<String>>::SER, "the probe must detect Serialize");
+        const { assert!(!<Probe<SecretBytes>>::DISPLAY) };
+        const { assert!(!<Probe<SecretText>>::DISPLAY) };
+        const { assert!(!<Probe<SecretBytes>>::SER) };
+        const { assert!(!<Probe<SecretText>>::SER) };
+        const { assert!(<Probe<String>>::DISPLAY, "the probe must detect Display") };
+        const { assert!(<Probe<String>>::SER, "the probe must detect Serialize") };
     }
 }

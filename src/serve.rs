@@ -10,8 +10,32 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+/// Crates whose debug/trace output could carry credentials on the wire.
+const QUIET_TARGETS: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "rustls",
+    "tower",
+    "tonic",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sdk_secretsmanager",
+    "aws_config",
+    "vaultrs",
+    "rustify",
+];
+
 pub fn init_logging(cfg: &Config) {
-    let filter = std::env::var("SIDECRED_LOG").unwrap_or_else(|_| cfg.log.level.clone());
+    let mut filter = std::env::var("SIDECRED_LOG").unwrap_or_else(|_| cfg.log.level.clone());
+    // Transport and SDK crates trace raw headers and bodies (tokens, values): never below info.
+    for quiet in QUIET_TARGETS {
+        if !filter.contains(quiet) {
+            filter.push_str(&format!(",{quiet}=info"));
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

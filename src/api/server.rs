@@ -65,7 +65,10 @@ fn incoming(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Resu
     }
 }
 
-fn reflection() -> (
+/// Reflection listing only the services this socket serves.
+fn reflection(
+    service: &'static str,
+) -> (
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -77,6 +80,8 @@ fn reflection() -> (
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(super::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(service)
+            .with_service_name("grpc.health.v1.Health")
     };
     (
         b().build_v1().expect("descriptor set is valid"),
@@ -112,8 +117,8 @@ pub async fn serve(
         engine: engine.clone(),
     })
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let (r1, r1a) = reflection();
-    let (r2, r2a) = reflection();
+    let (r1, r1a) = reflection("sidecred.v1.Broker");
+    let (r2, r2a) = reflection("sidecred.v1.Admin");
     let shutdown2 = shutdown.clone();
     let wait = |mut rx: watch::Receiver<bool>| async move {
         while !*rx.borrow() {
