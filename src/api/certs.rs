@@ -63,7 +63,12 @@ pub(crate) async fn sign_csr(
         .into());
     }
     check_sans(Some(sans), &ask.dns, &ask.ips).map_err(ApiError::Denied)?;
-    let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
+    // Never longer than the secret's ttl (nor the CA's leaf ttl, which the CA applies).
+    let max = cat.secret(&r.name)?.ttl;
+    let ttl = Some(match r.ttl_seconds {
+        0 => max,
+        s => Duration::from_secs(s).min(max),
+    });
     let issued = ca
         .sign_csr(&ask, spiffe, ttl, Some(&session.meta.id), engine.now())
         .map_err(|e| ApiError::from_backend(&r.name, e))?;

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod broker;
 mod certs;
 pub mod error;
+mod h2fix;
 pub mod peer;
 mod redact;
 pub mod sds;

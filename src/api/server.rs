@@ -172,6 +172,11 @@ async fn serve_spiffe(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(spiffe)
         .add_service(sds)
-        .serve_with_incoming_shutdown(incoming(listener), stop)
+        .serve_with_incoming_shutdown(
+            tokio_stream::StreamExt::map(incoming(listener), |c| {
+                c.map(super::h2fix::AuthorityFix::new)
+            }),
+            stop,
+        )
         .await
 }
