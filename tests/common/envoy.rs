@@ -16,7 +16,9 @@ impl Envoy {
     pub fn start(dir: &Path, name: &str, config: &str, admin_port: u16) -> Envoy {
         let bin = std::env::var("SIDECRED_ENVOY").expect("SIDECRED_ENVOY must point at envoy");
         let cfg = dir.join(format!("{name}.yaml"));
-        std::fs::write(&cfg, config).unwrap();
+        // SDS needs a node identity.
+        let text = format!("node:\n  id: {name}\n  cluster: sidecred-test\n{config}");
+        std::fs::write(&cfg, text).unwrap();
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(bin)
             .arg("-c")
