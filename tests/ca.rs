@@ -429,3 +429,42 @@ async fn ca_rotation_keeps_old_and_new_interoperating_within_the_overlap() {
     assert!(sizes.windows(2).any(|w| w == [1, 2]), "{sizes:?}");
     assert_eq!(sizes.last(), Some(&1), "{sizes:?}");
 }
+
+/// The middle of a PEM block's base64: distinctive, and never in a log line by chance.
+fn canary(pem_text: &str) -> String {
+    let body: String = pem_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    body[body.len() / 4..body.len() / 4 + 40].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_keys_and_tokens_never_reach_logs_or_audit() {
+    let ca = start_logged("", "", "trace");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f) = get_cert(&ca, "mtls/router", dir.path(), "c").await;
+    let key_pem = std::fs::read_to_string(&f.key).unwrap();
+    let svid = first_svid(&ca.spiffe).await;
+    let svid_key = pem("PRIVATE KEY", &svid.svids[0].x509_svid_key);
+    let jwt = spiffe_client(&ca.spiffe)
+        .await
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec!["svc".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .svids[0]
+        .svid
+        .clone();
+    let jwt_sig = jwt.rsplit('.').next().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (logs, audit) = (ca.sc.logs(), ca.sc.audit_text());
+    assert!(logs.contains("TRACE"), "trace logging is on");
+    for secret in [canary(&key_pem), canary(&svid_key), jwt_sig] {
+        assert!(!logs.contains(&secret), "secret material in logs");
+        assert!(!audit.contains(&secret), "secret material in audit");
+    }
+}

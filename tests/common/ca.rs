@@ -66,12 +66,18 @@ pub struct CaSidecar {
 }
 
 pub fn start(ca_extra: &str, rule_extra: &str) -> CaSidecar {
+    start_logged(ca_extra, rule_extra, "debug")
+}
+
+/// Like [`start`], at a given log level (`trace` for canary tests).
+pub fn start_logged(ca_extra: &str, rule_extra: &str, level: &str) -> CaSidecar {
     let dir = tempfile::tempdir().unwrap();
     let spiffe = dir.path().join("spiffe/agent.sock");
     let crl_file = dir.path().join("ca.crl.pem");
     let ca_extra = format!("crl_file = \"{}\"\n{ca_extra}", crl_file.display());
     let sc = Sidecar::builder(&ca_body(&ca_extra, rule_extra))
         .server(&format!("spiffe_socket = \"{}\"", spiffe.display()))
+        .log(level)
         .start();
     assert!(
         super::wait_for(Duration::from_secs(10), || spiffe.exists().then_some(())).is_some(),
