@@ -69,12 +69,16 @@ async fn bundle(ca: &CaSidecar, dir: &Path, tag: &str) -> (std::path::PathBuf, u
 }
 
 /// The child, its log, and its stdin held open (s_server stops at EOF on stdin).
-struct Server(Child, std::path::PathBuf, Option<std::process::ChildStdin>);
+struct Server {
+    child: Child,
+    log: std::path::PathBuf,
+    _stdin: Option<std::process::ChildStdin>,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -109,7 +113,14 @@ fn s_server(dir: &Path, f: &Files, bundle: &Path) -> (Server, u16) {
             .then_some(())
     });
     assert!(ok.is_some(), "s_server did not start");
-    (Server(child, out, stdin), port)
+    (
+        Server {
+            child,
+            log: out,
+            _stdin: stdin,
+        },
+        port,
+    )
 }
 
 /// Connects with `s_client`, sends a line; returns what the server logged.
@@ -144,7 +155,7 @@ fn s_client(server: Server, port: u16, f: &Files, bundle: &Path) -> String {
     let _ = c.kill();
     let o = c.wait_with_output().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let log = std::fs::read_to_string(&server.1).unwrap_or_default();
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
     format!(
         "{log}\n--- client ---\n{}{}",
         String::from_utf8_lossy(&o.stdout),

@@ -133,10 +133,6 @@ impl<S> AuthorityFix<S> {
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     fn emit_headers(&mut self, flags: u8, stream: u32, prio: &[u8], block: &[u8]) {
         let block = rewrite_block(block).unwrap_or_else(|| block.to_vec());
         let mut first = prio.to_vec();

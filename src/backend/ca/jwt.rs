@@ -36,7 +36,7 @@ impl JwtKey {
     pub fn generate() -> Result<Self, String> {
         let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
             .map_err(|_| "JWT key generation failed".to_string())?;
-        let kid = hex::encode(&rand::random::<[u8; 12]>());
+        let kid = hex::encode(rand::random::<[u8; 12]>());
         Ok(Self { key, kid })
     }
 
@@ -78,7 +78,7 @@ impl JwtKey {
             "aud": aud,
             "iat": iat,
             "exp": crate::clock::unix_secs(exp),
-            "jti": hex::encode(&rand::random::<[u8; 12]>()),
+            "jti": hex::encode(rand::random::<[u8; 12]>()),
         });
         let signing_input = format!(
             "{}.{}",

@@ -110,7 +110,8 @@ mod tests {
         let staged = vec![slot(1, 0, 0, false), slot(2, 100, 110, false)];
         let done = vec![slot(1, 0, 0, true), slot(2, 100, 110, false)];
         // (slots, now, signer, trusted, next activation)
-        let cases: Vec<(&[Slot], u64, u64, Vec<u64>, Option<u64>)> = vec![
+        type Case<'a> = (&'a [Slot], u64, u64, Vec<u64>, Option<u64>);
+        let cases: Vec<Case> = vec![
             (&staged[..1], 50, 1, vec![1], None),
             (&staged, 100, 1, vec![1, 2], Some(110)),
             (&staged, 109, 1, vec![1, 2], Some(110)),
