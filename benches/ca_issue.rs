@@ -151,8 +151,15 @@ async fn openbao(c: usize, secs: f64) -> Result {
         .build()
         .unwrap();
     let client = Arc::new(vaultrs::client::VaultClient::new(settings).unwrap());
-    let end = Instant::now() + Duration::from_secs(10);
-    while vaultrs::sys::health(&*client).await.is_err() {
+    let end = Instant::now() + Duration::from_secs(30);
+    let ready = || {
+        Command::new(&bin)
+            .arg("status")
+            .env("BAO_ADDR", &addr)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    while !ready() {
         assert!(Instant::now() < end, "OpenBao did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
