@@ -80,8 +80,12 @@ pub fn start_logged(ca_extra: &str, rule_extra: &str, level: &str) -> CaSidecar 
         .log(level)
         .start();
     assert!(
-        super::wait_for(Duration::from_secs(10), || spiffe.exists().then_some(())).is_some(),
-        "SPIFFE socket did not appear"
+        // The file appears at bind(), a moment before listen(): wait for a connection.
+        super::wait_for(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&spiffe).ok()
+        })
+        .is_some(),
+        "SPIFFE socket does not accept connections"
     );
     CaSidecar {
         sc,
