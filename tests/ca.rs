@@ -479,3 +479,37 @@ async fn private_keys_and_tokens_never_reach_logs_or_audit() {
         assert!(!audit.contains(&secret), "secret material in audit");
     }
 }
+
+#[test]
+fn ca_example_config_loads_files_and_refuses_a_readable_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = sidecred::backend::ca::issuer::generate(
+        1,
+        "example.org",
+        SystemTime::now(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let certs = [ca.chain[0].to_vec(), ca.roots[0].to_vec()];
+    let cert = write(dir.path(), "ca.pem", &pem_all(&certs));
+    let key = write(dir.path(), "ca.key", &ca.issuer.key().serialize_pem());
+    let check = |mode: u32| {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        Command::new(common::BIN)
+            .args(["check-config", "config/ca.toml"])
+            .env("SIDECRED_CA_CERT", &cert)
+            .env("SIDECRED_CA_KEY", &key)
+            .output()
+            .unwrap()
+    };
+    let ok = check(0o600);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = check(0o640);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("group or world"));
+}
