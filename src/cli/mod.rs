@@ -153,10 +153,14 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = std::env::var("SIDECRED_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
             {
+                b.worker_threads(n);
+            }
+            let rt = match b.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("sidecred: cannot start runtime: {e}");
