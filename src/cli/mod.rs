@@ -2,6 +2,14 @@
 //! Exit codes: 0 ok, 1 other error, 2 usage or config, 3 denied, 4 not found, 5 unavailable,
 //! 6 failed precondition (revoked or expired session), 7 invalid argument.
 
+/// Prints a line to stdout; a closed pipe (`sidecred get x | head -c 5`) is not an error.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod client;
 mod direct;
 
@@ -177,7 +185,7 @@ pub fn main() -> i32 {
         }
         Cmd::CheckConfig { file } => match crate::config::Config::load(&file) {
             Ok(c) => {
-                println!(
+                outln!(
                     "{}: ok ({} backends, {} secrets, {} workload rules, {} admin rules)",
                     file.display(),
                     c.backends.len(),
