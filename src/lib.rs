@@ -16,6 +16,7 @@ pub mod harden;
 pub mod journal;
 pub mod lease;
 pub mod metrics;
+pub mod otlp;
 pub mod policy;
 pub mod rotation;
 pub mod secret;

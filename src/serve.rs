@@ -32,13 +32,30 @@ pub fn init_logging(cfg: &Config) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    let registry = tracing_subscriber::registry();
+    // Only sidecred's own spans are exported: transport spans would include the exporter's own
+    // POSTs, and the fmt filter above must not decide what a collector sees.
+    let (otlp, otlp_error) = match &cfg.log.otlp_endpoint {
+        Some(url) => match crate::otlp::layer(url, &cfg.log.otlp_service_name) {
+            Ok(l) => (
+                Some(l.with_filter(Targets::new().with_target("sidecred", LevelFilter::TRACE))),
+                None,
+            ),
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(otlp);
     let _ = match cfg.log.format {
         LogFormat::Json => registry
             .with(fmt.json().flatten_event(true).with_filter(filter.and(cap)))
             .try_init(),
         LogFormat::Pretty => registry.with(fmt.with_filter(filter.and(cap))).try_init(),
     };
+    match (otlp_error, &cfg.log.otlp_endpoint) {
+        (Some(e), _) => tracing::error!(error = %e, "OTLP span export is off"),
+        (None, Some(url)) => tracing::info!(endpoint = %url, "exporting spans over OTLP/HTTP"),
+        (None, None) => {}
+    }
 }
 
 /// Runs the server; returns when a SIGTERM or SIGINT has drained it.

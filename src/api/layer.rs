@@ -23,12 +23,20 @@ impl<S> tower::Layer<S> for ObserveLayer {
     }
 }
 
-/// The trace id of a `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
+/// The trace id and parent span id of a `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`),
+/// if well formed (W3C: neither may be all zeros).
+pub fn traceparent(header: &str) -> Option<(&str, &str)> {
+    let mut parts = header.split('-');
     let (_ver, id, parent, _flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(id, 32) && hex(parent, 16) && id != "00000000000000000000000000000000").then_some(id)
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
+    };
+    (hex(id, 32) && hex(parent, 16)).then_some((id, parent))
+}
+
+/// The trace id of a `traceparent` header, if well formed.
+pub fn trace_id(header: &str) -> Option<&str> {
+    traceparent(header).map(|(id, _)| id)
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for Observe<S>
@@ -55,25 +63,31 @@ where
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .and_then(trace_id)
-            .map(str::to_owned);
+            .and_then(traceparent)
+            .map(|(t, p)| (t.to_owned(), p.to_owned()));
+        let (trace_id, parent) = trace.as_ref().map_or(("", ""), |(t, p)| (t, p));
         let span = tracing::debug_span!(
             "rpc",
             rpc = rpc.unwrap_or("other"),
-            trace_id = trace.as_deref().unwrap_or("")
+            trace_id = trace_id,
+            parent_span_id = parent,
+            code = tracing::field::Empty
         );
         let fut = self.inner.call(req);
         Box::pin(
             async move {
                 let r = fut.await;
-                if let (Some(rpc), Ok(resp)) = (rpc, &r) {
+                if let Ok(resp) = &r {
                     let code = resp
                         .headers()
                         .get("grpc-status")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|s| s.parse::<i32>().ok())
-                        .unwrap_or(0);
-                    METRICS.request(rpc, Code::from(code));
+                        .map_or(Code::Ok, Code::from);
+                    tracing::Span::current().record("code", tracing::field::debug(code));
+                    if let Some(rpc) = rpc {
+                        METRICS.request(rpc, code);
+                    }
                 }
                 r
             }
@@ -84,13 +98,18 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::trace_id;
+    use super::{trace_id, traceparent};
 
     #[test]
     fn traceparent_table() {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(trace_id(ok), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            traceparent(ok),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+        );
         for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "",
             "00-xyz-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

@@ -147,6 +147,12 @@ pub struct LogConfig {
     pub level: String,
     #[serde(default)]
     pub format: LogFormat,
+    /// OTLP/HTTP traces URL (e.g. `http://127.0.0.1:4318/v1/traces`); span export is off when unset.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported spans.
+    #[serde(default = "default_service_name")]
+    pub otlp_service_name: String,
 }
 
 impl Default for LogConfig {
@@ -154,8 +160,14 @@ impl Default for LogConfig {
         Self {
             level: default_level(),
             format: LogFormat::Pretty,
+            otlp_endpoint: None,
+            otlp_service_name: default_service_name(),
         }
     }
+}
+
+fn default_service_name() -> String {
+    "sidecred".into()
 }
 
 fn default_level() -> String {
@@ -469,6 +481,22 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         return Err(loc.at(0..0, "server.backend_timeout", "must be greater than 0"));
     }
     tracing_level_check(&raw.log.level).map_err(|m| loc.at(0..0, "log.level", m))?;
+    if let Some(url) = &raw.log.otlp_endpoint {
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.contains(char::is_whitespace)
+        {
+            return Err(loc.at(
+                0..0,
+                "log.otlp_endpoint",
+                format!(
+                    "expected an http(s) URL such as http://127.0.0.1:4318/v1/traces, got `{url}`"
+                ),
+            ));
+        }
+    }
+    if raw.log.otlp_service_name.is_empty() {
+        return Err(loc.at(0..0, "log.otlp_service_name", "must not be empty"));
+    }
     if let Some(addr) = &raw.metrics.listen {
         let a: std::net::SocketAddr = addr.parse().map_err(|_| {
             loc.at(

@@ -45,6 +45,7 @@ pub struct SidecarBuilder {
     env: Vec<(String, String)>,
     audit_fail_closed: bool,
     log_level: String,
+    log_extra: String,
     audit_path: Option<PathBuf>,
 }
 
@@ -77,6 +78,13 @@ impl SidecarBuilder {
         self
     }
 
+    /// Extra lines for the `[log]` table, e.g. `otlp_endpoint = "http://127.0.0.1:4318/v1/traces"`.
+    pub fn log_extra(mut self, lines: &str) -> Self {
+        self.log_extra.push_str(lines);
+        self.log_extra.push('\n');
+        self
+    }
+
     pub fn start(self) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
@@ -87,12 +95,13 @@ impl SidecarBuilder {
             .clone()
             .unwrap_or_else(|| root.join("audit.jsonl"));
         let text = format!(
-            "[server]\nworkload_socket = \"{}\"\nworkload_socket_mode = \"0666\"\nadmin_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n[log]\nlevel = \"{}\"\n\n[audit]\npath = \"{}\"\nfail_closed = {}\n\n{}\n",
+            "[server]\nworkload_socket = \"{}\"\nworkload_socket_mode = \"0666\"\nadmin_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n[log]\nlevel = \"{}\"\n{}\n[audit]\npath = \"{}\"\nfail_closed = {}\n\n{}\n",
             workload.display(),
             admin.display(),
             root.join("state").display(),
             self.server,
             self.log_level,
+            self.log_extra,
             audit.display(),
             self.audit_fail_closed,
             self.body
@@ -133,6 +142,7 @@ impl Sidecar {
             env: vec![],
             audit_fail_closed: false,
             log_level: "debug".into(),
+            log_extra: String::new(),
             audit_path: None,
         }
     }
