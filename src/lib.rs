@@ -16,6 +16,7 @@ pub mod lease;
 pub mod metrics;
 pub mod policy;
 pub mod rotation;
+pub mod schedule;
 pub mod secret;
 pub mod serve;
 pub mod session;

@@ -3,9 +3,13 @@
 
 mod ops;
 mod recheck;
+mod retirements;
+mod rotate;
+mod scheduler;
 mod sweep;
 
-pub use ops::{RevocationReport, RotateOutcome, Step};
+pub use ops::{RevocationReport, Step};
+pub use rotate::RotateOutcome;
 
 use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
@@ -112,6 +116,7 @@ pub struct Engine {
     pub(crate) started: Instant,
     pub(crate) config_error: Mutex<Option<String>>,
     pub(crate) rechecks: recheck::Rechecks,
+    pub(crate) rotation: rotate::RotationCtl,
 }
 
 impl Engine {
@@ -130,6 +135,7 @@ impl Engine {
             started: Instant::now(),
             config_error: Mutex::new(None),
             rechecks: recheck::Rechecks::default(),
+            rotation: rotate::RotationCtl::default(),
         })
     }
 
@@ -345,6 +351,10 @@ impl Engine {
         caller: &PeerIdentity,
         now: SystemTime,
     ) -> Option<(Arc<Entry>, SystemTime)> {
+        // A reissued secret's previous credentials belong to their holders; none is shared.
+        if cat.backend(&spec.backend).ok()?.reissues(spec) {
+            return None;
+        }
         let prev = {
             let rot = self.rotations.lock().expect("poisoned");
             rot.get(&spec.name)?.previous_valid(now)?.clone()

@@ -6,6 +6,7 @@ mod auth;
 mod client;
 mod dynamic;
 mod kv;
+mod records;
 
 pub use auth::AuthConfig;
 
@@ -301,6 +302,14 @@ impl Backend for OpenBaoBackend {
             )));
         }
         kv::rotate(&self.inner, spec, &o, value).await
+    }
+
+    fn reissues(&self, spec: &SecretSpec) -> bool {
+        Opts::parse(spec).is_ok_and(|o| o.kind != Kind::Kv2)
+    }
+
+    fn records(&self) -> Option<&dyn super::RecordStore> {
+        Some(self.inner.as_ref())
     }
 
     async fn retire(&self, spec: &SecretSpec, version: &str) -> Result<(), BackendError> {
