@@ -352,3 +352,4 @@ actions = ["*"]
 
 pub mod openbao;
 pub mod postgres;
+pub mod readers;
