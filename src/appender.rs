@@ -23,20 +23,39 @@ impl Appender {
             .await?;
         let (tx, mut rx) = mpsc::channel::<(String, Option<Ack>)>(4096);
         tokio::spawn(async move {
+            // Lines that queued up meanwhile go out in one write.
+            let mut batch = String::new();
+            let mut acks = Vec::new();
             while let Some((line, ack)) = rx.recv().await {
-                let mut r = file.write_all(line.as_bytes()).await;
+                batch.push_str(&line);
+                acks.extend(ack);
+                while batch.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok((line, ack)) => {
+                            batch.push_str(&line);
+                            acks.extend(ack);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let mut r = file.write_all(batch.as_bytes()).await;
                 if r.is_ok() {
                     r = file.flush().await;
                 }
-                if r.is_ok() && sync && ack.is_some() {
+                if r.is_ok() && sync && !acks.is_empty() {
                     r = file.sync_data().await;
                 }
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "append failed");
                 }
-                if let Some(ack) = ack {
-                    let _ = ack.send(r);
+                for ack in acks.drain(..) {
+                    let _ = ack.send(
+                        r.as_ref()
+                            .map(|_| ())
+                            .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
+                    );
                 }
+                batch.clear();
             }
         });
         Ok(Appender { tx })

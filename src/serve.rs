@@ -62,8 +62,23 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         None => Audit::disabled(),
     };
     let server_cfg = cfg.server.clone();
+    let fleet = cfg.fleet.clone();
     let catalog = Catalog::build(cfg, 1).await?;
     let engine = Engine::new(catalog, Arc::new(SystemClock), audit);
+    let journal = match &server_cfg.state_dir {
+        Some(dir) => Some(
+            crate::journal::Journal::open(dir)
+                .await
+                .map_err(|e| format!("journal in {}: {e}", dir.display()))?,
+        ),
+        None => {
+            tracing::warn!(
+                "server.state_dir is not set: revocations in flight are lost in a crash"
+            );
+            None
+        }
+    };
+    engine.attach(journal, fleet);
     if let Some(dir) = &server_cfg.state_dir {
         let n = engine.resume_retirements(dir).await?;
         tracing::info!(pending = n, "retirement journal opened");
@@ -79,6 +94,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("admin socket {}: {e}", server_cfg.admin_socket.display()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = engine.spawn_sweeper(stop_rx.clone());
+    let watcher = engine.spawn_fleet_watcher(stop_rx.clone());
     let metrics = crate::api::server::spawn_metrics(engine.clone(), stop_rx.clone()).await?;
     let signals = tokio::spawn(handle_signals(
         engine.clone(),
@@ -93,6 +109,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     );
     let served = server::serve(engine.clone(), workload, admin, stop_rx).await;
     let _ = sweeper.await;
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
     if let Some(m) = metrics {
         m.abort();
     }

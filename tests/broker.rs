@@ -162,7 +162,10 @@ async fn single_flight_concurrent_misses_make_one_backend_fetch() {
         dev.fetches, 1,
         "32 concurrent misses must make one backend fetch"
     );
-    assert_eq!(st.leases, 32);
+    assert_eq!(
+        st.leases, 1,
+        "repeated plain reads in one session share one lease"
+    );
 }
 
 #[tokio::test]

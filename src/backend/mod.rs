@@ -174,6 +174,11 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Where fleet revocation records live, for a backend that can hold them (OpenBao).
+    fn fleet_store(&self, _mount: &str, _prefix: &str) -> Option<Arc<dyn crate::fleet::Store>> {
+        None
+    }
+
     /// A one-line health summary (no secrets), or why the backend is unhealthy.
     async fn health(&self) -> Result<String, BackendError>;
 }

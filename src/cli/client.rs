@@ -187,7 +187,21 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
         Cmd::RevokeSession {
             session,
             reason,
+            direct,
             conn,
+        } if direct.openbao.is_some() => {
+            let (code, msg) = super::direct::revoke(&direct, &session, &reason, conn.json).await;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(Fail(code, msg))
+            }
+        }
+        Cmd::RevokeSession {
+            session,
+            reason,
+            conn,
+            ..
         } => {
             let r = admin(&conn)
                 .await?

@@ -3,6 +3,7 @@
 //! 6 failed precondition (revoked or expired session), 7 invalid argument.
 
 mod client;
+mod direct;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -85,11 +86,14 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Revoke every credential of a session (admin).
+    /// Revoke every credential of a session (admin), on every sidecar of the fleet. With
+    /// --openbao, talks to OpenBao directly and needs no sidecar.
     RevokeSession {
         session: String,
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        direct: direct::Direct,
         #[command(flatten)]
         conn: Conn,
     },

@@ -68,6 +68,8 @@ struct RawConfig {
     secrets: Vec<RawSecret>,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    fleet: Option<Spanned<crate::fleet::RawFleet>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +301,8 @@ pub struct Config {
     pub secrets: BTreeMap<String, SecretSpec>,
     pub workload_policy: Policy,
     pub admin_policy: Policy,
+    /// Fleet-wide revocation, when `[fleet]` is set.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// A config problem with its position, printed as `file:line:col: key: message`.
@@ -513,6 +517,18 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         backends.insert(name, b.into_inner());
     }
 
+    let fleet = match raw.fleet {
+        Some(f) => {
+            let span = f.span();
+            Some(
+                f.into_inner()
+                    .validate(&backends)
+                    .map_err(|(k, m)| loc.at(span, k, m))?,
+            )
+        }
+        None => None,
+    };
+
     let mut secrets = BTreeMap::new();
     for (i, rs) in raw.secrets.into_iter().enumerate() {
         let key = |f: &str| format!("secret[{i}].{f}");
@@ -579,6 +595,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         secrets,
         workload_policy,
         admin_policy,
+        fleet,
     })
 }
 

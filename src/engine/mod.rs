@@ -4,6 +4,7 @@
 mod ops;
 mod recheck;
 mod retirements;
+mod revoke;
 mod rotate;
 mod scheduler;
 mod sweep;
@@ -117,6 +118,10 @@ pub struct Engine {
     pub(crate) config_error: Mutex<Option<String>>,
     pub(crate) rechecks: recheck::Rechecks,
     pub(crate) rotation: rotate::RotationCtl,
+    /// Set once at start when `[fleet]` is configured.
+    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
+    /// Set once at start when `server.state_dir` is configured.
+    pub(crate) journal: std::sync::OnceLock<crate::journal::Journal>,
 }
 
 impl Engine {
@@ -136,6 +141,8 @@ impl Engine {
             config_error: Mutex::new(None),
             rechecks: recheck::Rechecks::default(),
             rotation: rotate::RotationCtl::default(),
+            fleet: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
         })
     }
 
@@ -237,6 +244,7 @@ impl Engine {
                 }
             }
         }
+        self.record_session(&meta, &handles, now + ttl).await;
         let session = self.sessions.insert(Session {
             meta,
             owner_uid: caller.uid,
@@ -293,36 +301,49 @@ impl Engine {
             .await?;
 
         let owned = matches!(key.scope, ScopeKey::Call(..));
-        let mut expires_at = (now + spec.ttl).min(session.expires_at);
-        if entry.backend_lease.is_some() {
-            expires_at = expires_at.min(entry.fresh_until().max(now));
-        }
-        let lease = Lease {
-            id: new_id("lse"),
-            session_id: session.meta.id.clone(),
-            secret: spec.name.clone(),
-            version: entry.version.clone(),
-            call_id: req.call_id.map(str::to_string),
-            issued_at: now,
-            expires_at,
-            owned_entry: owned.then(|| key.clone()),
-            backend_lease: if owned {
-                entry
-                    .backend_lease
-                    .clone()
-                    .map(|l| (entry.backend.clone(), l))
-            } else {
-                None
-            },
-        };
-        let lease_id = lease.id.clone();
         let previous = if key.scope == ScopeKey::Shared && req.version.is_none() {
             self.previous_in_grace(cat, spec, &session, caller, now)
                 .await
         } else {
             None
         };
-        self.leases.lock().expect("poisoned").insert(lease);
+        let (lease_id, expires_at) = {
+            let mut t = self.leases.lock().expect("poisoned");
+            let again = (req.call_id.is_none() && req.version.is_none())
+                .then(|| t.reusable(&session.meta.id, &spec.name, &entry.version, now))
+                .flatten()
+                .map(|l| (l.id.clone(), l.expires_at));
+            match again {
+                Some(found) => found,
+                None => {
+                    let mut expires_at = (now + spec.ttl).min(session.expires_at);
+                    if entry.backend_lease.is_some() {
+                        expires_at = expires_at.min(entry.fresh_until().max(now));
+                    }
+                    let lease = Lease {
+                        id: new_id("lse"),
+                        session_id: session.meta.id.clone(),
+                        secret: spec.name.clone(),
+                        version: entry.version.clone(),
+                        call_id: req.call_id.map(str::to_string),
+                        issued_at: now,
+                        expires_at,
+                        owned_entry: owned.then(|| key.clone()),
+                        backend_lease: if owned {
+                            entry
+                                .backend_lease
+                                .clone()
+                                .map(|l| (entry.backend.clone(), l))
+                        } else {
+                            None
+                        },
+                    };
+                    let id = lease.id.clone();
+                    t.insert(lease);
+                    (id, expires_at)
+                }
+            }
+        };
 
         let mut ev = AuditEvent::new("grant", if stale { "ok_stale" } else { "ok" }).caller(caller);
         ev.session = Some(&session.meta.id);
@@ -567,7 +588,8 @@ impl Engine {
                     .await
                 {
                     tracing::warn!(lease = %lease.id, backend = %backend, error = %e, why, "backend lease revocation failed; queued for retry");
-                    self.queue_lease_revocation(backend, bl.clone(), handle);
+                    self.queue_lease_revocation(backend, bl.clone(), handle)
+                        .await;
                 }
             }
         }

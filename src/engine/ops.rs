@@ -5,6 +5,7 @@ use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle, SessionMeta};
+use crate::journal::Record;
 use crate::session::Session;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,6 +38,23 @@ pub(crate) enum PendingWork {
     },
 }
 
+impl PendingWork {
+    /// The journal line for this work (ids only).
+    pub(crate) fn record(&self, backend: &str) -> Record {
+        match self {
+            PendingWork::Session { meta, handle } => Record::Session {
+                backend: backend.into(),
+                session: meta.id.clone(),
+                handle: handle.id.clone(),
+            },
+            PendingWork::Lease { lease, .. } => Record::Lease {
+                backend: backend.into(),
+                lease: lease.id.clone(),
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
     pub backend: String,
@@ -50,7 +68,7 @@ pub(crate) fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.min(6)).min(Duration::from_secs(60))
 }
 
-fn step(target: &str, what: &str, count: u32, detail: impl Into<String>) -> Step {
+pub(crate) fn step(target: &str, what: &str, count: u32, detail: impl Into<String>) -> Step {
     Step {
         target: target.into(),
         what: what.into(),
@@ -74,25 +92,34 @@ impl Engine {
             .done
             .push(step("local", "cached values", entries.len() as u32, ""));
         let handles = std::mem::take(&mut *session.handles.lock().expect("poisoned"));
+        self.forget_session(id, &handles);
         let cat = self.catalog();
         for (name, handle) in &handles {
             let Some(b) = cat.backends.get(name) else {
                 continue;
             };
+            let work = PendingWork::Session {
+                meta: session.meta.clone(),
+                handle: handle.clone(),
+            };
+            // A revocation is journaled before it starts, so a crash cannot drop it.
+            let ahead = why == "revoked";
+            if ahead {
+                self.journal(&work.record(name)).await;
+            }
             match self
                 .bounded(name, b.revoke_session(&session.meta, handle))
                 .await
             {
-                Ok(n) => report.done.push(step(name, "session", n, "")),
+                Ok(n) => {
+                    report.done.push(step(name, "session", n, ""));
+                    if ahead {
+                        self.journal(&work.record(name).done()).await;
+                    }
+                }
                 Err(e) => {
                     report.pending.push(step(name, "session", 0, e.to_string()));
-                    self.queue(
-                        name,
-                        PendingWork::Session {
-                            meta: session.meta.clone(),
-                            handle: handle.clone(),
-                        },
-                    );
+                    self.queue(name, work).await;
                 }
             }
         }
@@ -118,7 +145,8 @@ impl Engine {
                             lease: bl.clone(),
                             handle: None,
                         },
-                    );
+                    )
+                    .await;
                 }
             }
         }
@@ -144,55 +172,9 @@ impl Engine {
         Ok(report.done.first().map_or(0, |s| s.count))
     }
 
-    /// Revokes a session: refused from now on, everything it held revoked.
-    pub async fn revoke_session(
-        &self,
-        caller: Option<&PeerIdentity>,
-        id: &str,
-        reason: &str,
-    ) -> Result<RevocationReport, ApiError> {
-        let open = self.sessions.list().into_iter().find(|s| s.meta.id == id);
-        let first = self.sessions.tombstone(id, self.now(), reason);
-        let report = match open {
-            Some(s) => self.teardown(&s, "revoked").await,
-            None if first => {
-                self.sessions.untombstone(id);
-                return Err(ApiError::NotFound(format!("unknown session `{id}`")));
-            }
-            None => RevocationReport {
-                done: vec![step("local", "session", 0, "already revoked")],
-                pending: vec![],
-            },
-        };
-        crate::metrics::METRICS
-            .revocations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let detail = format!(
-            "reason={reason} done={} pending={}",
-            report.done.len(),
-            report.pending.len()
-        );
-        let mut ev = AuditEvent::new(
-            "session_revoke",
-            if report.pending.is_empty() {
-                "ok"
-            } else {
-                "pending"
-            },
-        );
-        if let Some(c) = caller {
-            ev = ev.caller(c);
-        }
-        ev.session = Some(id);
-        ev.detail = Some(&detail);
-        self.audit
-            .record(ev)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        Ok(report)
-    }
-
-    fn queue(&self, backend: &str, work: PendingWork) {
+    /// Queues a failed backend revocation for retry, journaled so a restart retries it too.
+    pub(crate) async fn queue(&self, backend: &str, work: PendingWork) {
+        self.journal(&work.record(backend)).await;
         let p = Pending {
             backend: backend.to_string(),
             work,
@@ -202,13 +184,14 @@ impl Engine {
         self.pending.lock().expect("poisoned").push(p);
     }
 
-    pub(crate) fn queue_lease_revocation(
+    pub(crate) async fn queue_lease_revocation(
         &self,
         backend: &str,
         lease: BackendLease,
         handle: Option<SessionHandle>,
     ) {
-        self.queue(backend, PendingWork::Lease { lease, handle });
+        self.queue(backend, PendingWork::Lease { lease, handle })
+            .await;
     }
 
     /// Retries due backend revocations; failures back off, nothing is dropped.
@@ -240,6 +223,7 @@ impl Engine {
             };
             match r {
                 Ok(()) => {
+                    self.journal(&p.work.record(&p.backend).done()).await;
                     tracing::info!(backend = %p.backend, attempts = p.attempts + 1, "pending revocation completed")
                 }
                 Err(e) => {
@@ -252,7 +236,9 @@ impl Engine {
         }
     }
 
+    /// Backend revocations and fleet publications not yet done.
     pub fn pending_count(&self) -> usize {
-        self.pending.lock().expect("poisoned").len()
+        let fleet = self.fleet.get().map_or(0, |f| f.pending_count());
+        self.pending.lock().expect("poisoned").len() + fleet
     }
 }

@@ -224,7 +224,7 @@ impl Engine {
             self.cache.settle(&key, new).await;
         }
         if let (Some(p), Some(old)) = (&prev, &old) {
-            self.journal(Line::Grace {
+            self.journal_retirement(Line::Grace {
                 secret: name.clone(),
                 current: new.to_string(),
                 version: old.clone(),
@@ -269,7 +269,8 @@ impl Engine {
                 .await
             {
                 tracing::warn!(secret = %name, lease = %h.lease.id, error = %e, "revoking a retired credential failed; queued for retry");
-                self.queue_lease_revocation(&h.backend, h.lease.clone(), h.handle.clone());
+                self.queue_lease_revocation(&h.backend, h.lease.clone(), h.handle.clone())
+                    .await;
             }
         }
         if let Ok(spec) = cat.secret(name) {
@@ -282,7 +283,7 @@ impl Engine {
             }
         }
         self.cache.remove_secret(name, Some(version));
-        self.journal(Line::Retired {
+        self.journal_retirement(Line::Retired {
             secret: name.to_string(),
             version: version.to_string(),
         })
@@ -306,7 +307,7 @@ impl Engine {
         let _ = self.audit.record(ev).await;
     }
 
-    async fn journal(&self, line: Line) {
+    async fn journal_retirement(&self, line: Line) {
         let app = self.rotation.journal.lock().expect("poisoned").clone();
         if let Some(app) = app {
             if let Err(e) = app.append(retirements::encode(&line)).await {

@@ -27,10 +27,33 @@ pub struct LeaseTable {
     by_id: HashMap<String, Lease>,
     by_session: HashMap<String, HashSet<String>>,
     by_secret: HashMap<String, HashSet<String>>,
+    /// session → secret → the lease a repeated plain read of that secret gets again.
+    reusable: HashMap<String, HashMap<String, String>>,
 }
 
 impl LeaseTable {
+    /// A live lease the session already holds on this version of `secret` (no call id), so
+    /// repeated reads share one lease instead of piling up until they expire.
+    pub fn reusable(
+        &self,
+        session: &str,
+        secret: &str,
+        version: &str,
+        now: SystemTime,
+    ) -> Option<&Lease> {
+        let id = self.reusable.get(session)?.get(secret)?;
+        self.by_id
+            .get(id)
+            .filter(|l| l.version == version && now < l.expires_at)
+    }
+
     pub fn insert(&mut self, l: Lease) {
+        if l.call_id.is_none() && l.owned_entry.is_none() {
+            self.reusable
+                .entry(l.session_id.clone())
+                .or_default()
+                .insert(l.secret.clone(), l.id.clone());
+        }
         self.by_session
             .entry(l.session_id.clone())
             .or_default()
@@ -48,6 +71,14 @@ impl LeaseTable {
 
     pub fn remove(&mut self, id: &str) -> Option<Lease> {
         let l = self.by_id.remove(id)?;
+        if let Some(m) = self.reusable.get_mut(&l.session_id) {
+            if m.get(&l.secret).is_some_and(|x| x == id) {
+                m.remove(&l.secret);
+            }
+            if m.is_empty() {
+                self.reusable.remove(&l.session_id);
+            }
+        }
         if let Some(s) = self.by_session.get_mut(&l.session_id) {
             s.remove(id);
             if s.is_empty() {
@@ -126,6 +157,31 @@ mod tests {
     }
 
     #[test]
+    fn repeated_plain_reads_reuse_a_live_lease() {
+        let mut t = LeaseTable::default();
+        t.insert(lease("a", "s1", "x", 10));
+        let now = UNIX_EPOCH + Duration::from_secs(5);
+        assert_eq!(
+            t.reusable("s1", "x", "1", now).map(|l| l.id.as_str()),
+            Some("a")
+        );
+        assert!(t.reusable("s1", "x", "2", now).is_none(), "another version");
+        assert!(t.reusable("s2", "x", "1", now).is_none(), "another session");
+        assert!(
+            t.reusable("s1", "x", "1", UNIX_EPOCH + Duration::from_secs(10))
+                .is_none(),
+            "expired"
+        );
+        let mut call = lease("b", "s1", "y", 10);
+        call.call_id = Some("c".into());
+        t.insert(call);
+        assert!(
+            t.reusable("s1", "y", "1", now).is_none(),
+            "call leases are never shared"
+        );
+    }
+
+    #[test]
     fn indexes_stay_consistent() {
         let mut t = LeaseTable::default();
         t.insert(lease("a", "s1", "x", 10));
@@ -139,6 +195,6 @@ mod tests {
         assert_eq!(t.secret_lease_count("x"), 1);
         assert_eq!(t.remove_session("s2").len(), 1);
         assert!(t.is_empty());
-        assert!(t.by_secret.is_empty() && t.by_session.is_empty());
+        assert!(t.by_secret.is_empty() && t.by_session.is_empty() && t.reusable.is_empty());
     }
 }

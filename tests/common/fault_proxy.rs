@@ -17,6 +17,8 @@ pub enum Fault {
     Status(u16),
     /// HTTP 400 with this `__type`.
     Error(&'static str),
+    /// Swallows the request and never answers (nothing reaches the upstream).
+    Hang,
 }
 
 #[derive(Default)]
@@ -162,6 +164,11 @@ async fn serve(mut conn: TcpStream, upstream: u16, st: Arc<ProxyState>) {
             .or_else(|| st.always.lock().unwrap().clone());
         if let Some(f) = fault {
             let (status, body) = match f {
+                Fault::Hang => {
+                    let mut b = [0u8; 1];
+                    let _ = conn.read(&mut b).await;
+                    return;
+                }
                 Fault::Throttle => (
                     400,
                     r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_string(),

@@ -337,6 +337,35 @@ pub async fn revoke_lease(
     }
 }
 
+/// Revokes a session token by its accessor with sidecred's own token (its parent).
+async fn revoke_accessor(
+    inner: &Inner,
+    s: &SessionMeta,
+    accessor: &str,
+) -> Result<u32, BackendError> {
+    let own = inner.token();
+    let body = json!({ "accessor": accessor });
+    match inner
+        .bao
+        .call(
+            Method::POST,
+            "auth/token/revoke-accessor",
+            own.token.expose(),
+            None,
+            Some(body),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // An accessor OpenBao no longer knows: the token expired or was revoked already.
+        Err(BackendError::Invalid(m)) if m.contains("invalid accessor") => {}
+        Err(e) => return Err(e),
+    }
+    inner.sessions.lock().expect("poisoned").remove(&s.id);
+    tracing::info!(backend = %inner.name, session = %s.id, accessor, "session token revoked by accessor");
+    Ok(1)
+}
+
 /// True while OpenBao still knows the lease.
 async fn lease_alive(inner: &Inner, lease_id: &str) -> Result<bool, BackendError> {
     let own = inner.token();
@@ -367,7 +396,8 @@ pub async fn revoke_session(
     handle: &SessionHandle,
 ) -> Result<u32, BackendError> {
     let Some(token) = &handle.token else {
-        return Ok(0);
+        // Replayed from the journal after a restart: only the accessor survived.
+        return revoke_accessor(inner, s, &handle.id).await;
     };
     revoke_self(inner, token).await?;
     match inner

@@ -5,6 +5,7 @@
 mod auth;
 mod client;
 mod dynamic;
+pub mod fleet;
 mod kv;
 mod records;
 
@@ -360,6 +361,14 @@ impl Backend for OpenBaoBackend {
         handle: Option<&SessionHandle>,
     ) -> Result<(), BackendError> {
         dynamic::revoke_lease(&self.inner, lease, handle).await
+    }
+
+    fn fleet_store(&self, mount: &str, prefix: &str) -> Option<Arc<dyn crate::fleet::Store>> {
+        Some(Arc::new(fleet::BaoStore::backend(
+            self.inner.clone(),
+            mount,
+            prefix,
+        )))
     }
 
     async fn health(&self) -> Result<String, BackendError> {

@@ -97,7 +97,7 @@ impl Outcome {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
     pub fn q(&self, q: f64) -> f64 {
-        self.hist.value_at_quantile(q) as f64 / 1000.0
+        self.hist.value_at_quantile(q) as f64
     }
 }
 

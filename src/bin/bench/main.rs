@@ -8,6 +8,7 @@
 //!   sidecred-bench fill SOCKET PREFIX N
 //!   sidecred-bench rss PID
 //!   sidecred-bench rotation-watch SOCKET ADMIN_SOCKET SECRET WATCHERS ROTATIONS
+//!   sidecred-bench fleet [SIDECARS] [ROUNDS]   revocation propagation and idle OpenBao load
 //!
 //! Targets (the first one is the baseline for ratios):
 //!   sidecred=SOCKET,SECRET        cached GetSecret over gRPC on a Unix socket
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod extra;
+mod fleet;
 mod http;
 mod load;
 mod rotation;
@@ -104,6 +106,10 @@ fn main() {
             "{}",
             extra::rss_kib(args[1].parse().unwrap_or_else(|_| usage()))
         ),
+        Some("fleet") => rt.block_on(fleet::run(
+            args.get(1).and_then(|v| v.parse().ok()).unwrap_or(8),
+            args.get(2).and_then(|v| v.parse().ok()).unwrap_or(20),
+        )),
         _ => usage(),
     }
 }

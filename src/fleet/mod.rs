@@ -1,0 +1,182 @@
+//! Fleet-wide session revocation through OpenBao. A revocation writes a tombstone
+//! (`PREFIX/tombstones/<id>`), appends it to a revocation log (`PREFIX/log`, one KV v2 version per
+//! revocation), and revokes the session's child token by its accessor, which OpenBao cascades to
+//! every lease beneath it. Each sidecar records its sessions' accessors at `PREFIX/sessions/<id>`
+//! so that anyone with the right policy, even with no sidecar, can do all of this.
+//!
+//! Every sidecar polls the log with one GET per `poll_interval` (see [`watch`]): on a new version
+//! it tombstones the id, refuses it from then on, and tears down its own session with that id.
+
+pub mod config;
+mod watch;
+
+pub use config::{FleetConfig, RawFleet};
+pub use watch::{plan, Plan};
+
+use crate::backend::BackendError;
+use crate::engine::Step;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// KV v2 access under the fleet prefix, plus token revocation by accessor. Keys are relative
+/// to the prefix. Everything stored is ids and metadata, never credentials.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Writes a new version of `key`; returns its version number.
+    async fn put(&self, key: &str, data: Value) -> Result<u64, BackendError>;
+    /// The data and version of `key` (the current one, or `version`); None when absent/deleted.
+    async fn get(
+        &self,
+        key: &str,
+        version: Option<u64>,
+    ) -> Result<Option<(u64, Value)>, BackendError>;
+    /// Keys directly below `dir`.
+    async fn list(&self, dir: &str) -> Result<Vec<String>, BackendError>;
+    /// Removes `key` and all its versions.
+    async fn remove(&self, key: &str) -> Result<(), BackendError>;
+    /// Limits how many versions of `key` OpenBao keeps.
+    async fn cap_versions(&self, key: &str, max: u64) -> Result<(), BackendError>;
+    /// Revokes a token (and its children and leases) by accessor; Ok if already gone.
+    async fn revoke_accessor(&self, accessor: &str) -> Result<(), BackendError>;
+}
+
+/// A revocation record: the tombstone and each log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub session_id: String,
+    /// Milliseconds since the Unix epoch when the revocation started.
+    pub at_ms: u64,
+    pub reason: String,
+    /// Who revoked: a sidecar id, or `cli:<user>`.
+    pub origin: String,
+}
+
+/// What a sidecar records when a session opens, so the session can be revoked without it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub accessor: String,
+    pub sidecar: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub expires_ms: u64,
+}
+
+pub fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+pub fn from_ms(v: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(v)
+}
+
+/// How many log versions OpenBao keeps; a sidecar further behind re-reads the tombstone list.
+pub const LOG_VERSIONS: u64 = 256;
+
+fn step(what: &str, count: u32, detail: impl Into<String>) -> Step {
+    Step {
+        target: "fleet".into(),
+        what: what.into(),
+        count,
+        detail: detail.into(),
+    }
+}
+
+/// What publishing one revocation achieved.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub done: Vec<Step>,
+    /// The first step that failed, with the error; later steps were not tried.
+    pub pending: Option<(Step, BackendError)>,
+}
+
+/// The session's token accessor, from its session record.
+pub async fn lookup_session(
+    store: &dyn Store,
+    id: &str,
+) -> Result<Option<SessionRecord>, BackendError> {
+    match store.get(&format!("sessions/{id}"), None).await? {
+        None => Ok(None),
+        Some((_, v)) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|_| BackendError::Internal(format!("session record `{id}` is malformed"))),
+    }
+}
+
+/// Writes the tombstone, appends it to the log, and (with `revoke_token`) revokes the
+/// session's token by the accessor in its session record. Idempotent: safe to repeat.
+pub async fn publish(store: &dyn Store, t: &Tombstone, revoke_token: bool) -> Published {
+    let mut out = Published::default();
+    let body = serde_json::to_value(t).unwrap_or(Value::Null);
+    let id = &t.session_id;
+    if let Err(e) = store.put(&format!("tombstones/{id}"), body.clone()).await {
+        out.pending = Some((step("tombstone", 1, e.to_string()), e));
+        return out;
+    }
+    out.done.push(step("tombstone", 1, ""));
+    match store.put("log", body).await {
+        Ok(v) => out.done.push(step("log", 1, format!("version {v}"))),
+        Err(e) => {
+            out.pending = Some((step("log", 1, e.to_string()), e));
+            return out;
+        }
+    }
+    if revoke_token {
+        let rec = match lookup_session(store, id).await {
+            Ok(r) => r,
+            Err(e) => {
+                out.pending = Some((step("token", 1, e.to_string()), e));
+                return out;
+            }
+        };
+        match rec {
+            None => out.done.push(step(
+                "token",
+                0,
+                "no session record (closed, or never opened)",
+            )),
+            Some(r) => match store.revoke_accessor(&r.accessor).await {
+                Ok(()) => {
+                    out.done
+                        .push(step("token", 1, format!("accessor {}", r.accessor)));
+                    if let Err(e) = store.remove(&format!("sessions/{id}")).await {
+                        tracing::debug!(session = %id, error = %e, "could not remove the session record");
+                    }
+                }
+                Err(e) => out.pending = Some((step("token", 1, e.to_string()), e)),
+            },
+        }
+    }
+    out
+}
+
+/// A publication that failed and is retried until it succeeds.
+#[derive(Clone, Debug)]
+pub(crate) struct Retry {
+    pub tomb: Tombstone,
+    pub revoke_token: bool,
+    pub attempts: u32,
+    pub next_at: SystemTime,
+}
+
+/// A sidecar's fleet membership: its settings and the publications it still owes.
+pub struct Fleet {
+    pub cfg: FleetConfig,
+    pub(crate) retries: Mutex<Vec<Retry>>,
+}
+
+impl Fleet {
+    pub fn new(cfg: FleetConfig) -> Fleet {
+        Fleet {
+            cfg,
+            retries: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.retries.lock().expect("poisoned").len()
+    }
+}
