@@ -336,3 +336,70 @@ async fn pending_retirement_survives_sigkill_and_restart() {
     .await;
     assert!(gone, "overdue window retired right after restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_hand_on_one_sidecar_is_taken_over_by_another() {
+    let bao = OpenBao::start();
+    bao.kv_put("app/shared", json!({ "value": "shared-v1" }))
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let rest = "[scheduler]\nlock_backend = \"bao\"\n\n[[secret]]\nname = \"app/shared\"\nbackend = \"bao\"\npath = \"app/shared\"\nzone = \"internal\"\n";
+    let text = body(&bao, tmp.path(), rest).replace(
+        "kind = \"openbao\"\n",
+        "kind = \"openbao\"\nrecheck_interval = \"300ms\"\n",
+    );
+    let (a, other) = (Sidecar::start(&text), Sidecar::start(&text));
+    let mut b = other.broker().await;
+    let sid = open(&mut b).await;
+    assert_eq!(
+        get(&mut b, &sid, "app/shared", "").await.unwrap().version,
+        "1"
+    );
+    let mut w = b
+        .watch_secret(pb::WatchSecretRequest {
+            name: "app/shared".into(),
+            session_id: sid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    w.message().await.unwrap().unwrap();
+    let r = a
+        .admin()
+        .await
+        .rotate(rotate_req("app/shared", 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let ev = tokio::time::timeout(Duration::from_secs(3), w.message())
+        .await
+        .expect("the other sidecar notices")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.kind, ev.version.as_str(), ev.previous_version.as_str()),
+        (pb::secret_event::Kind::Rotated as i32, "2", "1"),
+        "taken over as a rotation, not an outside change"
+    );
+    let g = get(&mut b, &sid, "app/shared", "").await.unwrap();
+    let prev = g
+        .previous
+        .expect("previous served by the sidecar that did not rotate");
+    assert_eq!(
+        (g.version.as_str(), prev.value.as_slice()),
+        ("2", &b"shared-v1"[..])
+    );
+    assert_eq!(g.previous_retires_at, r.previous_retires_at);
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .expect("retired after the same window")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.kind, pb::secret_event::Kind::Retired as i32);
+    assert!(get(&mut b, &sid, "app/shared", "")
+        .await
+        .unwrap()
+        .previous
+        .is_none());
+    assert!(other.audit_text().contains("rotation_applied"));
+}

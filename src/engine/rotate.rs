@@ -110,6 +110,14 @@ impl Engine {
             .record_rotation(&spec, previous.clone(), &version, retires_at)
             .await;
         crate::metrics::METRICS.rotation(name);
+        let out = RotateOutcome {
+            version,
+            previous_version: previous,
+            previous_retires_at: prev,
+        };
+        if matches!(origin, Origin::Admin(_)) {
+            self.publish_rotation(name, &out).await;
+        }
         let detail = match &origin {
             Origin::Admin(_) => format!("grace={}s", grace.as_secs()),
             Origin::Schedule(slot) => format!("grace={}s slot={slot}", grace.as_secs()),
@@ -119,17 +127,13 @@ impl Engine {
             ev = ev.caller(c);
         }
         ev.secret = Some(name);
-        ev.version = Some(&version);
+        ev.version = Some(&out.version);
         ev.detail = Some(&detail);
         self.audit
             .record(ev)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        Ok(RotateOutcome {
-            version,
-            previous_version: previous,
-            previous_retires_at: prev,
-        })
+        Ok(out)
     }
 
     /// Takes over a rotation another sidecar made (from its rotation record).

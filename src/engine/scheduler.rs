@@ -10,7 +10,7 @@
 
 use super::rotate::Origin;
 use super::Engine;
-use crate::backend::BackendError;
+use crate::backend::{Backend, BackendError};
 use crate::clock::{from_millis, unix_millis};
 use crate::config::SecretSpec;
 use crate::schedule::Schedule;
@@ -258,6 +258,76 @@ impl Engine {
         {
             tracing::warn!(secret = %spec.name, error = %e, "rotated, but cannot record it for the other sidecars");
         }
+    }
+}
+
+impl Engine {
+    /// The lock backend, mount and record path for `name`, when a lock backend is configured.
+    fn lock_record(&self, name: &str) -> Option<(String, Arc<dyn Backend>, String, String)> {
+        let cat = self.catalog();
+        let s = &cat.config.scheduler;
+        let lock = s.lock_backend.clone()?;
+        let b = cat.backends.get(&lock)?.clone();
+        b.records()?;
+        let path = format!("{}/{}", s.lock_prefix.trim_matches('/'), name);
+        Some((lock, b, s.lock_mount.clone(), path))
+    }
+
+    /// Records a rotation made here on request, so the other sidecars take over its previous
+    /// version and window when they notice the new version. The slot bookkeeping is kept.
+    pub(crate) async fn publish_rotation(&self, name: &str, out: &super::RotateOutcome) {
+        let Some((lock, b, mount, path)) = self.lock_record(name) else {
+            return;
+        };
+        let Some(store) = b.records() else { return };
+        let (slot_ms, cas) = match self.bounded(&lock, store.read_record(&mount, &path)).await {
+            Ok(Some((v, n))) => (v["slot_ms"].as_u64().unwrap_or(0), n),
+            Ok(None) => (0, 0),
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "cannot publish the rotation for other sidecars");
+                return;
+            }
+        };
+        let rec = SlotRecord {
+            slot_ms,
+            holder: self.rotation.instance.clone(),
+            state: SlotState::Done,
+            claimed_until_ms: 0,
+            version: out.version.clone(),
+            previous: out.previous_version.clone().unwrap_or_default(),
+            retires_at_ms: out.previous_retires_at.map(unix_millis).unwrap_or(0),
+        };
+        let body = serde_json::to_value(&rec).unwrap_or_default();
+        if let Err(e) = self
+            .bounded(&lock, store.write_record(&mount, &path, body, cas))
+            .await
+        {
+            tracing::warn!(secret = %name, error = %e, "cannot publish the rotation for other sidecars");
+        }
+    }
+
+    /// Called when a version change is noticed: if another sidecar published a rotation to
+    /// `current`, takes it over (previous version served until the same end). True if so.
+    pub(crate) async fn take_over_published(&self, spec: &SecretSpec, current: &str) -> bool {
+        let Some((lock, b, mount, path)) = self.lock_record(&spec.name) else {
+            return false;
+        };
+        let Some(store) = b.records() else {
+            return false;
+        };
+        let Ok(Some((v, _))) = self.bounded(&lock, store.read_record(&mount, &path)).await else {
+            return false;
+        };
+        let Ok(r) = serde_json::from_value::<SlotRecord>(v) else {
+            return false;
+        };
+        if r.state != SlotState::Done || r.version != current || r.holder == self.rotation.instance
+        {
+            return false;
+        }
+        self.apply_remote(spec, &r.version, &r.previous, from_millis(r.retires_at_ms))
+            .await;
+        true
     }
 }
 

@@ -44,6 +44,10 @@ pub struct OpenBaoConfig {
     /// Create a child token per session (needed for dynamic secrets; off for KV-only use).
     #[serde(default = "yes")]
     pub session_tokens: bool,
+    /// Re-validate cached KV values this often (version changes made by other sidecars or
+    /// by hand); unset: never.
+    #[serde(default)]
+    pub recheck_interval: Option<Dur>,
     pub auth: AuthConfig,
 }
 
@@ -203,6 +207,7 @@ impl Inner {
 pub struct OpenBaoBackend {
     inner: Arc<Inner>,
     keeper: tokio::task::JoinHandle<()>,
+    recheck: Option<Duration>,
 }
 
 impl Drop for OpenBaoBackend {
@@ -243,7 +248,11 @@ impl OpenBaoBackend {
             session_tokens: cfg.session_tokens,
         });
         let keeper = tokio::spawn(auth::keeper(Arc::downgrade(&inner)));
-        Ok(Self { inner, keeper })
+        Ok(Self {
+            inner,
+            keeper,
+            recheck: cfg.recheck_interval.map(|d| d.0).filter(|d| !d.is_zero()),
+        })
     }
 
     fn opts(spec: &SecretSpec) -> Result<Opts, BackendError> {
@@ -303,6 +312,10 @@ impl Backend for OpenBaoBackend {
             )));
         }
         kv::rotate(&self.inner, spec, &o, value).await
+    }
+
+    fn recheck_interval(&self) -> Option<Duration> {
+        self.recheck
     }
 
     fn reissues(&self, spec: &SecretSpec) -> bool {
