@@ -1,8 +1,9 @@
 //! Compiles the gRPC protos with a vendored protoc, and emits the descriptor set for reflection.
-//! Messages that carry secret values get no derived Debug; src/api/redact.rs writes a redacted one.
+//! Messages that carry secret values get no derived Debug; a hand-written redacted one replaces it.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    let wkt = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("sidecred_descriptor.bin"))
         .skip_debug([
@@ -18,6 +19,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto"],
         )?;
     tonic_prost_build::configure().compile_protos(&["proto/bench/echo.proto"], &["proto"])?;
+    // The SPIFFE Workload API and Envoy SDS: public wire formats, served on the SPIFFE socket.
+    tonic_prost_build::configure()
+        .skip_debug([".X509SVID", ".JWTSVID", ".envoy.config.core.v3.DataSource"])
+        .compile_protos(
+            &[
+                "proto/spiffe/workload.proto",
+                "proto/envoy/service/secret/v3/sds.proto",
+                "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto",
+            ],
+            &[
+                "proto",
+                wkt.to_str().ok_or("protoc include path is not UTF-8")?,
+            ],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -92,6 +92,14 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         })?;
     let admin = server::bind(&server_cfg.admin_socket, server_cfg.admin_socket_mode)
         .map_err(|e| format!("admin socket {}: {e}", server_cfg.admin_socket.display()))?;
+    let spiffe = server_cfg
+        .spiffe_socket
+        .as_ref()
+        .map(|p| {
+            server::bind(p, server_cfg.workload_socket_mode)
+                .map_err(|e| format!("spiffe socket {}: {e}", p.display()))
+        })
+        .transpose()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = engine.spawn_sweeper(stop_rx.clone());
     let watcher = engine.spawn_fleet_watcher(stop_rx.clone());
@@ -107,7 +115,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         "sidecred serving"
     );
-    let served = server::serve(engine.clone(), workload, admin, stop_rx).await;
+    let served = server::serve(engine.clone(), workload, admin, spiffe, stop_rx).await;
     let _ = sweeper.await;
     if let Some(w) = watcher {
         let _ = w.await;
@@ -118,6 +126,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     signals.abort();
     let _ = std::fs::remove_file(&server_cfg.workload_socket);
     let _ = std::fs::remove_file(&server_cfg.admin_socket);
+    if let Some(p) = &server_cfg.spiffe_socket {
+        let _ = std::fs::remove_file(p);
+    }
     tracing::info!("sidecred stopped");
     served
 }

@@ -124,6 +124,17 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
 
+    async fn get_crl(
+        &self,
+        req: Request<pb::GetCrlRequest>,
+    ) -> Result<Response<pb::GetCrlResponse>, Status> {
+        let caller = super::caller(&req)?;
+        let r = req.into_inner();
+        validate_name(&r.name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
+        self.allow(&caller, Action::GetCrl, Some(&r.name)).await?;
+        Ok(Response::new(super::certs::get_crl(&self.engine, &r.name)?))
+    }
+
     async fn status(
         &self,
         req: Request<pb::StatusRequest>,

@@ -6,6 +6,7 @@ use super::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::clock::unix_secs;
 use crate::engine::{Engine, GetRequest, WatchKind};
+use crate::policy::SanPolicy;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,14 +40,15 @@ impl BrokerService {
         ApiError::Denied(why).into()
     }
 
-    /// Checks the caller may read `name`; returns the rule's SPIFFE ID for certificate issuers.
+    /// Checks the caller may read `name`; returns the rule's SPIFFE ID and allowed SANs for
+    /// certificate issuers.
     async fn authorize(
         &self,
         caller: &PeerIdentity,
         event: &str,
         session: &str,
         name: &str,
-    ) -> Result<Option<String>, Status> {
+    ) -> Result<(Option<String>, SanPolicy), Status> {
         validate_name(name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
         validate_id("session_id", session)?;
         let cat = self.engine.catalog();
@@ -56,7 +58,7 @@ impl BrokerService {
         }
         let spec = cat.secret(name)?;
         match policy.check_secret(caller, spec) {
-            Ok(rule) => Ok(rule.spiffe_id.clone()),
+            Ok(rule) => Ok((rule.spiffe_id.clone(), rule.sans.clone())),
             Err(why) => Err(self.deny(caller, event, session, name, why).await),
         }
     }
@@ -104,7 +106,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
-        let spiffe = self
+        let (spiffe, sans) = self
             .authorize(&caller, "grant", &r.session_id, &r.name)
             .await?;
         if let Some(c) = opt(&r.call_id) {
@@ -120,6 +122,7 @@ impl Broker for BrokerService {
             call_id: opt(&r.call_id),
             version: opt(&r.version),
             spiffe_id: spiffe.as_deref(),
+            sans: Some(&sans),
         };
         let g = self.engine.get_secret(&cat, spec, &caller, req).await?;
         tracing::debug!(secret = %r.name, version = %g.entry.version, lease = %g.lease_id, stale = g.stale, "granted");
@@ -158,6 +161,28 @@ impl Broker for BrokerService {
             .release_lease(&caller, &r.session_id, &r.lease_id)
             .await?;
         Ok(Response::new(pb::ReleaseLeaseResponse {}))
+    }
+
+    async fn sign_csr(
+        &self,
+        req: Request<pb::SignCsrRequest>,
+    ) -> Result<Response<pb::SignCsrResponse>, Status> {
+        let caller = super::caller(&req)?;
+        let r = req.into_inner();
+        let (spiffe, sans) = self
+            .authorize(&caller, "csr_sign", &r.session_id, &r.name)
+            .await?;
+        let out = super::certs::sign_csr(&self.engine, &caller, &r, spiffe.as_deref(), &sans).await;
+        if let Err(s) = &out {
+            if s.code() == tonic::Code::PermissionDenied {
+                let mut ev = AuditEvent::new("csr_sign", "denied").caller(&caller);
+                ev.session = opt(&r.session_id);
+                ev.secret = opt(&r.name);
+                ev.detail = Some(s.message());
+                let _ = self.engine.audit.record(ev).await;
+            }
+        }
+        out.map(Response::new)
     }
 
     type WatchSecretStream =

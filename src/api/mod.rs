@@ -1,12 +1,17 @@
-//! gRPC services on Unix sockets: the workload `Broker`, the `Admin` API, health and reflection.
+//! gRPC services on Unix sockets: the workload `Broker`, the `Admin` API, health and reflection,
+//! and on the SPIFFE socket the SPIFFE Workload API and Envoy SDS.
 
 pub mod admin;
 pub mod broker;
+mod certs;
 pub mod error;
+mod h2fix;
 pub mod layer;
 pub mod peer;
 mod redact;
+pub mod sds;
 pub mod server;
+pub mod spiffe;
 
 pub use error::{validate_id, validate_name, ApiError};
 
@@ -16,6 +21,45 @@ pub mod pb {
     tonic::include_proto!("sidecred.v1");
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("sidecred_descriptor");
+}
+
+/// The SPIFFE Workload API (the public spec's proto has no package).
+pub mod spiffe_pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("_");
+}
+
+/// Trimmed, wire-compatible Envoy xDS types for SDS, in Envoy's package layout.
+#[allow(clippy::all, missing_docs)]
+pub mod envoy {
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    pub mod service {
+        pub mod discovery {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.discovery.v3");
+            }
+        }
+        pub mod secret {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.secret.v3");
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod transport_sockets {
+            pub mod tls {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.transport_sockets.tls.v3");
+                }
+            }
+        }
+    }
 }
 
 use peer::PeerIdentity;

@@ -104,11 +104,12 @@ fn builder() -> tonic::transport::Server<
 /// How long a shutdown waits for open connections before it closes them.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves both sockets until `shutdown` flips to true.
+/// Serves the sockets until `shutdown` flips to true.
 pub async fn serve(
     engine: Arc<Engine>,
     workload: UnixListener,
     admin: UnixListener,
+    spiffe: Option<UnixListener>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -124,6 +125,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let (r1, r1a) = reflection("sidecred.v1.Broker");
     let (r2, r2a) = reflection("sidecred.v1.Admin");
+    let shutdown2 = shutdown.clone();
     let wait = |mut rx: watch::Receiver<bool>| async move {
         while !*rx.borrow() {
             if rx.changed().await.is_err() {
@@ -144,14 +146,15 @@ pub async fn serve(
         .add_service(r2)
         .add_service(r2a)
         .serve_with_incoming_shutdown(incoming(admin), wait(shutdown));
+    let s = serve_spiffe(engine.clone(), spiffe, wait(shutdown2));
     // Idle client connections (a long-lived orchestrator's channel, an open watch) would
     // hold a graceful shutdown forever: give in-flight requests DRAIN, then stop anyway.
     let drain_limit = async move {
         wait(shutdown_drain).await;
         tokio::time::sleep(DRAIN).await;
     };
-    let (rw, ra) = tokio::select! {
-        r = async { tokio::join!(w, a) } => r,
+    let (rw, ra, rs) = tokio::select! {
+        r = async { tokio::join!(w, a, s) } => r,
         _ = drain_limit => {
             tracing::warn!(limit = ?DRAIN, "connections still open after shutdown; closing them");
             return Ok(());
@@ -159,6 +162,7 @@ pub async fn serve(
     };
     rw.map_err(|e| format!("workload socket: {e}"))?;
     ra.map_err(|e| format!("admin socket: {e}"))?;
+    rs.map_err(|e| format!("spiffe socket: {e}"))?;
     Ok(())
 }
 
@@ -209,4 +213,38 @@ pub async fn spawn_metrics(
         })));
     }
     Ok(None)
+}
+
+/// The SPIFFE Workload API and Envoy SDS, when a SPIFFE socket is configured.
+async fn serve_spiffe(
+    engine: Arc<Engine>,
+    listener: Option<UnixListener>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    use super::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
+    use super::spiffe_pb::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    let spiffe = SpiffeWorkloadApiServer::new(super::spiffe::SpiffeService {
+        engine: engine.clone(),
+    })
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let sds = SecretDiscoveryServiceServer::new(super::sds::SdsService { engine })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Long-lived streams: no per-request timeout here.
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(Some(1024))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(spiffe)
+        .add_service(sds)
+        .serve_with_incoming_shutdown(
+            tokio_stream::StreamExt::map(incoming(listener), |c| {
+                c.map(super::h2fix::AuthorityFix::new)
+            }),
+            stop,
+        )
+        .await
 }

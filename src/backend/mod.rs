@@ -4,11 +4,13 @@
 //! is the only place they become gRPC statuses.
 
 pub mod aws;
+pub mod ca;
 pub mod dev;
 pub mod openbao;
 
 use crate::api::peer::PeerIdentity;
 use crate::config::SecretSpec;
+use crate::policy::SanPolicy;
 use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -86,6 +88,8 @@ pub struct FetchRequest<'a> {
     pub caller: &'a PeerIdentity,
     /// The SPIFFE ID the caller's policy rule assigns, for certificate issuers.
     pub spiffe_id: Option<&'a str>,
+    /// The DNS/IP SANs the caller's policy rule allows in its certificates.
+    pub sans: Option<&'a SanPolicy>,
 }
 
 /// Result of a rotation at the backend.
@@ -181,6 +185,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A one-line health summary (no secrets), or why the backend is unhealthy.
     async fn health(&self) -> Result<String, BackendError>;
+
+    /// The certificate authority behind this backend, for the SPIFFE, SDS, CSR and CRL APIs.
+    fn authority(&self) -> Option<Arc<ca::Authority>> {
+        None
+    }
 }
 
 /// Small JSON records with check-and-set, shared by every sidecar that uses the same server.
@@ -212,6 +221,7 @@ pub enum BackendConfig {
     #[serde(rename = "openbao")]
     OpenBao(openbao::OpenBaoConfig),
     Aws(aws::AwsConfig),
+    Ca(ca::CaConfig),
 }
 
 impl BackendConfig {
@@ -220,6 +230,7 @@ impl BackendConfig {
             BackendConfig::Dev(_) => "dev",
             BackendConfig::OpenBao(_) => "openbao",
             BackendConfig::Aws(_) => "aws",
+            BackendConfig::Ca(_) => "ca",
         }
     }
 
@@ -228,6 +239,7 @@ impl BackendConfig {
             BackendConfig::Dev(c) => c.validate(),
             BackendConfig::OpenBao(c) => c.validate(),
             BackendConfig::Aws(c) => c.validate(),
+            BackendConfig::Ca(c) => c.validate(),
         }
     }
 
@@ -237,6 +249,7 @@ impl BackendConfig {
             BackendConfig::Dev(c) => c.validate_secret(spec),
             BackendConfig::OpenBao(c) => c.validate_secret(spec),
             BackendConfig::Aws(c) => c.validate_secret(spec),
+            BackendConfig::Ca(c) => c.validate_secret(spec),
         }
     }
 
@@ -247,6 +260,7 @@ impl BackendConfig {
                 openbao::OpenBaoBackend::new(name, c, timeout).await?,
             )),
             BackendConfig::Aws(c) => Ok(Arc::new(aws::AwsBackend::new(name, c, timeout).await?)),
+            BackendConfig::Ca(c) => Ok(Arc::new(ca::CaBackend::new(name, c)?)),
         }
     }
 }

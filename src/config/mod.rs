@@ -95,6 +95,12 @@ struct RawServer {
     /// Lock all memory (needs CAP_IPC_LOCK); secret buffers are locked either way.
     #[serde(default)]
     mlockall: bool,
+    /// Socket serving the SPIFFE Workload API and Envoy SDS from a CA backend.
+    #[serde(default)]
+    spiffe_socket: Option<Spanned<String>>,
+    /// The CA backend behind spiffe_socket; default: the only `kind = "ca"` backend.
+    #[serde(default)]
+    spiffe_ca: Option<Spanned<String>>,
 }
 
 impl Default for RawServer {
@@ -111,6 +117,8 @@ impl Default for RawServer {
             backend_timeout: default_backend_timeout(),
             state_dir: None,
             mlockall: false,
+            spiffe_socket: None,
+            spiffe_ca: None,
         }
     }
 }
@@ -286,6 +294,9 @@ pub struct ServerConfig {
     pub backend_timeout: Duration,
     pub state_dir: Option<PathBuf>,
     pub mlockall: bool,
+    pub spiffe_socket: Option<PathBuf>,
+    /// The CA backend serving spiffe_socket (resolved at load).
+    pub spiffe_ca: Option<String>,
 }
 
 /// The validated configuration.
@@ -478,7 +489,22 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         backend_timeout: s.backend_timeout.0,
         state_dir: s.state_dir.as_ref().map(PathBuf::from),
         mlockall: s.mlockall,
+        spiffe_socket: s
+            .spiffe_socket
+            .as_ref()
+            .map(|p| need_path(p, "spiffe_socket"))
+            .transpose()?,
+        spiffe_ca: None,
     };
+    if let Some(p) = &server.spiffe_socket {
+        if p.parent() == server.admin_socket.parent() {
+            return Err(loc.at(
+                0..0,
+                "server.spiffe_socket",
+                "must not be in the admin socket's directory",
+            ));
+        }
+    }
     if server.default_session_ttl > server.max_session_ttl {
         return Err(loc.at(
             0..0,
@@ -528,6 +554,32 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let mut server = server;
+    if server.spiffe_socket.is_some() {
+        let cas: Vec<&String> = backends
+            .iter()
+            .filter(|(_, b)| b.kind() == "ca")
+            .map(|(n, _)| n)
+            .collect();
+        server.spiffe_ca = Some(match &s.spiffe_ca {
+            Some(n) if cas.contains(&n.get_ref()) => n.get_ref().clone(),
+            Some(n) => {
+                return Err(loc.at(
+                    n.span(),
+                    "server.spiffe_ca",
+                    format!("`{}` is not a backend of kind \"ca\"", n.get_ref()),
+                ))
+            }
+            None if cas.len() == 1 => cas[0].clone(),
+            None => {
+                return Err(loc.at(
+                    0..0,
+                    "server.spiffe_socket",
+                    "needs exactly one backend of kind \"ca\", or server.spiffe_ca naming one",
+                ))
+            }
+        });
+    }
 
     let mut secrets = BTreeMap::new();
     for (i, rs) in raw.secrets.into_iter().enumerate() {

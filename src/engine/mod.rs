@@ -87,6 +87,9 @@ pub enum WatchKind {
     Changed,
 }
 
+/// The caller's SPIFFE ID and allowed SANs, for certificate issuers.
+type CertIdent<'a> = (Option<&'a str>, Option<&'a crate::policy::SanPolicy>);
+
 /// One credential handed out.
 pub struct Grant {
     pub entry: Arc<Entry>,
@@ -101,6 +104,8 @@ pub struct GetRequest<'a> {
     pub call_id: Option<&'a str>,
     pub version: Option<&'a str>,
     pub spiffe_id: Option<&'a str>,
+    /// SANs the caller's policy rule allows in certificates.
+    pub sans: Option<&'a crate::policy::SanPolicy>,
 }
 
 pub struct Engine {
@@ -297,7 +302,7 @@ impl Engine {
             scope,
         };
         let (entry, stale) = self
-            .entry(cat, spec, &session, caller, &key, req.spiffe_id)
+            .entry(cat, spec, &session, caller, &key, (req.spiffe_id, req.sans))
             .await?;
 
         let owned = matches!(key.scope, ScopeKey::Call(..));
@@ -385,7 +390,10 @@ impl Engine {
             version: Some(prev.version.clone()),
             scope: ScopeKey::Shared,
         };
-        match self.entry(cat, spec, session, caller, &key, None).await {
+        match self
+            .entry(cat, spec, session, caller, &key, (None, None))
+            .await
+        {
             Ok((e, _)) => Some((e, prev.retires_at)),
             Err(e) => {
                 tracing::warn!(secret = %spec.name, version = %prev.version, error = %e, "previous version unavailable during grace");
@@ -402,7 +410,7 @@ impl Engine {
         session: &Arc<Session>,
         caller: &PeerIdentity,
         key: &CacheKey,
-        spiffe_id: Option<&str>,
+        ident: CertIdent<'_>,
     ) -> Result<(Arc<Entry>, bool), ApiError> {
         let now = self.now();
         let window = cat.config.server.stale_window;
@@ -421,7 +429,7 @@ impl Engine {
             Lookup::Miss => None,
         };
         METRICS.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let fetch = self.fetch_future(cat, spec, session, caller, key, spiffe_id)?;
+        let fetch = self.fetch_future(cat, spec, session, caller, key, ident)?;
         let (res, _) = self.cache.fetch_once(key.clone(), fetch).await;
         match (res, stale) {
             (Ok(e), _) => Ok((e, false)),
@@ -442,7 +450,7 @@ impl Engine {
         caller: &PeerIdentity,
         key: &CacheKey,
     ) {
-        if let Ok(fetch) = self.fetch_future(cat, spec, session, caller, key, None) {
+        if let Ok(fetch) = self.fetch_future(cat, spec, session, caller, key, (None, None)) {
             let cache = self.cache.clone();
             let key = key.clone();
             tokio::spawn(async move {
@@ -461,7 +469,7 @@ impl Engine {
         session: &Arc<Session>,
         caller: &PeerIdentity,
         key: &CacheKey,
-        spiffe_id: Option<&str>,
+        (spiffe_id, sans): CertIdent<'_>,
     ) -> Result<futures::future::BoxFuture<'static, crate::lease::cache::FetchResult>, ApiError>
     {
         let backend = cat.backend(&spec.backend)?;
@@ -480,6 +488,7 @@ impl Engine {
         };
         let version = key.version.clone();
         let spiffe = spiffe_id.map(str::to_string);
+        let sans = sans.cloned();
         let counter = self.calls_counter(&spec.backend);
         let clock = self.clock.clone();
         let limit = cat.config.server.backend_timeout;
@@ -494,6 +503,7 @@ impl Engine {
                 version: version.as_deref(),
                 caller: &caller,
                 spiffe_id: spiffe.as_deref(),
+                sans: sans.as_ref(),
             };
             let f = tokio::time::timeout(limit, backend.fetch(&req)).await;
             METRICS.backend_call(&spec.backend, "fetch", started.elapsed());

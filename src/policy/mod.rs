@@ -9,6 +9,7 @@ use crate::api::peer::PeerIdentity;
 use crate::config::{ConfigError, Locator, SecretSpec, Zone};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use toml::Spanned;
 
 /// A uid in a rule: a number, a user name, `"self"` (sidecred's own uid) or `"*"`.
@@ -27,6 +28,7 @@ pub enum Action {
     Rotate,
     ListSessions,
     Status,
+    GetCrl,
     #[serde(rename = "*")]
     All,
 }
@@ -50,6 +52,32 @@ pub struct RawRule {
     /// SPIFFE ID this caller's certificates carry (used by the CA).
     #[serde(default)]
     spiffe_id: Option<String>,
+    /// DNS names (globs such as `*.svc.local`) this caller's certificates may carry.
+    #[serde(default)]
+    dns_sans: Vec<String>,
+    /// IP addresses this caller's certificates may carry.
+    #[serde(default)]
+    ip_sans: Vec<String>,
+}
+
+/// The DNS and IP SANs a rule allows in certificates; URIs come only from `spiffe_id`.
+#[derive(Clone, Debug, Default)]
+pub struct SanPolicy {
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl SanPolicy {
+    pub fn allows_dns(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        self.dns
+            .iter()
+            .any(|g| glob_match(&g.to_ascii_lowercase(), &name))
+    }
+
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        self.ips.contains(&ip)
+    }
 }
 
 /// Who a rule matches.
@@ -69,6 +97,7 @@ pub struct Rule {
     zones: Option<Vec<Zone>>,
     actions: Vec<Action>,
     pub spiffe_id: Option<String>,
+    pub sans: SanPolicy,
 }
 
 impl Rule {
@@ -154,6 +183,25 @@ impl Policy {
                     },
                 }
             }
+            if let Some(id) = &r.spiffe_id {
+                if !id.starts_with("spiffe://") || id.len() <= "spiffe://".len() {
+                    return Err(loc.at(
+                        span,
+                        format!("{key}.spiffe_id"),
+                        format!("`{id}` is not a SPIFFE ID (spiffe://TRUST_DOMAIN/PATH)"),
+                    ));
+                }
+            }
+            let mut ips = Vec::new();
+            for ip in &r.ip_sans {
+                ips.push(ip.parse::<IpAddr>().map_err(|_| {
+                    loc.at(
+                        span.clone(),
+                        format!("{key}.ip_sans"),
+                        format!("`{ip}` is not an IP address"),
+                    )
+                })?);
+            }
             for g in &r.secrets {
                 if !secrets.keys().any(|s| glob_match(g, s)) {
                     tracing::warn!(rule = %name, glob = %g, "policy glob matches no configured secret");
@@ -172,6 +220,10 @@ impl Policy {
                 zones: r.zones,
                 actions: r.actions,
                 spiffe_id: r.spiffe_id,
+                sans: SanPolicy {
+                    dns: r.dns_sans,
+                    ips,
+                },
             });
         }
         Ok(Policy {
@@ -202,6 +254,20 @@ impl Policy {
     /// The first rule that matches the caller at all (sessions need no particular grant).
     pub fn caller_rule(&self, id: &PeerIdentity) -> Result<&Rule, String> {
         self.matching(id).next().ok_or_else(|| self.no_match(id))
+    }
+
+    /// The first rule matching the caller that assigns a SPIFFE ID: who the caller is to the CA.
+    pub fn spiffe_rule(&self, id: &PeerIdentity) -> Result<&Rule, String> {
+        let mut matched = self.matching(id).peekable();
+        if matched.peek().is_none() {
+            return Err(self.no_match(id));
+        }
+        matched.find(|r| r.spiffe_id.is_some()).ok_or_else(|| {
+            format!(
+                "no {} rule matching caller {id} sets a spiffe_id",
+                self.section
+            )
+        })
     }
 
     /// The rule that lets `id` obtain `secret`, or why none does.

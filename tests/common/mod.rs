@@ -1,6 +1,9 @@
 //! Test harness: runs the real `sidecred` binary on temp sockets and talks to it as users do.
 #![allow(dead_code)]
 
+pub mod ca;
+pub mod envoy;
+
 use sidecred::api::pb::{admin_client::AdminClient, broker_client::BrokerClient};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
