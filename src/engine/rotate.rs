@@ -1,8 +1,11 @@
 //! Rotation with one meaning for every backend: a new version becomes current, the previous one
 //! stays valid for the grace window, then is retired at its backend.
 //!
-//! - Versioned secrets (dev, KV v2, AWS): the backend writes a new version; `previous` is
-//!   served beside the current one during grace; after it the backend retires the old version.
+//! - Versioned secrets (dev, KV v2, AWS, the internal CA): the backend writes a new version;
+//!   cached values of the old one are dropped so every holder reads the new one next; a shared
+//!   secret's `previous` is served beside the current one during grace; after it the backend
+//!   retires the old version and whatever is still cached from it (for the CA: the leaves it
+//!   signed, while the old CA leaves the trust bundle) is no longer served.
 //! - Secrets issued per read (dynamic leases, certificates): a rotation starts a new epoch. Every
 //!   cached credential of the secret is dropped, so the next read gets a fresh one; the dropped
 //!   credentials stay valid for the window, then their backend leases are revoked.
@@ -224,7 +227,7 @@ impl Engine {
                 version: None,
                 scope: ScopeKey::Shared,
             };
-            self.cache.remove(&key);
+            self.cache.remove_current(name);
             self.cache.settle(&key, new).await;
         }
         if let (Some(p), Some(old)) = (&prev, &old) {

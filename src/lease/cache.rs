@@ -192,6 +192,15 @@ impl Cache {
             .collect()
     }
 
+    /// Evicts the current-version entries of one secret in every scope (pinned versions stay):
+    /// after a rotation each holder gets the new version at its next read.
+    pub fn remove_current(&self, secret: &str) -> usize {
+        let mut entries = self.entries.lock().expect("poisoned");
+        let before = entries.len();
+        entries.retain(|k, _| !(k.secret == secret && k.version.is_none()));
+        before - entries.len()
+    }
+
     /// After a rotation: waits for a read of `key` that was already in flight (it may carry
     /// the version before the rotation), then evicts whatever is cached unless it is `version`.
     pub async fn settle(&self, key: &CacheKey, version: &str) {
