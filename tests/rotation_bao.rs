@@ -335,6 +335,11 @@ async fn pending_retirement_survives_sigkill_and_restart() {
     })
     .await;
     assert!(gone, "overdue window retired right after restart");
+    // Values never reach the journal, the logs (debug) or the audit file.
+    let journal = std::fs::read_to_string(sc.dir.path().join("state/retirements.jsonl")).unwrap();
+    for text in [journal, sc.logs(), sc.audit_text()] {
+        assert!(!text.contains("journal-v1-canary"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
