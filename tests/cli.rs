@@ -330,6 +330,8 @@ fn readme_dev_config_serves_with_no_external_service() {
         .env("SIDECRED_SOCKET", &w)
         .env("SIDECRED_ADMIN_SOCKET", &a)
         .env("SIDECRED_AUDIT", dir.path().join("audit.jsonl"))
+        .env("SIDECRED_STATE_DIR", dir.path().join("state"))
+        .env("SIDECRED_SPIFFE_SOCKET", dir.path().join("spiffe.sock"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -61,7 +61,7 @@ async fn admin(conn: &Conn) -> Result<AdminClient<Channel>, Fail> {
 }
 
 fn print_json(v: serde_json::Value) {
-    println!("{v}");
+    outln!("{v}");
 }
 
 pub(super) async fn run(cmd: Cmd) -> i32 {
@@ -108,7 +108,7 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             if conn.json {
                 print_json(json!({"session_id": r.session_id, "expires_at": r.expires_at}));
             } else {
-                println!("{}", r.session_id);
+                outln!("{}", r.session_id);
             }
             Ok(())
         }
@@ -125,7 +125,7 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             if conn.json {
                 print_json(json!({"session_id": session, "leases_released": r.leases_released}));
             } else {
-                println!("closed {session}: {} leases released", r.leases_released);
+                outln!("closed {session}: {} leases released", r.leases_released);
             }
             Ok(())
         }
@@ -144,7 +144,7 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             if conn.json {
                 print_json(json!({"lease_id": lease, "released": true}));
             } else {
-                println!("released {lease}");
+                outln!("released {lease}");
             }
             Ok(())
         }
@@ -171,9 +171,11 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
                     print_json(json!({"name": ev.name, "kind": kind, "version": ev.version,
                         "previous_version": ev.previous_version, "previous_retires_at": ev.previous_retires_at, "at": ev.at}));
                 } else {
-                    println!(
+                    outln!(
                         "{kind} {} version={} previous={}",
-                        ev.name, ev.version, ev.previous_version
+                        ev.name,
+                        ev.version,
+                        ev.previous_version
                     );
                 }
                 let _ = std::io::stdout().flush();
@@ -219,17 +221,23 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
                     json!({"session_id": r.session_id, "done": steps(&r.done), "pending": steps(&r.pending)}),
                 );
             } else {
-                println!("revoked {}", r.session_id);
+                outln!("revoked {}", r.session_id);
                 for s in &r.done {
-                    println!(
+                    outln!(
                         "  done     {:<10} {:<14} {:>4} {}",
-                        s.target, s.what, s.count, s.detail
+                        s.target,
+                        s.what,
+                        s.count,
+                        s.detail
                     );
                 }
                 for s in &r.pending {
-                    println!(
+                    outln!(
                         "  PENDING  {:<10} {:<14} {:>4} {}",
-                        s.target, s.what, s.count, s.detail
+                        s.target,
+                        s.what,
+                        s.count,
+                        s.detail
                     );
                 }
             }
@@ -273,9 +281,12 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
                     "previous_retires_at": r.previous_retires_at}),
                 );
             } else {
-                println!(
+                outln!(
                     "rotated {}: version {} is current; {} valid until {}",
-                    r.name, r.version, r.previous_version, r.previous_retires_at
+                    r.name,
+                    r.version,
+                    r.previous_version,
+                    r.previous_retires_at
                 );
             }
             Ok(())
@@ -298,7 +309,7 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             if conn.json {
                 print_json(json!({"socket": path.display().to_string(), "serving": serving}));
             } else {
-                println!(
+                outln!(
                     "{}: {}",
                     path.display(),
                     if serving { "SERVING" } else { "NOT_SERVING" }
@@ -328,15 +339,18 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
                     .collect();
                 print_json(json!({"sessions": v}));
             } else {
-                println!(
+                outln!(
                     "{:<38} {:>6} {:>6} {:>12}  LABELS",
-                    "SESSION", "UID", "LEASES", "EXPIRES_AT"
+                    "SESSION",
+                    "UID",
+                    "LEASES",
+                    "EXPIRES_AT"
                 );
                 for s in &r.sessions {
                     let mut labels: Vec<_> =
                         s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     labels.sort();
-                    println!(
+                    outln!(
                         "{:<38} {:>6} {:>6} {:>12}  {}",
                         s.session_id,
                         s.owner_uid,
@@ -439,20 +453,25 @@ async fn status(conn: &Conn) -> Result<(), Fail> {
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "sidecred {}  up {}s  config generation {}",
-        s.version, s.uptime_seconds, s.config_generation
+        s.version,
+        s.uptime_seconds,
+        s.config_generation
     );
     if !s.config_error.is_empty() {
-        println!("CONFIG RELOAD REJECTED: {}", s.config_error);
+        outln!("CONFIG RELOAD REJECTED: {}", s.config_error);
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<16} {:<10} {:<9} {:>8}  DETAIL",
-        "BACKEND", "KIND", "HEALTH", "FETCHES"
+        "BACKEND",
+        "KIND",
+        "HEALTH",
+        "FETCHES"
     );
     for b in &s.backends {
-        println!(
+        outln!(
             "{:<16} {:<10} {:<9} {:>8}  {}",
             b.name,
             b.kind,
@@ -461,18 +480,19 @@ async fn status(conn: &Conn) -> Result<(), Fail> {
             b.detail
         );
     }
-    println!();
-    println!("sessions             {}", s.sessions);
-    println!("revoked sessions     {}", s.revoked_sessions);
-    println!("leases               {}", s.leases);
-    println!("cached values        {}", s.cached_values);
-    println!("pending revocations  {}", s.pending_revocations);
-    println!("pending retirements  {}", s.pending_retirements);
-    println!(
+    outln!();
+    outln!("sessions             {}", s.sessions);
+    outln!("revoked sessions     {}", s.revoked_sessions);
+    outln!("leases               {}", s.leases);
+    outln!("cached values        {}", s.cached_values);
+    outln!("pending revocations  {}", s.pending_revocations);
+    outln!("pending retirements  {}", s.pending_retirements);
+    outln!(
         "locked secret pages  {} ({} could not be locked)",
-        s.locked_pages, s.lock_failures
+        s.locked_pages,
+        s.lock_failures
     );
-    println!(
+    outln!(
         "dumpable             {}",
         if s.dumpable { "YES" } else { "no" }
     );

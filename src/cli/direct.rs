@@ -106,22 +106,28 @@ pub async fn revoke(d: &Direct, session: &str, reason: &str, json_out: bool) -> 
                 .map(|s| json!({"target": s.target, "what": s.what, "count": s.count, "detail": s.detail}))
                 .collect()
         };
-        println!(
+        outln!(
             "{}",
             json!({"session_id": session, "done": steps(&out.done), "pending": steps(&pending)})
         );
     } else {
-        println!("revoked {session} (through OpenBao at {addr})");
+        outln!("revoked {session} (through OpenBao at {addr})");
         for s in &out.done {
-            println!(
+            outln!(
                 "  done     {:<10} {:<14} {:>4} {}",
-                s.target, s.what, s.count, s.detail
+                s.target,
+                s.what,
+                s.count,
+                s.detail
             );
         }
         for s in &pending {
-            println!(
+            outln!(
                 "  PENDING  {:<10} {:<14} {:>4} {}",
-                s.target, s.what, s.count, s.detail
+                s.target,
+                s.what,
+                s.count,
+                s.detail
             );
         }
     }

@@ -2,6 +2,14 @@
 //! Exit codes: 0 ok, 1 other error, 2 usage or config, 3 denied, 4 not found, 5 unavailable,
 //! 6 failed precondition (revoked or expired session), 7 invalid argument.
 
+/// Prints a line to stdout; a closed pipe (`sidecred get x | head -c 5`) is not an error.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod client;
 mod direct;
 
@@ -153,10 +161,14 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = std::env::var("SIDECRED_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
             {
+                b.worker_threads(n);
+            }
+            let rt = match b.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("sidecred: cannot start runtime: {e}");
@@ -173,7 +185,7 @@ pub fn main() -> i32 {
         }
         Cmd::CheckConfig { file } => match crate::config::Config::load(&file) {
             Ok(c) => {
-                println!(
+                outln!(
                     "{}: ok ({} backends, {} secrets, {} workload rules, {} admin rules)",
                     file.display(),
                     c.backends.len(),

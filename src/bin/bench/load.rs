@@ -12,6 +12,8 @@ pub mod echo {
 }
 
 pub struct Opts {
+    /// Stop after this many measured requests (a soak) instead of at the end of `duration`.
+    pub requests: Option<u64>,
     pub duration: Duration,
     pub concurrency: usize,
     pub connections: usize,
@@ -223,15 +225,27 @@ async fn run_one(t: &Target, opts: &Opts) -> Outcome {
     let (cs, layout) = callers(t, opts).await;
     let start = Instant::now() + opts.warmup;
     let end = start + opts.duration;
+    let budget = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+        opts.requests.unwrap_or(u64::MAX),
+    ));
     let tasks: Vec<_> = cs
         .into_iter()
         .map(|mut c| {
+            let budget = budget.clone();
             tokio::spawn(async move {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
                 let (mut n, mut errors) = (0u64, 0u64);
                 loop {
                     let t0 = Instant::now();
                     if t0 >= end {
+                        break;
+                    }
+                    let relaxed = std::sync::atomic::Ordering::Relaxed;
+                    if t0 >= start
+                        && budget
+                            .fetch_update(relaxed, relaxed, |b| b.checked_sub(1))
+                            .is_err()
+                    {
                         break;
                     }
                     let ok = c.call().await;

@@ -46,6 +46,7 @@ fn main() {
         Some("serve-echo") => rt.block_on(load::serve_echo(args.get(1).unwrap_or_else(|| usage()))),
         Some("run") => {
             let mut opts = load::Opts {
+                requests: None,
                 duration: Duration::from_secs(10),
                 concurrency: 32,
                 connections: 4,
@@ -64,6 +65,7 @@ fn main() {
                         opts.warmup =
                             sidecred::config::parse_duration(&val()).unwrap_or_else(|_| usage())
                     }
+                    "--requests" => opts.requests = Some(val().parse().unwrap_or_else(|_| usage())),
                     "--concurrency" => opts.concurrency = val().parse().unwrap_or_else(|_| usage()),
                     "--connections" => opts.connections = val().parse().unwrap_or_else(|_| usage()),
                     t => targets.push(load::Target::parse(t).unwrap_or_else(|e| {
