@@ -175,11 +175,13 @@ async fn dev_dynamic_rotation_reissues_every_session_credential_and_revokes_the_
     );
     let ev = next_event(&mut w, Duration::from_secs(5)).await;
     assert_eq!(ev.kind, pb::secret_event::Kind::Retired as i32);
-    let retire = sc
-        .audit_events()
-        .into_iter()
-        .find(|e| e["event"] == "retire" && e["secret"] == "db/dyn")
-        .expect("retire audit line");
+    // Audit lines are written in batches: poll for it.
+    let retire = wait_for(Duration::from_secs(3), || {
+        sc.audit_events()
+            .into_iter()
+            .find(|e| e["event"] == "retire" && e["secret"] == "db/dyn")
+    })
+    .expect("retire audit line");
     assert_eq!(retire["detail"], "revoked=5", "{retire}");
 }
 
