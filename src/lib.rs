@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod policy;
 pub mod rotation;
+pub mod schedule;
 pub mod secret;
 pub mod serve;
 pub mod session;

@@ -31,6 +31,18 @@ impl RotationState {
         now: SystemTime,
         grace: Duration,
     ) -> Applied {
+        self.apply_until(old, new, now, now + grace)
+    }
+
+    /// Like `apply`, with the window's end given (a rotation another sidecar made, or one
+    /// replayed from the journal). A window already over retires `old` at once.
+    pub fn apply_until(
+        &mut self,
+        old: Option<String>,
+        new: String,
+        now: SystemTime,
+        retires_at: SystemTime,
+    ) -> Applied {
         let mut retire_now = Vec::new();
         if let Some(p) = self.previous.take() {
             if Some(&p.version) != old.as_ref() {
@@ -38,13 +50,13 @@ impl RotationState {
             }
         }
         self.previous = match old {
-            Some(v) if grace.is_zero() => {
+            Some(v) if retires_at <= now => {
                 retire_now.push(v);
                 None
             }
             Some(v) => Some(Previous {
                 version: v,
-                retires_at: now + grace,
+                retires_at,
             }),
             None => None,
         };
@@ -112,6 +124,22 @@ mod tests {
         let a = st.apply(Some("1".into()), "2".into(), t(0), Duration::ZERO);
         assert_eq!(a.retire_now, vec!["1".to_string()]);
         assert!(st.previous_valid(t(0)).is_none());
+    }
+
+    #[test]
+    fn explicit_window_end_table() {
+        // (retires_at, now, previous kept?, retired at once)
+        let cases = [
+            (50, 10, true, vec![]),
+            (10, 10, false, vec!["1"]),
+            (5, 10, false, vec!["1"]),
+        ];
+        for (end, now, kept, retired) in cases {
+            let mut st = RotationState::default();
+            let a = st.apply_until(Some("1".into()), "2".into(), t(now), t(end));
+            assert_eq!(st.previous.is_some(), kept, "end {end}");
+            assert_eq!(a.retire_now, retired, "end {end}");
+        }
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         }
     };
     engine.attach(journal, fleet);
+    if let Some(dir) = &server_cfg.state_dir {
+        let n = engine.resume_retirements(dir).await?;
+        tracing::info!(pending = n, "retirement journal opened");
+    }
     let workload = server::bind(&server_cfg.workload_socket, server_cfg.workload_socket_mode)
         .map_err(|e| {
             format!(

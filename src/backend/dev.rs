@@ -223,6 +223,10 @@ impl Backend for DevBackend {
         })
     }
 
+    fn reissues(&self, spec: &SecretSpec) -> bool {
+        Self::is_dynamic(spec)
+    }
+
     async fn retire(&self, spec: &SecretSpec, version: &str) -> Result<(), BackendError> {
         let mut store = self.store.lock().expect("poisoned");
         if let (Some(v), Ok(n)) = (store.get_mut(&spec.path), version.parse::<usize>()) {

@@ -118,6 +118,17 @@ pub trait Backend: Send + Sync + 'static {
         )))
     }
 
+    /// True when every read issues a fresh credential (dynamic leases, certificates): such a
+    /// secret rotates by replacing the credentials handed out, not by writing a new version.
+    fn reissues(&self, _spec: &SecretSpec) -> bool {
+        false
+    }
+
+    /// Check-and-set records for fleet coordination (rotation locks), when the backend has them.
+    fn records(&self) -> Option<&dyn RecordStore> {
+        None
+    }
+
     /// Called when a previous version leaves its grace window.
     async fn retire(&self, _spec: &SecretSpec, _version: &str) -> Result<(), BackendError> {
         Ok(())
@@ -179,6 +190,27 @@ pub trait Backend: Send + Sync + 'static {
     fn authority(&self) -> Option<Arc<ca::Authority>> {
         None
     }
+}
+
+/// Small JSON records with check-and-set, shared by every sidecar that uses the same server.
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    /// The record at `mount`/`path` and its version; None when there is none.
+    async fn read_record(
+        &self,
+        mount: &str,
+        path: &str,
+    ) -> Result<Option<(serde_json::Value, u64)>, BackendError>;
+
+    /// Writes if the stored version is still `cas` (0: only if absent) and returns the new
+    /// version; a lost race is `Precondition`.
+    async fn write_record(
+        &self,
+        mount: &str,
+        path: &str,
+        data: serde_json::Value,
+        cas: u64,
+    ) -> Result<u64, BackendError>;
 }
 
 /// Backend settings from `[backends.NAME]`, tagged by `kind`.

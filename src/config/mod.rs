@@ -61,6 +61,8 @@ struct RawConfig {
     #[serde(default)]
     metrics: MetricsConfig,
     #[serde(default)]
+    scheduler: SchedulerConfig,
+    #[serde(default)]
     backends: BTreeMap<String, Spanned<BackendConfig>>,
     #[serde(default, rename = "secret")]
     secrets: Vec<RawSecret>,
@@ -223,6 +225,49 @@ struct RawSecret {
     /// Backend-specific settings, validated by the backend.
     #[serde(default)]
     options: toml::Table,
+    /// Scheduled rotation: a fixed interval, or a cron expression (UTC).
+    #[serde(default)]
+    rotate_every: Option<Dur>,
+    #[serde(default)]
+    rotate_cron: Option<String>,
+}
+
+/// `[scheduler]`: where sidecars that share a rotation schedule coordinate, so exactly one of
+/// them rotates per slot. Without a lock backend every sidecar rotates on its own.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// An `openbao` backend whose KV v2 mount holds the lock and rotation records.
+    #[serde(default)]
+    pub lock_backend: Option<String>,
+    #[serde(default = "default_lock_mount")]
+    pub lock_mount: String,
+    #[serde(default = "default_lock_prefix")]
+    pub lock_prefix: String,
+    /// How long a claim holds before another sidecar may take the slot over.
+    #[serde(default = "default_claim_ttl")]
+    pub claim_ttl: Dur,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            lock_backend: None,
+            lock_mount: default_lock_mount(),
+            lock_prefix: default_lock_prefix(),
+            claim_ttl: default_claim_ttl(),
+        }
+    }
+}
+
+fn default_lock_mount() -> String {
+    "secret".into()
+}
+fn default_lock_prefix() -> String {
+    "sidecred/locks".into()
+}
+fn default_claim_ttl() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -246,6 +291,7 @@ pub struct SecretSpec {
     pub scope: Scope,
     pub key: Option<String>,
     pub options: toml::Table,
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 #[derive(Clone, Debug)]
@@ -273,6 +319,7 @@ pub struct Config {
     pub log: LogConfig,
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
+    pub scheduler: SchedulerConfig,
     pub backends: BTreeMap<String, BackendConfig>,
     pub secrets: BTreeMap<String, SecretSpec>,
     pub workload_policy: Policy,
@@ -599,6 +646,11 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             scope: rs.scope,
             key: rs.key,
             options: rs.options,
+            schedule: crate::schedule::from_config(
+                rs.rotate_every.map(|d| d.0),
+                rs.rotate_cron.as_deref(),
+            )
+            .map_err(|m| loc.at(rs.name.span(), key("rotate_every"), m))?,
         };
         if spec.ttl.is_zero() {
             return Err(loc.at(rs.name.span(), key("ttl"), "must be greater than 0"));
@@ -609,6 +661,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         secrets.insert(name, spec);
     }
 
+    check_scheduler(&raw.scheduler, &backends).map_err(|m| loc.at(0..0, "scheduler", m))?;
     let workload_policy = Policy::build(raw.policy.workload, "policy.workload", &secrets, loc)?;
     let admin_policy = Policy::build(raw.policy.admin, "policy.admin", &secrets, loc)?;
     Ok(Config {
@@ -617,12 +670,41 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         log: raw.log,
         audit: raw.audit,
         metrics: raw.metrics,
+        scheduler: raw.scheduler,
         backends,
         secrets,
         workload_policy,
         admin_policy,
         fleet,
     })
+}
+
+fn check_scheduler(
+    s: &SchedulerConfig,
+    backends: &BTreeMap<String, BackendConfig>,
+) -> Result<(), String> {
+    if let Some(b) = &s.lock_backend {
+        match backends.get(b) {
+            Some(BackendConfig::OpenBao(_)) => {}
+            Some(other) => {
+                return Err(format!(
+                    "lock_backend `{b}` is of kind `{}`; locks need an openbao backend",
+                    other.kind()
+                ))
+            }
+            None => return Err(format!("lock_backend `{b}` is not a configured backend")),
+        }
+    }
+    let bad = |v: &str| v.is_empty() || v.split('/').any(|p| p.is_empty() || p == "..");
+    if bad(&s.lock_mount) || bad(&s.lock_prefix) {
+        return Err(
+            "lock_mount and lock_prefix must be non-empty paths without empty or `..` parts".into(),
+        );
+    }
+    if s.claim_ttl.0 < Duration::from_secs(1) {
+        return Err("claim_ttl must be at least 1s".into());
+    }
+    Ok(())
 }
 
 fn tracing_level_check(level: &str) -> Result<(), String> {

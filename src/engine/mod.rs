@@ -3,10 +3,14 @@
 
 mod ops;
 mod recheck;
+mod retirements;
 mod revoke;
+mod rotate;
+mod scheduler;
 mod sweep;
 
-pub use ops::{RevocationReport, RotateOutcome, Step};
+pub use ops::{RevocationReport, Step};
+pub use rotate::RotateOutcome;
 
 use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
@@ -118,6 +122,7 @@ pub struct Engine {
     pub(crate) started: Instant,
     pub(crate) config_error: Mutex<Option<String>>,
     pub(crate) rechecks: recheck::Rechecks,
+    pub(crate) rotation: rotate::RotationCtl,
     /// Set once at start when `[fleet]` is configured.
     pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
     /// Set once at start when `server.state_dir` is configured.
@@ -140,6 +145,7 @@ impl Engine {
             started: Instant::now(),
             config_error: Mutex::new(None),
             rechecks: recheck::Rechecks::default(),
+            rotation: rotate::RotationCtl::default(),
             fleet: std::sync::OnceLock::new(),
             journal: std::sync::OnceLock::new(),
         })
@@ -371,6 +377,10 @@ impl Engine {
         caller: &PeerIdentity,
         now: SystemTime,
     ) -> Option<(Arc<Entry>, SystemTime)> {
+        // A reissued secret's previous credentials belong to their holders; none is shared.
+        if cat.backend(&spec.backend).ok()?.reissues(spec) {
+            return None;
+        }
         let prev = {
             let rot = self.rotations.lock().expect("poisoned");
             rot.get(&spec.name)?.previous_valid(now)?.clone()

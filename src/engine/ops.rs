@@ -1,13 +1,11 @@
-//! Session teardown and revocation, rotation, and retries of backend revocations that failed.
+//! Session teardown and revocation, and retries of backend revocations that failed.
 
-use super::{Engine, WatchEvent, WatchKind};
+use super::Engine;
 use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle, SessionMeta};
 use crate::journal::Record;
-use crate::lease::cache::{CacheKey, ScopeKey};
-use crate::secret::SecretBytes;
 use crate::session::Session;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,13 +23,6 @@ pub struct Step {
 pub struct RevocationReport {
     pub done: Vec<Step>,
     pub pending: Vec<Step>,
-}
-
-#[derive(Clone, Debug)]
-pub struct RotateOutcome {
-    pub version: String,
-    pub previous_version: Option<String>,
-    pub previous_retires_at: Option<SystemTime>,
 }
 
 /// A backend revocation that failed and is retried with backoff until it succeeds.
@@ -179,103 +170,6 @@ impl Engine {
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok(report.done.first().map_or(0, |s| s.count))
-    }
-
-    /// Makes a new version current; the previous stays valid for `grace`.
-    pub async fn rotate(
-        &self,
-        caller: &PeerIdentity,
-        name: &str,
-        grace: Option<Duration>,
-        value: Option<SecretBytes>,
-    ) -> Result<RotateOutcome, ApiError> {
-        let cat = self.catalog();
-        let spec = cat.secret(name)?.clone();
-        let backend = cat.backend(&spec.backend)?;
-        let grace = grace.unwrap_or(spec.grace);
-        let rotated = self
-            .bounded(&spec.backend, backend.rotate(&spec, value))
-            .await
-            .map_err(|e| ApiError::from_backend(name, e))?;
-        let now = self.now();
-        let (applied, prev) = {
-            let mut rot = self.rotations.lock().expect("poisoned");
-            let st = rot.entry(name.to_string()).or_default();
-            let applied = st.apply(
-                rotated.previous_version.clone(),
-                rotated.version.clone(),
-                now,
-                grace,
-            );
-            (applied, st.previous_valid(now).cloned())
-        };
-        self.cache.remove(&CacheKey {
-            secret: name.to_string(),
-            version: None,
-            scope: ScopeKey::Shared,
-        });
-        for v in applied.retire_now {
-            self.retire(&spec.name, &v).await;
-        }
-        self.notify(
-            name,
-            WatchEvent {
-                kind: WatchKind::Rotated,
-                version: rotated.version.clone(),
-                previous_version: rotated.previous_version.clone().unwrap_or_default(),
-                previous_retires_at: prev.as_ref().map(|p| p.retires_at),
-                at: now,
-            },
-        );
-        crate::metrics::METRICS.rotation(name);
-        let detail = format!("grace={}s", grace.as_secs());
-        let mut ev = AuditEvent::new("rotate", "ok").caller(caller);
-        ev.secret = Some(name);
-        ev.version = Some(&rotated.version);
-        ev.detail = Some(&detail);
-        self.audit
-            .record(ev)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        Ok(RotateOutcome {
-            version: rotated.version,
-            previous_version: rotated.previous_version,
-            previous_retires_at: prev.map(|p| p.retires_at),
-        })
-    }
-
-    /// Retires a previous version: gone at the backend and from the cache, watchers told.
-    pub(crate) async fn retire(&self, name: &str, version: &str) {
-        let cat = self.catalog();
-        if let Ok(spec) = cat.secret(name) {
-            if let Ok(b) = cat.backend(&spec.backend) {
-                if let Err(e) = self.bounded(&spec.backend, b.retire(spec, version)).await {
-                    tracing::warn!(secret = %name, version, error = %e, "backend retirement failed; the version is no longer served regardless");
-                }
-            }
-        }
-        self.cache.remove_secret(name, Some(version));
-        let current = self
-            .rotations
-            .lock()
-            .expect("poisoned")
-            .get(name)
-            .and_then(|r| r.current.clone())
-            .unwrap_or_default();
-        self.notify(
-            name,
-            WatchEvent {
-                kind: WatchKind::Retired,
-                version: current,
-                previous_version: version.to_string(),
-                previous_retires_at: None,
-                at: self.now(),
-            },
-        );
-        let mut ev = AuditEvent::new("retire", "ok");
-        ev.secret = Some(name);
-        ev.version = Some(version);
-        let _ = self.audit.record(ev).await;
     }
 
     /// Queues a failed backend revocation for retry, journaled so a restart retries it too.

@@ -2,7 +2,9 @@
 //! backend, each shared cached value is compared with the backend's current version id
 //! (`Backend::current_version`, e.g. DescribeSecret), which is cheaper than fetching the value.
 //! On a difference the entry is evicted (the next read fetches the new value), the new current
-//! version is recorded, and watchers get a `Changed` event.
+//! version is recorded, and watchers get a `Changed` event. When the change is a rotation another
+//! sidecar published (see `scheduler`), it is taken over instead: `previous` is served for the
+//! rest of that rotation's grace window and watchers get `Rotated`.
 
 use super::{Engine, WatchEvent, WatchKind};
 use crate::backend::Backend;
@@ -115,6 +117,10 @@ impl Engine {
         };
         // A newer entry replaced this one meanwhile: that fetch already saw the change.
         if !self.cache.remove_if_same(&key, &entry) {
+            return;
+        }
+        // Another sidecar's rotation: serve its previous version until its window ends.
+        if self.take_over_published(spec, &current).await {
             return;
         }
         self.rotations

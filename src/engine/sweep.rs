@@ -1,5 +1,5 @@
 //! The housekeeping loop: lease and session expiry, renewal ahead of expiry, grace-window
-//! retirement, and revocation retries. One tracked task, stopped by the shutdown signal.
+//! retirement, scheduled rotation, and revocation retries. One tracked task, stopped by the shutdown signal.
 
 use super::Engine;
 use crate::clock::renew_at;
@@ -24,6 +24,7 @@ impl Engine {
                     _ = tick.tick() => {
                         engine.sweep().await;
                         engine.spawn_rechecks();
+                        engine.spawn_scheduled();
                     }
                     _ = shutdown.changed() => break,
                 }

@@ -178,6 +178,42 @@ impl Cache {
             .collect()
     }
 
+    /// Removes every entry of one secret (all scopes) and returns them: a rotation of a
+    /// secret issued per read replaces them all at their next read.
+    pub fn take_secret(&self, secret: &str) -> Vec<(CacheKey, Arc<Entry>)> {
+        let mut entries = self.entries.lock().expect("poisoned");
+        let keys: Vec<CacheKey> = entries
+            .keys()
+            .filter(|k| k.secret == secret)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| entries.remove(&k).map(|e| (k, e)))
+            .collect()
+    }
+
+    /// Evicts the current-version entries of one secret in every scope (pinned versions stay):
+    /// after a rotation each holder gets the new version at its next read.
+    pub fn remove_current(&self, secret: &str) -> usize {
+        let mut entries = self.entries.lock().expect("poisoned");
+        let before = entries.len();
+        entries.retain(|k, _| !(k.secret == secret && k.version.is_none()));
+        before - entries.len()
+    }
+
+    /// After a rotation: waits for a read of `key` that was already in flight (it may carry
+    /// the version before the rotation), then evicts whatever is cached unless it is `version`.
+    pub async fn settle(&self, key: &CacheKey, version: &str) {
+        let inflight = self.inflight.lock().expect("poisoned").get(key).cloned();
+        if let Some(f) = inflight {
+            let _ = f.await;
+        }
+        let mut entries = self.entries.lock().expect("poisoned");
+        if entries.get(key).is_some_and(|e| e.version != version) {
+            entries.remove(key);
+        }
+    }
+
     /// Evicts every entry of one secret, optionally only one version.
     pub fn remove_secret(&self, secret: &str, version: Option<&str>) -> usize {
         let mut entries = self.entries.lock().expect("poisoned");

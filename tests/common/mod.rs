@@ -365,3 +365,4 @@ actions = ["*"]
 
 pub mod openbao;
 pub mod postgres;
+pub mod readers;

@@ -7,6 +7,7 @@ mod client;
 mod dynamic;
 pub mod fleet;
 mod kv;
+mod records;
 
 pub use auth::AuthConfig;
 
@@ -43,6 +44,10 @@ pub struct OpenBaoConfig {
     /// Create a child token per session (needed for dynamic secrets; off for KV-only use).
     #[serde(default = "yes")]
     pub session_tokens: bool,
+    /// Re-validate cached KV values this often (version changes made by other sidecars or
+    /// by hand); unset: never.
+    #[serde(default)]
+    pub recheck_interval: Option<Dur>,
     pub auth: AuthConfig,
 }
 
@@ -202,6 +207,7 @@ impl Inner {
 pub struct OpenBaoBackend {
     inner: Arc<Inner>,
     keeper: tokio::task::JoinHandle<()>,
+    recheck: Option<Duration>,
 }
 
 impl Drop for OpenBaoBackend {
@@ -242,7 +248,11 @@ impl OpenBaoBackend {
             session_tokens: cfg.session_tokens,
         });
         let keeper = tokio::spawn(auth::keeper(Arc::downgrade(&inner)));
-        Ok(Self { inner, keeper })
+        Ok(Self {
+            inner,
+            keeper,
+            recheck: cfg.recheck_interval.map(|d| d.0).filter(|d| !d.is_zero()),
+        })
     }
 
     fn opts(spec: &SecretSpec) -> Result<Opts, BackendError> {
@@ -302,6 +312,18 @@ impl Backend for OpenBaoBackend {
             )));
         }
         kv::rotate(&self.inner, spec, &o, value).await
+    }
+
+    fn recheck_interval(&self) -> Option<Duration> {
+        self.recheck
+    }
+
+    fn reissues(&self, spec: &SecretSpec) -> bool {
+        Opts::parse(spec).is_ok_and(|o| o.kind != Kind::Kv2)
+    }
+
+    fn records(&self) -> Option<&dyn super::RecordStore> {
+        Some(self.inner.as_ref())
     }
 
     async fn retire(&self, spec: &SecretSpec, version: &str) -> Result<(), BackendError> {

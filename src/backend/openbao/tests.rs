@@ -15,6 +15,7 @@ fn spec(path: &str, scope: Scope, options: &str) -> SecretSpec {
         scope,
         key: None,
         options: toml::from_str(options).unwrap(),
+        schedule: None,
     }
 }
 

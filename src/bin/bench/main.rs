@@ -7,6 +7,7 @@
 //!   sidecred-bench singleflight SOCKET ADMIN_SOCKET SECRET N
 //!   sidecred-bench fill SOCKET PREFIX N
 //!   sidecred-bench rss PID
+//!   sidecred-bench rotation-watch SOCKET ADMIN_SOCKET SECRET WATCHERS ROTATIONS
 //!   sidecred-bench fleet [SIDECARS] [ROUNDS]   revocation propagation and idle OpenBao load
 //!
 //! Targets (the first one is the baseline for ratios):
@@ -20,6 +21,7 @@ mod extra;
 mod fleet;
 mod http;
 mod load;
+mod rotation;
 
 use std::time::Duration;
 
@@ -94,6 +96,13 @@ fn main() {
             &args[1],
             &args[2],
             args[3].parse().unwrap_or_else(|_| usage()),
+        )),
+        Some("rotation-watch") if args.len() == 6 => rt.block_on(rotation::rotation_watch(
+            &args[1],
+            &args[2],
+            &args[3],
+            args[4].parse().unwrap_or_else(|_| usage()),
+            args[5].parse().unwrap_or_else(|_| usage()),
         )),
         Some("rss") if args.len() == 2 => println!(
             "{}",

@@ -1,0 +1,381 @@
+//! Rotation with one meaning for every backend: a new version becomes current, the previous one
+//! stays valid for the grace window, then is retired at its backend.
+//!
+//! - Versioned secrets (dev, KV v2, AWS, the internal CA): the backend writes a new version;
+//!   cached values of the old one are dropped so every holder reads the new one next; a shared
+//!   secret's `previous` is served beside the current one during grace; after it the backend
+//!   retires the old version and whatever is still cached from it (for the CA: the leaves it
+//!   signed, while the old CA leaves the trust bundle) is no longer served.
+//! - Secrets issued per read (dynamic leases, certificates): a rotation starts a new epoch. Every
+//!   cached credential of the secret is dropped, so the next read gets a fresh one; the dropped
+//!   credentials stay valid for the window, then their backend leases are revoked.
+//!
+//! Open windows are journaled (see `retirements`) and survive a restart.
+
+use super::retirements::{self, HeldLease, Line};
+use super::{Engine, WatchEvent, WatchKind};
+use crate::api::error::ApiError;
+use crate::api::peer::PeerIdentity;
+use crate::appender::Appender;
+use crate::audit::AuditEvent;
+use crate::backend::{BackendLease, SessionHandle};
+use crate::clock::{from_millis, unix_millis};
+use crate::config::SecretSpec;
+use crate::lease::cache::{CacheKey, ScopeKey};
+use crate::secret::SecretBytes;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+#[derive(Clone, Debug)]
+pub struct RotateOutcome {
+    pub version: String,
+    pub previous_version: Option<String>,
+    pub previous_retires_at: Option<SystemTime>,
+}
+
+/// A replaced credential of a reissued secret, valid until its epoch retires.
+struct Held {
+    secret: String,
+    epoch: String,
+    backend: String,
+    lease: BackendLease,
+    handle: Option<SessionHandle>,
+}
+
+/// Rotation state beyond the per-secret grace windows (`Engine::rotations`).
+pub(crate) struct RotationCtl {
+    held: Mutex<Vec<Held>>,
+    journal: Mutex<Option<Appender>>,
+    /// This process's id in lock records.
+    pub(crate) instance: String,
+    pub(crate) scheduler: super::scheduler::Scheduler,
+}
+
+impl Default for RotationCtl {
+    fn default() -> Self {
+        Self {
+            held: Mutex::new(Vec::new()),
+            journal: Mutex::new(None),
+            instance: crate::session::new_id("sc"),
+            scheduler: Default::default(),
+        }
+    }
+}
+
+/// How a rotation came about, for the audit line.
+pub(crate) enum Origin<'a> {
+    Admin(&'a PeerIdentity),
+    Schedule(u64),
+}
+
+impl Engine {
+    /// Makes a new version current; the previous stays valid for `grace`.
+    pub async fn rotate(
+        &self,
+        caller: &PeerIdentity,
+        name: &str,
+        grace: Option<Duration>,
+        value: Option<SecretBytes>,
+    ) -> Result<RotateOutcome, ApiError> {
+        self.rotate_as(Origin::Admin(caller), name, grace, value)
+            .await
+    }
+
+    pub(crate) async fn rotate_as(
+        &self,
+        origin: Origin<'_>,
+        name: &str,
+        grace: Option<Duration>,
+        value: Option<SecretBytes>,
+    ) -> Result<RotateOutcome, ApiError> {
+        let cat = self.catalog();
+        let spec = cat.secret(name)?.clone();
+        let backend = cat.backend(&spec.backend)?;
+        let grace = grace.unwrap_or(spec.grace);
+        let (version, previous) = if backend.reissues(&spec) {
+            if value.is_some() {
+                return Err(ApiError::InvalidArgument(format!(
+                    "`{name}` is issued fresh per read; a rotation cannot supply its value"
+                )));
+            }
+            let old = self.current_epoch(name);
+            (format!("r{}", unix_millis(self.now())), Some(old))
+        } else {
+            let r = self
+                .bounded(&spec.backend, backend.rotate(&spec, value))
+                .await
+                .map_err(|e| ApiError::from_backend(name, e))?;
+            (r.version, r.previous_version)
+        };
+        let retires_at = self.now() + grace;
+        let prev = self
+            .record_rotation(&spec, previous.clone(), &version, retires_at)
+            .await;
+        crate::metrics::METRICS.rotation(name);
+        let out = RotateOutcome {
+            version,
+            previous_version: previous,
+            previous_retires_at: prev,
+        };
+        if matches!(origin, Origin::Admin(_)) {
+            self.publish_rotation(name, &out).await;
+        }
+        let detail = match &origin {
+            Origin::Admin(_) => format!("grace={}s", grace.as_secs()),
+            Origin::Schedule(slot) => format!("grace={}s slot={slot}", grace.as_secs()),
+        };
+        let mut ev = AuditEvent::new("rotate", "ok");
+        if let Origin::Admin(c) = origin {
+            ev = ev.caller(c);
+        }
+        ev.secret = Some(name);
+        ev.version = Some(&out.version);
+        ev.detail = Some(&detail);
+        self.audit
+            .record(ev)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Takes over a rotation another sidecar made (from its rotation record).
+    pub(crate) async fn apply_remote(
+        &self,
+        spec: &SecretSpec,
+        version: &str,
+        previous: &str,
+        retires_at: SystemTime,
+    ) {
+        let old = if self
+            .catalog()
+            .backend(&spec.backend)
+            .is_ok_and(|b| b.reissues(spec))
+        {
+            self.current_epoch(&spec.name)
+        } else {
+            previous.to_string()
+        };
+        let old = (!old.is_empty()).then_some(old);
+        self.record_rotation(spec, old, version, retires_at).await;
+        let detail = format!("previous={previous}");
+        let mut ev = AuditEvent::new("rotation_applied", "ok");
+        ev.secret = Some(&spec.name);
+        ev.version = Some(version);
+        ev.detail = Some(&detail);
+        let _ = self.audit.record(ev).await;
+    }
+
+    fn current_epoch(&self, name: &str) -> String {
+        self.rotations
+            .lock()
+            .expect("poisoned")
+            .get(name)
+            .and_then(|r| r.current.clone())
+            .unwrap_or_else(|| "r0".into())
+    }
+
+    /// Applies a rotation locally: grace window, cache, held credentials, journal, watchers.
+    /// Returns when the previous version retires, if it is still valid.
+    async fn record_rotation(
+        &self,
+        spec: &SecretSpec,
+        old: Option<String>,
+        new: &str,
+        retires_at: SystemTime,
+    ) -> Option<SystemTime> {
+        let name = &spec.name;
+        let now = self.now();
+        let (applied, prev) = {
+            let mut rot = self.rotations.lock().expect("poisoned");
+            let st = rot.entry(name.clone()).or_default();
+            let a = st.apply_until(old.clone(), new.to_string(), now, retires_at);
+            (a, st.previous_valid(now).cloned())
+        };
+        let reissues = self
+            .catalog()
+            .backend(&spec.backend)
+            .is_ok_and(|b| b.reissues(spec));
+        let mut held = Vec::new();
+        if reissues {
+            let epoch = old.clone().unwrap_or_default();
+            for (key, e) in self.cache.take_secret(name) {
+                let Some(lease) = e.backend_lease.clone() else {
+                    continue;
+                };
+                let handle = match &key.scope {
+                    ScopeKey::Session(s) | ScopeKey::Call(s, _) => {
+                        self.sessions.handle(s, &e.backend)
+                    }
+                    ScopeKey::Shared => None,
+                };
+                held.push(HeldLease {
+                    backend: e.backend.clone(),
+                    id: lease.id.clone(),
+                });
+                self.rotation.held.lock().expect("poisoned").push(Held {
+                    secret: name.clone(),
+                    epoch: epoch.clone(),
+                    backend: e.backend.clone(),
+                    lease,
+                    handle,
+                });
+            }
+        } else {
+            let key = CacheKey {
+                secret: name.clone(),
+                version: None,
+                scope: ScopeKey::Shared,
+            };
+            self.cache.remove_current(name);
+            self.cache.settle(&key, new).await;
+        }
+        if let (Some(p), Some(old)) = (&prev, &old) {
+            self.journal_retirement(Line::Grace {
+                secret: name.clone(),
+                current: new.to_string(),
+                version: old.clone(),
+                retires_at_ms: unix_millis(p.retires_at),
+                leases: held,
+            })
+            .await;
+        }
+        for v in applied.retire_now {
+            self.retire(name, &v).await;
+        }
+        self.notify(
+            name,
+            WatchEvent {
+                kind: WatchKind::Rotated,
+                version: new.to_string(),
+                previous_version: old.unwrap_or_default(),
+                previous_retires_at: prev.as_ref().map(|p| p.retires_at),
+                at: now,
+            },
+        );
+        prev.map(|p| p.retires_at)
+    }
+
+    /// Retires a previous version: gone at the backend and from the cache, watchers told.
+    pub(crate) async fn retire(&self, name: &str, version: &str) {
+        let held: Vec<Held> = {
+            let mut h = self.rotation.held.lock().expect("poisoned");
+            let (mine, rest) = std::mem::take(&mut *h)
+                .into_iter()
+                .partition(|x| x.secret == name && x.epoch == version);
+            *h = rest;
+            mine
+        };
+        let cat = self.catalog();
+        for h in &held {
+            let Some(b) = cat.backends.get(&h.backend) else {
+                continue;
+            };
+            if let Err(e) = self
+                .bounded(&h.backend, b.revoke_lease(&h.lease, h.handle.as_ref()))
+                .await
+            {
+                tracing::warn!(secret = %name, lease = %h.lease.id, error = %e, "revoking a retired credential failed; queued for retry");
+                self.queue_lease_revocation(&h.backend, h.lease.clone(), h.handle.clone())
+                    .await;
+            }
+        }
+        if let Ok(spec) = cat.secret(name) {
+            if let Ok(b) = cat.backend(&spec.backend) {
+                if !b.reissues(spec) {
+                    if let Err(e) = self.bounded(&spec.backend, b.retire(spec, version)).await {
+                        tracing::warn!(secret = %name, version, error = %e, "backend retirement failed; the version is no longer served regardless");
+                    }
+                }
+            }
+        }
+        self.cache.remove_secret(name, Some(version));
+        self.journal_retirement(Line::Retired {
+            secret: name.to_string(),
+            version: version.to_string(),
+        })
+        .await;
+        let current = self.current_epoch(name);
+        self.notify(
+            name,
+            WatchEvent {
+                kind: WatchKind::Retired,
+                version: current,
+                previous_version: version.to_string(),
+                previous_retires_at: None,
+                at: self.now(),
+            },
+        );
+        let detail = format!("revoked={}", held.len());
+        let mut ev = AuditEvent::new("retire", "ok");
+        ev.secret = Some(name);
+        ev.version = Some(version);
+        ev.detail = Some(&detail);
+        let _ = self.audit.record(ev).await;
+    }
+
+    async fn journal_retirement(&self, line: Line) {
+        let app = self.rotation.journal.lock().expect("poisoned").clone();
+        if let Some(app) = app {
+            if let Err(e) = app.append(retirements::encode(&line)).await {
+                tracing::error!(error = %e, "cannot write the retirement journal; a restart would lose this grace window");
+            }
+        }
+    }
+
+    /// Opens `state_dir/retirements.jsonl` and resumes the grace windows it holds: open ones
+    /// run to their end, overdue ones retire at the next housekeeping pass.
+    pub async fn resume_retirements(&self, state_dir: &Path) -> Result<usize, String> {
+        let (r, app) = retirements::open(state_dir)
+            .await
+            .map_err(|e| format!("{}: {e}", retirements::path(state_dir).display()))?;
+        *self.rotation.journal.lock().expect("poisoned") = Some(app);
+        let now = self.now();
+        let n = r.open.len() + r.superseded.len();
+        for line in r.superseded.into_iter().chain(r.open) {
+            let Line::Grace {
+                secret,
+                current,
+                version,
+                retires_at_ms,
+                leases,
+            } = line
+            else {
+                continue;
+            };
+            tracing::info!(secret = %secret, version = %version, "resuming grace window from the journal");
+            {
+                let mut h = self.rotation.held.lock().expect("poisoned");
+                for l in leases {
+                    h.push(Held {
+                        secret: secret.clone(),
+                        epoch: version.clone(),
+                        backend: l.backend,
+                        lease: BackendLease {
+                            id: l.id,
+                            ttl: Duration::ZERO,
+                            renewable: false,
+                        },
+                        handle: None,
+                    });
+                }
+            }
+            let applied = self
+                .rotations
+                .lock()
+                .expect("poisoned")
+                .entry(secret.clone())
+                .or_default()
+                .apply_until(
+                    Some(version),
+                    current,
+                    now,
+                    from_millis(retires_at_ms).max(now),
+                );
+            for v in applied.retire_now {
+                self.retire(&secret, &v).await;
+            }
+        }
+        Ok(n)
+    }
+}
