@@ -12,6 +12,7 @@ pub mod engine;
 pub mod harden;
 pub mod lease;
 pub mod metrics;
+pub mod panic_hook;
 pub mod policy;
 pub mod rotation;
 pub mod secret;
