@@ -5,7 +5,7 @@
 mod duration;
 mod interp;
 
-pub use duration::{parse_duration, Dur};
+pub use duration::{parse_duration, Dur, MAX_DURATION};
 pub use interp::{env_lookup, interpolate, map_lookup, InterpError};
 
 use crate::backend::BackendConfig;
@@ -366,8 +366,15 @@ impl Config {
             text: &text,
         };
         let raw: RawConfig = toml::from_str(&text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            loc.at(span, "", e.message().trim_end().to_string())
+            // A syntax error can sit at offset 0 (an empty span there is still a position).
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                key: String::new(),
+                message: e.message().trim_end().to_string(),
+            }
         })?;
         validate(raw, &loc)
     }
