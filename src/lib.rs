@@ -17,6 +17,7 @@ pub mod journal;
 pub mod lease;
 pub mod metrics;
 pub mod otlp;
+pub mod panic_hook;
 pub mod policy;
 pub mod rotation;
 pub mod schedule;

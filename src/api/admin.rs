@@ -86,6 +86,11 @@ impl Admin for AdminService {
         validate_name(&r.name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
         self.allow(&caller, Action::Rotate, Some(&r.name)).await?;
         let grace = (r.grace_seconds > 0).then(|| Duration::from_secs(r.grace_seconds));
+        if grace.is_some_and(|g| g > crate::config::MAX_DURATION) {
+            return Err(
+                ApiError::InvalidArgument("grace_seconds: at most 3650 days".into()).into(),
+            );
+        }
         let value = (!r.value.is_empty()).then(|| SecretBytes::new(r.value));
         let out = self.engine.rotate(&caller, &r.name, grace, value).await?;
         Ok(Response::new(pb::RotateResponse {

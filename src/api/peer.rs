@@ -4,13 +4,17 @@
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt};
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,15 +62,43 @@ impl PeerIdentity {
     }
 }
 
+/// Length of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const PREFACE_LEN: usize = 24;
+
 /// An accepted connection that carries its caller's identity into every request.
+///
+/// Until the client has sent the bytes of an HTTP/2 preface, reads fail once the handshake
+/// deadline passes, so a caller that connects and sits (or trickles bytes) loses its
+/// descriptor instead of holding it forever. It also holds its socket's connection permit.
 pub struct PeerStream {
     inner: UnixStream,
     id: PeerIdentity,
+    preface_left: usize,
+    deadline: Option<Pin<Box<Sleep>>>,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PeerStream {
     pub fn new(inner: UnixStream, id: PeerIdentity) -> Self {
-        Self { inner, id }
+        Self {
+            inner,
+            id,
+            preface_left: PREFACE_LEN,
+            deadline: None,
+            _permit: None,
+        }
+    }
+
+    /// Drops the connection if its preface has not arrived within `handshake`.
+    pub fn with_handshake_deadline(mut self, handshake: Duration) -> Self {
+        self.deadline = Some(Box::pin(tokio::time::sleep(handshake)));
+        self
+    }
+
+    /// Keeps `permit` until the connection closes.
+    pub fn with_permit(mut self, permit: OwnedSemaphorePermit) -> Self {
+        self._permit = Some(permit);
+        self
     }
 }
 
@@ -83,7 +115,28 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let Some(deadline) = self.deadline.as_mut() else {
+            return r;
+        };
+        let expired = deadline.as_mut().poll(cx).is_ready();
+        if let Poll::Ready(Ok(())) = r {
+            let n = buf.filled().len() - before;
+            self.preface_left = self.preface_left.saturating_sub(n);
+            if self.preface_left == 0 || n == 0 {
+                self.deadline = None;
+                return r;
+            }
+        }
+        if expired {
+            self.deadline = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within the handshake timeout",
+            )));
+        }
+        r
     }
 }
 
@@ -116,6 +169,29 @@ impl AsyncWrite for PeerStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn handshake_deadline_table() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // (bytes sent before the deadline, read fails)
+        for (sent, fails) in [(0, true), (10, true), (PREFACE_LEN, false)] {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let id = PeerIdentity::of(&a).unwrap();
+            let mut s = PeerStream::new(a, id).with_handshake_deadline(Duration::from_millis(200));
+            b.write_all(&vec![b'x'; sent]).await.unwrap();
+            let mut got = 0;
+            let mut buf = [0u8; 64];
+            while got < sent {
+                got += s.read(&mut buf).await.unwrap();
+            }
+            let read = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
+            match read {
+                Ok(Err(e)) => assert!(fails && e.kind() == io::ErrorKind::TimedOut, "{sent}"),
+                Err(_) => assert!(!fails, "{sent}: a complete preface must lift the deadline"),
+                Ok(Ok(n)) => panic!("{sent}: unexpected read of {n}"),
+            }
+        }
+    }
 
     #[tokio::test]
     async fn identifies_own_process() {

@@ -46,14 +46,26 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Accepted connections tagged with their caller's identity. Accept errors (such as running
-/// out of descriptors) pause briefly instead of ending the server.
-fn incoming(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Result<PeerStream>> {
+/// Accepted connections tagged with their caller's identity. At most `max` are open at once
+/// (further callers wait in the listen backlog), and each must send its HTTP/2 preface
+/// within `handshake`. Accept errors (such as running out of descriptors) pause briefly
+/// instead of ending the server.
+fn incoming(
+    listener: UnixListener,
+    max: usize,
+    handshake: Duration,
+) -> impl tokio_stream::Stream<Item = io::Result<PeerStream>> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
     async_stream::stream! {
         loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
             match listener.accept().await {
                 Ok((s, _)) => match PeerIdentity::of(&s) {
-                    Ok(id) => yield Ok(PeerStream::new(s, id)),
+                    Ok(id) => yield Ok(PeerStream::new(s, id)
+                        .with_handshake_deadline(handshake)
+                        .with_permit(permit)),
                     Err(e) => tracing::warn!(error = %e, "cannot identify peer; connection dropped"),
                 },
                 Err(e) => {
@@ -123,6 +135,8 @@ pub async fn serve(
         engine: engine.clone(),
     })
     .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let server_cfg = engine.catalog().config.server.clone();
+    let (max, handshake) = (server_cfg.max_connections, server_cfg.handshake_timeout);
     let (r1, r1a) = reflection("sidecred.v1.Broker");
     let (r2, r2a) = reflection("sidecred.v1.Admin");
     let shutdown2 = shutdown.clone();
@@ -139,13 +153,13 @@ pub async fn serve(
         .add_service(health_svc.clone())
         .add_service(r1)
         .add_service(r1a)
-        .serve_with_incoming_shutdown(incoming(workload), wait(shutdown.clone()));
+        .serve_with_incoming_shutdown(incoming(workload, max, handshake), wait(shutdown.clone()));
     let a = builder()
         .add_service(admin_svc)
         .add_service(health_svc)
         .add_service(r2)
         .add_service(r2a)
-        .serve_with_incoming_shutdown(incoming(admin), wait(shutdown));
+        .serve_with_incoming_shutdown(incoming(admin, max, handshake), wait(shutdown));
     let s = serve_spiffe(engine.clone(), spiffe, wait(shutdown2));
     // Idle client connections (a long-lived orchestrator's channel, an open watch) would
     // hold a graceful shutdown forever: give in-flight requests DRAIN, then stop anyway.
@@ -226,6 +240,8 @@ async fn serve_spiffe(
     let Some(listener) = listener else {
         return Ok(());
     };
+    let server_cfg = engine.catalog().config.server.clone();
+    let (max, handshake) = (server_cfg.max_connections, server_cfg.handshake_timeout);
     let spiffe = SpiffeWorkloadApiServer::new(super::spiffe::SpiffeService {
         engine: engine.clone(),
     })
@@ -241,7 +257,7 @@ async fn serve_spiffe(
         .add_service(spiffe)
         .add_service(sds)
         .serve_with_incoming_shutdown(
-            tokio_stream::StreamExt::map(incoming(listener), |c| {
+            tokio_stream::StreamExt::map(incoming(listener, max, handshake), |c| {
                 c.map(super::h2fix::AuthorityFix::new)
             }),
             stop,

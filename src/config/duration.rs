@@ -3,6 +3,9 @@
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
+/// The longest duration accepted anywhere (ten years): time arithmetic on it cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
+
 /// A duration read from config text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Dur(pub Duration);
@@ -35,12 +38,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86400),
+        let scale = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
             "" => {
                 return Err(format!(
                     "invalid duration `{text}`: missing unit (ms, s, m, h, d)"
@@ -52,7 +55,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ))
             }
         };
-        total += part;
+        total = n
+            .checked_mul(scale)
+            .map(Duration::from_millis)
+            .and_then(|part| total.checked_add(part))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| format!("invalid duration `{text}`: longer than 3650d"))?;
     }
     Ok(total)
 }
@@ -83,7 +91,18 @@ mod tests {
         for (t, ms) in ok {
             assert_eq!(parse_duration(t).unwrap(), Duration::from_millis(ms), "{t}");
         }
-        for bad in ["", "5", "5x", "m", "1h 5m", "-1s"] {
+        for bad in [
+            "",
+            "5",
+            "5x",
+            "m",
+            "1h 5m",
+            "-1s",
+            "3651d",
+            "3650d1ms",
+            "99999999999999999d",
+            "18446744073709551615ms1ms",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

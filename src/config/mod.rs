@@ -5,7 +5,7 @@
 mod duration;
 mod interp;
 
-pub use duration::{parse_duration, Dur};
+pub use duration::{parse_duration, Dur, MAX_DURATION};
 pub use interp::{env_lookup, interpolate, map_lookup, InterpError};
 
 use crate::backend::BackendConfig;
@@ -89,6 +89,12 @@ struct RawServer {
     stale_window: Dur,
     #[serde(default = "default_backend_timeout")]
     backend_timeout: Dur,
+    /// How long a new connection may take to send its HTTP/2 preface before it is dropped.
+    #[serde(default = "default_handshake_timeout")]
+    handshake_timeout: Dur,
+    /// Open connections per socket; further callers wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
     /// Where the revocation and retirement journal lives (ids only, never values).
     #[serde(default)]
     state_dir: Option<String>,
@@ -115,6 +121,8 @@ impl Default for RawServer {
             max_session_ttl: default_max_session_ttl(),
             stale_window: default_stale_window(),
             backend_timeout: default_backend_timeout(),
+            handshake_timeout: default_handshake_timeout(),
+            max_connections: default_max_connections(),
             state_dir: None,
             mlockall: false,
             spiffe_socket: None,
@@ -140,6 +148,12 @@ fn default_stale_window() -> Dur {
 }
 fn default_backend_timeout() -> Dur {
     Dur(Duration::from_secs(5))
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -304,6 +318,8 @@ pub struct ServerConfig {
     pub max_session_ttl: Duration,
     pub stale_window: Duration,
     pub backend_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
     pub state_dir: Option<PathBuf>,
     pub mlockall: bool,
     pub spiffe_socket: Option<PathBuf>,
@@ -424,8 +440,15 @@ impl Config {
             text: &text,
         };
         let raw: RawConfig = toml::from_str(&text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            loc.at(span, "", e.message().trim_end().to_string())
+            // A syntax error can sit at offset 0 (an empty span there is still a position).
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                key: String::new(),
+                message: e.message().trim_end().to_string(),
+            }
         })?;
         validate(raw, &loc)
     }
@@ -499,6 +522,8 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         max_session_ttl: s.max_session_ttl.0,
         stale_window: s.stale_window.0,
         backend_timeout: s.backend_timeout.0,
+        handshake_timeout: s.handshake_timeout.0,
+        max_connections: s.max_connections,
         state_dir: s.state_dir.as_ref().map(PathBuf::from),
         mlockall: s.mlockall,
         spiffe_socket: s
@@ -526,6 +551,12 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     }
     if server.backend_timeout.is_zero() {
         return Err(loc.at(0..0, "server.backend_timeout", "must be greater than 0"));
+    }
+    if server.max_connections == 0 {
+        return Err(loc.at(0..0, "server.max_connections", "must be greater than 0"));
+    }
+    if server.handshake_timeout.is_zero() {
+        return Err(loc.at(0..0, "server.handshake_timeout", "must be greater than 0"));
     }
     tracing_level_check(&raw.log.level).map_err(|m| loc.at(0..0, "log.level", m))?;
     if let Some(url) = &raw.log.otlp_endpoint {
