@@ -220,6 +220,7 @@ async fn run(data: &[u8]) {
                 call_id: Some("c1"),
                 version: None,
                 spiffe_id: None,
+                sans: None,
             },
         )
         .await
