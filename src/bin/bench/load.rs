@@ -269,12 +269,16 @@ async fn run_one(t: &Target, opts: &Opts) -> Outcome {
         requests += n;
         errors += e;
     }
+    // A soak ends when its request budget is spent, usually well before `duration`.
+    let elapsed = Instant::now()
+        .saturating_duration_since(start)
+        .min(opts.duration);
     Outcome {
         name: t.name(),
         layout,
         requests,
         errors,
-        elapsed: opts.duration,
+        elapsed,
         hist,
     }
 }
