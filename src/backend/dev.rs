@@ -14,6 +14,19 @@ use std::sync::Mutex;
 use std::time::Duration;
 use zeroize::Zeroize;
 
+/// Inline dev seed values; Debug shows the paths only.
+#[derive(Clone, Deserialize, Default)]
+#[serde(transparent)]
+pub struct SeedValues(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SeedValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "[REDACTED]")))
+            .finish()
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DevConfig {
@@ -22,7 +35,7 @@ pub struct DevConfig {
     pub seed_file: Option<PathBuf>,
     /// Inline seed values, path → value. Dev only: these live in the config file.
     #[serde(default)]
-    pub values: BTreeMap<String, String>,
+    pub values: SeedValues,
     /// Artificial latency per fetch, to exercise single-flight and timeouts.
     #[serde(default)]
     pub latency: Option<crate::config::Dur>,
@@ -95,7 +108,7 @@ impl DevBackend {
                 );
             }
         }
-        for (k, v) in &cfg.values {
+        for (k, v) in &cfg.values.0 {
             store.insert(
                 k.clone(),
                 Versions {

@@ -79,3 +79,11 @@ fn interpolation_in_any_string() {
     let c = parse(&BASE.replace("/tmp/a/w.sock", "/tmp/a/${PORT}.sock")).unwrap();
     assert_eq!(c.server.workload_socket, PathBuf::from("/tmp/a/8200.sock"));
 }
+
+#[test]
+fn debug_of_a_config_never_shows_seed_values() {
+    let c = parse(&BASE.replace("\"p\" = \"v\"", "\"p\" = \"seed-canary-31\"")).unwrap();
+    let shown = format!("{c:?}");
+    assert!(shown.contains("\"p\""), "paths stay visible: {shown}");
+    assert!(!shown.contains("seed-canary-31"), "{shown}");
+}
