@@ -7,38 +7,11 @@ use sidecred::api::pb;
 use std::time::Duration;
 use tonic::Code;
 
-async fn open(b: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>) -> String {
-    b.open_session(pb::OpenSessionRequest {
-        ttl_seconds: 0,
-        labels: [("agent_id".into(), "t1".into())].into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .session_id
+async fn open(b: &mut Broker) -> String {
+    open_labeled(b, "t1").await
 }
 
-fn get(name: &str, session: &str) -> pb::GetSecretRequest {
-    pb::GetSecretRequest {
-        name: name.into(),
-        session_id: session.into(),
-        ..Default::default()
-    }
-}
-
-async fn lease_count(sc: &Sidecar, session: &str) -> Option<u32> {
-    let r = sc
-        .admin()
-        .await
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    r.sessions
-        .iter()
-        .find(|s| s.session_id == session)
-        .map(|s| s.lease_count)
-}
+use common::get_req as get;
 
 #[tokio::test]
 async fn session_open_get_close_removes_the_lease() {

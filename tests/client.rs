@@ -10,20 +10,7 @@ use sidecred::client::{
 };
 use std::time::{Duration, Instant};
 
-/// Lease count of a session as the admin API sees it; None when the session is gone.
-async fn leases(sc: &Sidecar, session: &str) -> Option<u32> {
-    let r = sc
-        .admin()
-        .await
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    r.sessions
-        .iter()
-        .find(|s| s.session_id == session)
-        .map(|s| s.lease_count)
-}
+use common::lease_count as leases;
 
 /// Polls the admin API until the session's lease count is `want`.
 async fn wait_leases(sc: &Sidecar, session: &str, want: Option<u32>) {

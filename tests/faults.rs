@@ -44,13 +44,7 @@ fn start(latency: &str, server: &str) -> Sidecar {
     Sidecar::builder(&b).server(&s).log("info").start()
 }
 
-async fn open(b: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>) -> String {
-    b.open_session(pb::OpenSessionRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id
-}
+use common::open_default as open;
 
 fn get(session: &str) -> pb::GetSecretRequest {
     pb::GetSecretRequest {

@@ -15,8 +15,6 @@ use sidecred::api::pb;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-type Broker = pb::broker_client::BrokerClient<tonic::transport::Channel>;
-
 struct Fleet {
     scs: Vec<Sidecar>,
     pg: Postgres,
@@ -78,16 +76,7 @@ struct Creds {
     password: String,
 }
 
-async fn open(b: &mut Broker, agent: &str) -> String {
-    b.open_session(pb::OpenSessionRequest {
-        ttl_seconds: 0,
-        labels: [("agent_id".into(), agent.into())].into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .session_id
-}
+use common::open_labeled as open;
 
 async fn get(b: &mut Broker, sid: &str) -> Result<pb::GetSecretResponse, tonic::Status> {
     b.get_secret(pb::GetSecretRequest {

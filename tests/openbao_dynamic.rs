@@ -10,8 +10,6 @@ use common::*;
 use sidecred::api::pb;
 use std::time::{Duration, Instant};
 
-type Broker = pb::broker_client::BrokerClient<tonic::transport::Channel>;
-
 struct Env {
     sc: Sidecar,
     pg: Postgres,
@@ -62,16 +60,7 @@ struct Creds {
     bao_lease: String,
 }
 
-async fn open(b: &mut Broker, agent: &str) -> String {
-    b.open_session(pb::OpenSessionRequest {
-        ttl_seconds: 0,
-        labels: [("agent_id".into(), agent.into())].into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .session_id
-}
+use common::open_labeled as open;
 
 async fn creds(b: &mut Broker, sid: &str, name: &str, call: &str) -> Creds {
     let r = b

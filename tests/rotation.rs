@@ -10,15 +10,7 @@ use sidecred::api::pb;
 use std::time::Duration;
 use tonic::Code;
 
-type Broker = pb::broker_client::BrokerClient<tonic::transport::Channel>;
-
-async fn open(b: &mut Broker) -> String {
-    b.open_session(pb::OpenSessionRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id
-}
+use common::open_default as open;
 
 async fn get(
     b: &mut Broker,

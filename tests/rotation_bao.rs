@@ -14,8 +14,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::Code;
 
-type Broker = pb::broker_client::BrokerClient<tonic::transport::Channel>;
-
 /// A config body: the OpenBao backend (root token from a file), `rest`, open policy.
 fn body(bao: &OpenBao, dir: &std::path::Path, rest: &str) -> String {
     let tf = dir.join("token");

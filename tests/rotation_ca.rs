@@ -6,18 +6,11 @@ mod common;
 
 use common::ca::*;
 use common::readers::Readers;
+use common::Broker;
 use sidecred::api::pb;
 use std::time::{Duration, Instant};
 
-type Broker = pb::broker_client::BrokerClient<tonic::transport::Channel>;
-
-async fn open(b: &mut Broker) -> String {
-    b.open_session(pb::OpenSessionRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id
-}
+use common::open_default as open;
 
 async fn leaf_version(b: &mut Broker, sid: &str) -> String {
     b.get_secret(pb::GetSecretRequest {

@@ -289,6 +289,54 @@ pub async fn uds_channel(path: &Path) -> Channel {
         .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()))
 }
 
+/// The generated workload client over a Unix socket.
+pub type Broker = BrokerClient<Channel>;
+
+/// Opens a session labelled with `agent_id`.
+pub async fn open_labeled(b: &mut Broker, agent: &str) -> String {
+    b.open_session(sidecred::api::pb::OpenSessionRequest {
+        ttl_seconds: 0,
+        labels: [("agent_id".into(), agent.into())].into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .session_id
+}
+
+/// Opens a session with the server's default ttl and no labels.
+pub async fn open_default(b: &mut Broker) -> String {
+    b.open_session(sidecred::api::pb::OpenSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id
+}
+
+/// A plain GetSecret request.
+pub fn get_req(name: &str, session: &str) -> sidecred::api::pb::GetSecretRequest {
+    sidecred::api::pb::GetSecretRequest {
+        name: name.into(),
+        session_id: session.into(),
+        ..Default::default()
+    }
+}
+
+/// Lease count of a session as the admin API sees it; None once the session is gone.
+pub async fn lease_count(sc: &Sidecar, session: &str) -> Option<u32> {
+    let r = sc
+        .admin()
+        .await
+        .list_sessions(sidecred::api::pb::ListSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    r.sessions
+        .iter()
+        .find(|s| s.session_id == session)
+        .map(|s| s.lease_count)
+}
+
 /// stdout of a CLI run as text, asserting success.
 pub fn ok_stdout(o: &Output) -> String {
     assert!(

@@ -304,17 +304,10 @@ actions = ["*"]
 
 // Client-side helpers shared by the OpenBao test files.
 
-pub type Broker = pb::broker_client::BrokerClient<tonic::transport::Channel>;
+pub use super::Broker;
 
 pub async fn open(b: &mut Broker) -> String {
-    b.open_session(pb::OpenSessionRequest {
-        ttl_seconds: 0,
-        labels: [("agent_id".into(), "bao-test".into())].into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .session_id
+    super::open_labeled(b, "bao-test").await
 }
 
 pub async fn get(

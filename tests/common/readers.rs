@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-type Broker = pb::broker_client::BrokerClient<tonic::transport::Channel>;
+use super::Broker;
 
 pub struct Readers {
     stop: Arc<AtomicBool>,
