@@ -13,6 +13,15 @@ async fn open(b: &mut Broker) -> String {
 
 use common::get_req as get;
 
+/// A call-scoped read of `db/call`.
+async fn call_get(b: &mut Broker, sid: &str, call: &str) -> pb::GetSecretResponse {
+    let req = pb::GetSecretRequest {
+        call_id: call.into(),
+        ..get("db/call", sid)
+    };
+    b.get_secret(req).await.unwrap().into_inner()
+}
+
 #[tokio::test]
 async fn session_open_get_close_removes_the_lease() {
     let sc = Sidecar::start(&dev_body("", ""));
@@ -339,30 +348,9 @@ async fn call_scoped_credentials_differ_per_call_and_die_on_release() {
         Code::InvalidArgument,
         "call-scoped secret without call id"
     );
-    let c1 = b
-        .get_secret(pb::GetSecretRequest {
-            call_id: "call-1".into(),
-            ..get("db/call", &sid)
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let c1again = b
-        .get_secret(pb::GetSecretRequest {
-            call_id: "call-1".into(),
-            ..get("db/call", &sid)
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let c2 = b
-        .get_secret(pb::GetSecretRequest {
-            call_id: "call-2".into(),
-            ..get("db/call", &sid)
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let c1 = call_get(&mut b, &sid, "call-1").await;
+    let c1again = call_get(&mut b, &sid, "call-1").await;
+    let c2 = call_get(&mut b, &sid, "call-2").await;
     assert_eq!(c1.value, c1again.value);
     assert_ne!(c1.value, c2.value);
     b.release_lease(pb::ReleaseLeaseRequest {
@@ -377,14 +365,7 @@ async fn call_scoped_credentials_differ_per_call_and_die_on_release() {
     })
     .await
     .unwrap();
-    let after = b
-        .get_secret(pb::GetSecretRequest {
-            call_id: "call-1".into(),
-            ..get("db/call", &sid)
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = call_get(&mut b, &sid, "call-1").await;
     assert_ne!(
         after.value, c1.value,
         "released call credential must not be served again"
