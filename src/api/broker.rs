@@ -5,8 +5,10 @@ use super::pb::{self, broker_server::Broker};
 use super::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::clock::unix_secs;
+use crate::config::SecretSpec;
+use crate::engine::Catalog;
 use crate::engine::{Engine, GetRequest, WatchKind};
-use crate::policy::SanPolicy;
+use crate::policy::Rule;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,25 +42,25 @@ impl BrokerService {
         ApiError::Denied(why).into()
     }
 
-    /// Checks the caller may read `name`; returns the rule's SPIFFE ID and allowed SANs for
-    /// certificate issuers.
-    async fn authorize(
+    /// Checks the caller may read `name`; returns the granting rule (its SPIFFE ID and allowed
+    /// SANs matter to certificate issuers) and the secret's spec.
+    async fn authorize<'c>(
         &self,
+        cat: &'c Catalog,
         caller: &PeerIdentity,
         event: &str,
         session: &str,
         name: &str,
-    ) -> Result<(Option<String>, SanPolicy), Status> {
+    ) -> Result<(&'c Rule, &'c SecretSpec), Status> {
         validate_name(name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
         validate_id("session_id", session)?;
-        let cat = self.engine.catalog();
         let policy = &cat.config.workload_policy;
         if let Err(why) = policy.caller_rule(caller) {
             return Err(self.deny(caller, event, session, name, why).await);
         }
         let spec = cat.secret(name)?;
         match policy.check_secret(caller, spec) {
-            Ok(rule) => Ok((rule.spiffe_id.clone(), rule.sans.clone())),
+            Ok(rule) => Ok((rule, spec)),
             Err(why) => Err(self.deny(caller, event, session, name, why).await),
         }
     }
@@ -106,8 +108,9 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
-        let (spiffe, sans) = self
-            .authorize(&caller, "grant", &r.session_id, &r.name)
+        let cat = self.engine.catalog();
+        let (rule, spec) = self
+            .authorize(&cat, &caller, "grant", &r.session_id, &r.name)
             .await?;
         if let Some(c) = opt(&r.call_id) {
             validate_id("call_id", c)?;
@@ -115,14 +118,12 @@ impl Broker for BrokerService {
         if let Some(v) = opt(&r.version) {
             validate_id("version", v)?;
         }
-        let cat = self.engine.catalog();
-        let spec = cat.secret(&r.name)?;
         let req = GetRequest {
             session_id: &r.session_id,
             call_id: opt(&r.call_id),
             version: opt(&r.version),
-            spiffe_id: spiffe.as_deref(),
-            sans: Some(&sans),
+            spiffe_id: rule.spiffe_id.as_deref(),
+            sans: Some(&rule.sans),
         };
         let g = self.engine.get_secret(&cat, spec, &caller, req).await?;
         tracing::debug!(secret = %r.name, version = %g.entry.version, lease = %g.lease_id, stale = g.stale, "granted");
@@ -169,10 +170,18 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::SignCsrResponse>, Status> {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
-        let (spiffe, sans) = self
-            .authorize(&caller, "csr_sign", &r.session_id, &r.name)
+        let cat = self.engine.catalog();
+        let (rule, _) = self
+            .authorize(&cat, &caller, "csr_sign", &r.session_id, &r.name)
             .await?;
-        let out = super::certs::sign_csr(&self.engine, &caller, &r, spiffe.as_deref(), &sans).await;
+        let out = super::certs::sign_csr(
+            &self.engine,
+            &caller,
+            &r,
+            rule.spiffe_id.as_deref(),
+            &rule.sans,
+        )
+        .await;
         if let Err(s) = &out {
             if s.code() == tonic::Code::PermissionDenied {
                 let mut ev = AuditEvent::new("csr_sign", "denied").caller(&caller);
@@ -194,8 +203,14 @@ impl Broker for BrokerService {
     ) -> Result<Response<Self::WatchSecretStream>, Status> {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
-        self.authorize(&caller, "watch", &r.session_id, &r.name)
-            .await?;
+        self.authorize(
+            &self.engine.catalog(),
+            &caller,
+            "watch",
+            &r.session_id,
+            &r.name,
+        )
+        .await?;
         let engine = self.engine.clone();
         engine
             .sessions

@@ -7,8 +7,9 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,7 +24,8 @@ pub struct PeerIdentity {
     pub gid: u32,
     pub pid: i32,
     /// None when it could not be read safely (the process exited, or /proc denied it).
-    pub exe: Option<PathBuf>,
+    /// Shared: the identity is cloned into every request of the connection.
+    pub exe: Option<Arc<Path>>,
 }
 
 impl fmt::Display for PeerIdentity {
@@ -57,7 +59,7 @@ impl PeerIdentity {
             uid,
             gid,
             pid,
-            exe: if alive { exe } else { None },
+            exe: if alive { exe.map(Arc::from) } else { None },
         })
     }
 }
@@ -199,6 +201,6 @@ mod tests {
         let id = PeerIdentity::of(&a).unwrap();
         assert_eq!(id.uid, nix::unistd::getuid().as_raw());
         assert_eq!(id.pid, std::process::id() as i32);
-        assert_eq!(id.exe, std::env::current_exe().ok());
+        assert_eq!(id.exe.as_deref(), std::env::current_exe().ok().as_deref());
     }
 }

@@ -104,9 +104,9 @@ fn reflection(
 fn builder() -> tonic::transport::Server<
     tower::layer::util::Stack<super::layer::ObserveLayer, tower::layer::util::Identity>,
 > {
+    // HTTP/2 caps streams per connection itself: no per-request semaphore on the hot path.
     tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(256)
-        .max_concurrent_streams(Some(1024))
+        .max_concurrent_streams(Some(256))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .timeout(Duration::from_secs(60))

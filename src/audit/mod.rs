@@ -20,7 +20,7 @@ pub struct AuditEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
+    pub exe: Option<std::borrow::Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,18 +40,17 @@ pub struct AuditEvent<'a> {
 impl<'a> AuditEvent<'a> {
     pub fn new(event: &'a str, outcome: &'a str) -> Self {
         Self {
-            ts: now_rfc3339(),
             event,
             outcome,
             ..Default::default()
         }
     }
 
-    pub fn caller(mut self, id: &PeerIdentity) -> Self {
+    pub fn caller(mut self, id: &'a PeerIdentity) -> Self {
         self.uid = Some(id.uid);
         self.gid = Some(id.gid);
         self.pid = Some(id.pid);
-        self.exe = id.exe.as_ref().map(|p| p.to_string_lossy().into_owned());
+        self.exe = id.exe.as_ref().map(|p| p.to_string_lossy());
         self
     }
 }
@@ -121,8 +120,10 @@ impl Audit {
     }
 
     /// Records an event. Fails only when the log is fail-closed and the line could not be written.
-    pub async fn record(&self, ev: AuditEvent<'_>) -> Result<(), AuditError> {
+    pub async fn record(&self, mut ev: AuditEvent<'_>) -> Result<(), AuditError> {
         let Some(out) = &self.out else { return Ok(()) };
+        // Stamped here, not at construction: with audit off, events cost nothing.
+        ev.ts = now_rfc3339();
         let mut line = serde_json::to_string(&ev).map_err(|e| AuditError(e.to_string()))?;
         line.push('\n');
         if self.fail_closed {

@@ -272,15 +272,16 @@ impl Policy {
 
     /// The rule that lets `id` obtain `secret`, or why none does.
     pub fn check_secret(&self, id: &PeerIdentity, secret: &SecretSpec) -> Result<&Rule, String> {
-        let matched: Vec<&Rule> = self.matching(id).collect();
-        if matched.is_empty() {
-            return Err(self.no_match(id));
-        }
-        if let Some(r) = matched
-            .iter()
+        // The hot path: the first matching rule that grants it, with no allocation.
+        if let Some(r) = self
+            .matching(id)
             .find(|r| r.grants_secret(&secret.name) && r.grants_zone(secret.zone))
         {
             return Ok(r);
+        }
+        let matched: Vec<&Rule> = self.matching(id).collect();
+        if matched.is_empty() {
+            return Err(self.no_match(id));
         }
         let r = matched[0];
         if r.grants_secret(&secret.name) {

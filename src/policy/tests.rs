@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::{map_lookup, Config};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn cfg(rules: &str) -> Config {
     let text = format!(
@@ -32,7 +32,7 @@ fn id(uid: u32, exe: &str) -> PeerIdentity {
         uid,
         gid: uid,
         pid: 1,
-        exe: Some(PathBuf::from(exe)),
+        exe: Some(std::sync::Arc::from(std::path::Path::new(exe))),
     }
 }
 

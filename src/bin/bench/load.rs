@@ -1,5 +1,6 @@
 //! Closed-loop load: C callers over N connections for a fixed duration, latencies in an HDR histogram.
 
+use crate::h2c;
 use crate::http::Conn;
 use hdrhistogram::Histogram;
 use sidecred::api::pb;
@@ -18,6 +19,8 @@ pub struct Opts {
     pub concurrency: usize,
     pub connections: usize,
     pub warmup: Duration,
+    /// The gRPC client: the lean `h2` one (default) or tonic's `Channel`.
+    pub tonic_client: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +123,7 @@ enum Caller {
         pb::GetSecretRequest,
     ),
     Echo(echo::echo_client::EchoClient<Channel>),
+    Grpc(h2c::Unary),
     HttpUnix(Conn<tokio::net::UnixStream>),
     HttpTcp(Conn<tokio::net::TcpStream>),
 }
@@ -134,6 +138,7 @@ impl Caller {
                 })
                 .await
                 .is_ok(),
+            Caller::Grpc(c) => c.call().await,
             Caller::HttpUnix(c) => matches!(c.get().await, Ok(200)),
             Caller::HttpTcp(c) => matches!(c.get().await, Ok(200)),
         }
@@ -161,35 +166,59 @@ async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
                 session_id: sid,
                 ..Default::default()
             };
-            for i in 0..opts.concurrency {
-                out.push(Caller::Sidecred(
-                    pb::broker_client::BrokerClient::new(chans[i % chans.len()].clone()),
-                    req.clone(),
-                ));
+            if opts.tonic_client {
+                for i in 0..opts.concurrency {
+                    out.push(Caller::Sidecred(
+                        pb::broker_client::BrokerClient::new(chans[i % chans.len()].clone()),
+                        req.clone(),
+                    ));
+                }
+            } else {
+                let conns = h2_conns(socket, opts.connections).await;
+                let body = h2c::frame(&req);
+                let check: fn(&[u8]) -> bool = |m| {
+                    <pb::GetSecretResponse as prost::Message>::decode(m)
+                        .is_ok_and(|r| !r.value.is_empty())
+                };
+                for i in 0..opts.concurrency {
+                    out.push(Caller::Grpc(h2c::Unary::new(
+                        conns[i % conns.len()].clone(),
+                        "/sidecred.v1.Broker/GetSecret",
+                        body.clone(),
+                        check,
+                    )));
+                }
             }
-            (
-                out,
-                format!(
-                    "{} callers / {} HTTP/2 conns",
-                    opts.concurrency, opts.connections
-                ),
-            )
+            (out, grpc_layout(opts))
         }
         Target::Echo { socket } => {
-            let chans: Vec<Channel> =
-                futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket))).await;
-            for i in 0..opts.concurrency {
-                out.push(Caller::Echo(echo::echo_client::EchoClient::new(
-                    chans[i % chans.len()].clone(),
-                )));
+            let payload = b"dev-github-token-0001".to_vec();
+            if opts.tonic_client {
+                let chans: Vec<Channel> =
+                    futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket)))
+                        .await;
+                for i in 0..opts.concurrency {
+                    out.push(Caller::Echo(echo::echo_client::EchoClient::new(
+                        chans[i % chans.len()].clone(),
+                    )));
+                }
+            } else {
+                let conns = h2_conns(socket, opts.connections).await;
+                let body = h2c::frame(&echo::EchoMessage { payload });
+                let check: fn(&[u8]) -> bool = |m| {
+                    <echo::EchoMessage as prost::Message>::decode(m)
+                        .is_ok_and(|r| !r.payload.is_empty())
+                };
+                for i in 0..opts.concurrency {
+                    out.push(Caller::Grpc(h2c::Unary::new(
+                        conns[i % conns.len()].clone(),
+                        "/bench.v1.Echo/Echo",
+                        body.clone(),
+                        check,
+                    )));
+                }
             }
-            (
-                out,
-                format!(
-                    "{} callers / {} HTTP/2 conns",
-                    opts.concurrency, opts.connections
-                ),
-            )
+            (out, grpc_layout(opts))
         }
         Target::HttpUnix {
             socket,
@@ -219,6 +248,22 @@ async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
             )
         }
     }
+}
+
+async fn h2_conns(
+    socket: &std::path::Path,
+    n: usize,
+) -> Vec<h2::client::SendRequest<bytes::Bytes>> {
+    futures::future::join_all((0..n).map(|_| h2c::connect(socket))).await
+}
+
+fn grpc_layout(opts: &Opts) -> String {
+    format!(
+        "{} callers / {} HTTP/2 conns ({})",
+        opts.concurrency,
+        opts.connections,
+        if opts.tonic_client { "tonic" } else { "h2" }
+    )
 }
 
 async fn run_one(t: &Target, opts: &Opts) -> Outcome {

@@ -2,7 +2,7 @@
 //! side-by-side comparison of sidecred against the transport floor and the peer sidecars.
 //!
 //!   sidecred-bench serve-echo SOCKET
-//!   sidecred-bench run [--duration 10s] [--concurrency 32] [--connections 4] TARGET...
+//!   sidecred-bench run [--duration 10s] [--concurrency 32] [--connections 4] [--client h2|tonic] TARGET...
 //!   sidecred-bench startup SIDECRED_BIN CONFIG SOCKET RUNS
 //!   sidecred-bench singleflight SOCKET ADMIN_SOCKET SECRET N
 //!   sidecred-bench fill SOCKET PREFIX N
@@ -19,6 +19,7 @@
 
 mod extra;
 mod fleet;
+mod h2c;
 mod http;
 mod load;
 mod rotation;
@@ -26,7 +27,7 @@ mod rotation;
 use std::time::Duration;
 
 fn usage() -> ! {
-    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--label NAME=TARGET]... TARGET...");
+    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--client h2|tonic] [--label NAME=TARGET]... TARGET...");
     std::process::exit(2)
 }
 
@@ -43,6 +44,9 @@ fn main() {
         .build()
         .expect("runtime");
     match args.first().map(String::as_str) {
+        Some("serve-echo-raw") => {
+            rt.block_on(h2c::serve_echo_raw(args.get(1).unwrap_or_else(|| usage())))
+        }
         Some("serve-echo") => rt.block_on(load::serve_echo(args.get(1).unwrap_or_else(|| usage()))),
         Some("run") => {
             let mut opts = load::Opts {
@@ -51,6 +55,7 @@ fn main() {
                 concurrency: 32,
                 connections: 4,
                 warmup: Duration::from_secs(1),
+                tonic_client: false,
             };
             let mut targets = Vec::new();
             let mut it = args[1..].iter();
@@ -68,6 +73,13 @@ fn main() {
                     "--requests" => opts.requests = Some(val().parse().unwrap_or_else(|_| usage())),
                     "--concurrency" => opts.concurrency = val().parse().unwrap_or_else(|_| usage()),
                     "--connections" => opts.connections = val().parse().unwrap_or_else(|_| usage()),
+                    "--client" => {
+                        opts.tonic_client = match val().as_str() {
+                            "tonic" => true,
+                            "h2" => false,
+                            _ => usage(),
+                        }
+                    }
                     t => targets.push(load::Target::parse(t).unwrap_or_else(|e| {
                         eprintln!("{e}");
                         usage()
