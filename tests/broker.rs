@@ -105,9 +105,7 @@ async fn lease_expires_on_time() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    assert!(sc
-        .audit_text()
-        .contains("\"event\":\"lease_expire\",\"outcome\":\"ok\",\"session\""));
+    assert!(sc.audit_has("\"event\":\"lease_expire\",\"outcome\":\"ok\",\"session\""));
 }
 
 #[tokio::test]
@@ -227,8 +225,8 @@ async fn rotation_serves_previous_during_grace_only_and_watch_sees_it() {
         Code::NotFound,
         "retired version still readable: {e:?}"
     );
-    assert!(sc.audit_text().contains("\"event\":\"rotate\""));
-    assert!(sc.audit_text().contains("\"event\":\"retire\""));
+    assert!(sc.audit_has("\"event\":\"rotate\""));
+    assert!(sc.audit_has("\"event\":\"retire\""));
 }
 
 #[tokio::test]
@@ -334,7 +332,7 @@ async fn revoked_session_is_refused_everywhere() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(sc.audit_text().contains("\"event\":\"session_revoke\""));
+    assert!(sc.audit_has("\"event\":\"session_revoke\""));
 }
 
 #[tokio::test]
@@ -370,7 +368,7 @@ async fn call_scoped_credentials_differ_per_call_and_die_on_release() {
         after.value, c1.value,
         "released call credential must not be served again"
     );
-    assert!(sc.audit_text().contains("\"event\":\"lease_release\""));
+    assert!(sc.audit_has("\"event\":\"lease_release\""));
 }
 
 #[tokio::test]

@@ -88,7 +88,7 @@ async fn session_and_call_lifecycle_with_explicit_close() {
     let id = session.id().to_string();
     assert_eq!(session.close().await.unwrap(), 1);
     assert_eq!(leases(&sc, &id).await, None, "session listed after close");
-    assert!(sc.audit_text().contains("\"event\":\"lease_release\""));
+    assert!(sc.audit_has("\"event\":\"lease_release\""));
 }
 
 #[tokio::test]

@@ -404,5 +404,5 @@ async fn rotation_by_hand_on_one_sidecar_is_taken_over_by_another() {
         .unwrap()
         .previous
         .is_none());
-    assert!(other.audit_text().contains("rotation_applied"));
+    assert!(other.audit_has("rotation_applied"));
 }

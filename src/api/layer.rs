@@ -39,6 +39,37 @@ pub fn trace_id(header: &str) -> Option<&str> {
     traceparent(header).map(|(id, _)| id)
 }
 
+/// The RPC's metrics name (if it is one of ours) and the `rpc` span carrying the caller's
+/// trace context, shared by every server.
+pub fn rpc_span(path: &str, headers: &http::HeaderMap) -> (Option<&'static str>, tracing::Span) {
+    let rpc = path
+        .rsplit('/')
+        .next()
+        .and_then(|m| RPCS.iter().find(|r| **r == m))
+        .copied();
+    let tp = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(traceparent);
+    let (trace_id, parent) = tp.unwrap_or(("", ""));
+    let span = tracing::debug_span!(
+        "rpc",
+        rpc = rpc.unwrap_or("other"),
+        trace_id = trace_id,
+        parent_span_id = parent,
+        code = tracing::field::Empty
+    );
+    (rpc, span)
+}
+
+/// Records the outcome of an RPC on its span and in the request counters.
+pub fn finish(rpc: Option<&'static str>, span: &tracing::Span, code: Code) {
+    span.record("code", tracing::field::debug(code));
+    if let Some(rpc) = rpc {
+        METRICS.request(rpc, code);
+    }
+}
+
 impl<S, B, RB> tower::Service<http::Request<B>> for Observe<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
@@ -53,26 +84,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path();
-        let rpc = path
-            .rsplit('/')
-            .next()
-            .and_then(|m| RPCS.iter().find(|r| **r == m))
-            .copied();
-        let trace = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(traceparent)
-            .map(|(t, p)| (t.to_owned(), p.to_owned()));
-        let (trace_id, parent) = trace.as_ref().map_or(("", ""), |(t, p)| (t, p));
-        let span = tracing::debug_span!(
-            "rpc",
-            rpc = rpc.unwrap_or("other"),
-            trace_id = trace_id,
-            parent_span_id = parent,
-            code = tracing::field::Empty
-        );
+        let (rpc, span) = rpc_span(req.uri().path(), req.headers());
         let fut = self.inner.call(req);
         Box::pin(
             async move {
@@ -84,10 +96,7 @@ where
                         .and_then(|v| v.to_str().ok())
                         .and_then(|s| s.parse::<i32>().ok())
                         .map_or(Code::Ok, Code::from);
-                    tracing::Span::current().record("code", tracing::field::debug(code));
-                    if let Some(rpc) = rpc {
-                        METRICS.request(rpc, code);
-                    }
+                    finish(rpc, &tracing::Span::current(), code);
                 }
                 r
             }

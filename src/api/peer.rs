@@ -97,6 +97,11 @@ impl PeerStream {
         self
     }
 
+    /// The caller, as the kernel reported it at accept.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.id
+    }
+
     /// Keeps `permit` until the connection closes.
     pub fn with_permit(mut self, permit: OwnedSemaphorePermit) -> Self {
         self._permit = Some(permit);

@@ -148,12 +148,27 @@ pub async fn serve(
         }
     };
     let shutdown_drain = shutdown.clone();
-    let w = builder()
-        .add_service(broker)
+    // The workload socket carries every tool call: its own lean HTTP/2 server (h2serve), with
+    // the tonic services behind it for streams and the standard gRPC services.
+    let routes = tonic::service::Routes::new(broker)
         .add_service(health_svc.clone())
         .add_service(r1)
         .add_service(r1a)
-        .serve_with_incoming_shutdown(incoming(workload, max, handshake), wait(shutdown.clone()));
+        .prepare();
+    let workload_svc = Arc::new(super::h2serve::Services {
+        broker: BrokerService {
+            engine: engine.clone(),
+        },
+        fallback: super::h2serve::Fallback::new(tower::Layer::layer(
+            &super::layer::ObserveLayer,
+            routes,
+        )),
+    });
+    let w_stop = wait(shutdown.clone());
+    let w = async move {
+        super::h2serve::serve(incoming(workload, max, handshake), workload_svc, w_stop).await;
+        Ok::<(), tonic::transport::Error>(())
+    };
     let a = builder()
         .add_service(admin_svc)
         .add_service(health_svc)

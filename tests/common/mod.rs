@@ -243,6 +243,21 @@ impl Sidecar {
         std::fs::read_to_string(&self.audit).unwrap_or_default()
     }
 
+    /// Whether an audit line containing `needle` shows up within 3 s (lines are written by a
+    /// background appender, so a line may land just after its RPC answered).
+    pub fn audit_has(&self, needle: &str) -> bool {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            if self.audit_text().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Parsed audit lines.
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
         self.audit_text()

@@ -1,0 +1,452 @@
+//! The workload socket's HTTP/2 server, on the `h2` crate directly.
+//!
+//! Every tool call passes through here, so the request path is kept short: each connection is
+//! one task that runs its streams inline (no task per request, no cross-thread wake-ups), and
+//! the unary `Broker` calls are decoded, run and answered without a router or a tower stack.
+//! Streams that need more (WatchSecret, health, reflection, unknown paths) go to the regular
+//! tonic services through a small body adapter. Limits match the other sockets: streams per
+//! connection capped by HTTP/2 settings, request size, a per-request deadline (the caller's
+//! `grpc-timeout`, at most [`REQUEST_TIMEOUT`]) and keep-alive pings that drop dead peers.
+
+use super::broker::BrokerService;
+use super::layer::{finish, rpc_span};
+use super::pb::broker_server::Broker;
+use super::peer::{PeerIdentity, PeerStream};
+use super::server::MAX_REQUEST_BYTES;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::{Code, Status};
+use tower::ServiceExt;
+use tracing::Instrument;
+
+/// Longest a request may run when the caller sets no shorter `grpc-timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_STREAMS: u32 = 256;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tonic service stack for everything that is not a unary `Broker` call.
+pub type Fallback = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
+/// What every connection shares.
+pub struct Services {
+    pub broker: BrokerService,
+    pub fallback: Fallback,
+}
+
+/// Serves connections from `incoming` until `stop` resolves, then lets open connections finish
+/// their streams (the caller bounds how long).
+pub async fn serve(
+    incoming: impl Stream<Item = std::io::Result<PeerStream>>,
+    svc: Arc<Services>,
+    stop: impl Future<Output = ()>,
+) {
+    let (tx, rx) = watch::channel(false);
+    let mut incoming = pin!(incoming);
+    let mut stop = pin!(stop);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            c = incoming.next() => match c {
+                Some(Ok(io)) => {
+                    conns.spawn(connection(io, svc.clone(), rx.clone()));
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "accept failed"),
+                None => break,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    let _ = tx.send(true);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn connection(io: PeerStream, svc: Arc<Services>, mut stop: watch::Receiver<bool>) {
+    let peer = io.identity().clone();
+    let Ok(mut conn) = h2::server::Builder::new()
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(16 * 1024)
+        .handshake::<_, Bytes>(io)
+        .await
+    else {
+        return;
+    };
+    let keepalive = keepalive(conn.ping_pong());
+    let mut keepalive = pin!(keepalive);
+    let mut streams = FuturesUnordered::new();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.accept() => match r {
+                Some(Ok((req, respond))) => {
+                    streams.push(stream(svc.clone(), peer.clone(), req, respond));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTP/2 connection error");
+                    break;
+                }
+                None => break,
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {}
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                conn.graceful_shutdown();
+            }
+            _ = &mut keepalive => {
+                tracing::debug!(caller = %peer, "keep-alive ping unanswered; closing connection");
+                break;
+            }
+        }
+    }
+}
+
+/// Pings every [`KEEPALIVE_INTERVAL`]; resolves when a ping goes unanswered.
+async fn keepalive(pp: Option<h2::PingPong>) {
+    let Some(mut pp) = pp else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pp.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+    }
+}
+
+/// The unary `Broker` methods served without the tonic stack.
+#[derive(Clone, Copy)]
+enum Unary {
+    OpenSession,
+    CloseSession,
+    GetSecret,
+    ReleaseLease,
+    SignCsr,
+}
+
+fn unary(path: &str) -> Option<Unary> {
+    Some(match path.strip_prefix("/sidecred.v1.Broker/")? {
+        "GetSecret" => Unary::GetSecret,
+        "OpenSession" => Unary::OpenSession,
+        "CloseSession" => Unary::CloseSession,
+        "ReleaseLease" => Unary::ReleaseLease,
+        "SignCsr" => Unary::SignCsr,
+        _ => return None,
+    })
+}
+
+fn is_grpc(req: &http::Request<h2::RecvStream>) -> bool {
+    req.method() == http::Method::POST
+        && req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "application/grpc" || v.starts_with("application/grpc+proto"))
+}
+
+async fn stream(
+    svc: Arc<Services>,
+    peer: PeerIdentity,
+    req: http::Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+) {
+    let (rpc, span) = rpc_span(req.uri().path(), req.headers());
+    match unary(req.uri().path()).filter(|_| is_grpc(&req)) {
+        Some(m) => {
+            let limit = deadline(req.headers());
+            let work = async {
+                let (parts, body) = req.into_parts();
+                let msg = read_message(body).await?;
+                call(&svc.broker, m, peer, parts.headers, msg).await
+            }
+            .instrument(span.clone());
+            let out = bounded(limit, work).await.unwrap_or_else(|| {
+                Err(Status::deadline_exceeded(
+                    "request did not finish within its deadline",
+                ))
+            });
+            finish(
+                rpc,
+                &span,
+                out.as_ref().map_or_else(Status::code, |_| Code::Ok),
+            );
+            answer(respond, out);
+        }
+        None => generic(svc, peer, req, respond).instrument(span).await,
+    }
+}
+
+/// The caller's `grpc-timeout` (e.g. `250m`), capped at [`REQUEST_TIMEOUT`].
+fn deadline(h: &http::HeaderMap) -> Duration {
+    let parse = |v: &str| {
+        let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+        let n: u64 = n.parse().ok().filter(|_| n.len() <= 8)?;
+        Some(match unit {
+            "H" => Duration::from_secs(n.saturating_mul(3600)),
+            "M" => Duration::from_secs(n.saturating_mul(60)),
+            "S" => Duration::from_secs(n),
+            "m" => Duration::from_millis(n),
+            "u" => Duration::from_micros(n),
+            "n" => Duration::from_nanos(n),
+            _ => return None,
+        })
+    };
+    h.get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse)
+        .map_or(REQUEST_TIMEOUT, |d| d.min(REQUEST_TIMEOUT))
+}
+
+/// Runs `f` to completion within `limit`. A call that finishes on its first poll (a cached
+/// read) never arms a timer.
+async fn bounded<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
+    let mut f = pin!(f);
+    if let Poll::Ready(v) = futures::poll!(f.as_mut()) {
+        return Some(v);
+    }
+    tokio::time::timeout(limit, f).await.ok()
+}
+
+/// Reads one length-prefixed gRPC message, refusing compression and oversized bodies.
+async fn read_message(mut body: h2::RecvStream) -> Result<Bytes, Status> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| Status::cancelled(format!("request stream: {e}")))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if buf.len() + chunk.len() > MAX_REQUEST_BYTES + 5 {
+            return Err(Status::resource_exhausted(format!(
+                "request larger than {MAX_REQUEST_BYTES} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.len() < 5 {
+        return Err(Status::invalid_argument("request has no gRPC message"));
+    }
+    if buf[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed requests are not accepted",
+        ));
+    }
+    let len = (&buf[1..5]).get_u32() as usize;
+    if buf.len() - 5 != len {
+        return Err(Status::invalid_argument(
+            "request body is not exactly one gRPC message",
+        ));
+    }
+    buf.advance(5);
+    Ok(buf.freeze())
+}
+
+async fn call(
+    svc: &BrokerService,
+    m: Unary,
+    peer: PeerIdentity,
+    headers: http::HeaderMap,
+    msg: Bytes,
+) -> Result<Bytes, Status> {
+    let md = tonic::metadata::MetadataMap::from_headers(headers);
+    match m {
+        Unary::GetSecret => run(md, peer, msg, |r| svc.get_secret(r)).await,
+        Unary::OpenSession => run(md, peer, msg, |r| svc.open_session(r)).await,
+        Unary::CloseSession => run(md, peer, msg, |r| svc.close_session(r)).await,
+        Unary::ReleaseLease => run(md, peer, msg, |r| svc.release_lease(r)).await,
+        Unary::SignCsr => run(md, peer, msg, |r| svc.sign_csr(r)).await,
+    }
+}
+
+type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<tonic::Response<T>, Status>> + Send + 'a>>;
+
+/// Decodes the request, runs the handler, encodes its answer with the 5-byte gRPC prefix.
+async fn run<'a, Req, Resp>(
+    md: tonic::metadata::MetadataMap,
+    peer: PeerIdentity,
+    msg: Bytes,
+    handler: impl FnOnce(tonic::Request<Req>) -> Answer<'a, Resp>,
+) -> Result<Bytes, Status>
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+{
+    let req = Req::decode(msg)
+        .map_err(|e| Status::invalid_argument(format!("malformed request message: {e}")))?;
+    let mut ext = http::Extensions::new();
+    ext.insert(peer);
+    let resp = handler(tonic::Request::from_parts(md, ext, req)).await?;
+    let msg = resp.get_ref();
+    let len = msg.encoded_len();
+    let mut out = BytesMut::with_capacity(5 + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    msg.encode(&mut out)
+        .map_err(|e| Status::internal(format!("encoding the answer: {e}")))?;
+    Ok(out.freeze())
+}
+
+/// Sends a unary answer: headers, the message and `grpc-status: 0`, or a trailers-only error.
+fn answer(mut respond: h2::server::SendResponse<Bytes>, out: Result<Bytes, Status>) {
+    let grpc = http::HeaderValue::from_static("application/grpc");
+    match out {
+        Ok(msg) => {
+            let mut head = http::Response::new(());
+            head.headers_mut().insert(http::header::CONTENT_TYPE, grpc);
+            let Ok(mut send) = respond.send_response(head, false) else {
+                return;
+            };
+            let _ = send.send_data(msg, false);
+            let mut t = http::HeaderMap::with_capacity(1);
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let _ = send.send_trailers(t);
+        }
+        Err(status) => {
+            let mut head = http::Response::new(());
+            head.headers_mut().insert(http::header::CONTENT_TYPE, grpc);
+            if status.add_header(head.headers_mut()).is_err() {
+                head.headers_mut().insert(
+                    "grpc-status",
+                    http::HeaderValue::from(Code::Internal as i32),
+                );
+            }
+            let _ = respond.send_response(head, true);
+        }
+    }
+}
+
+/// An h2 request body as an `http_body::Body`, releasing flow-control credit as it is read.
+struct RecvBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match std::task::ready!(self.recv.poll_data(cx)) {
+                Some(Ok(d)) => {
+                    let _ = self.recv.flow_control().release_capacity(d.len());
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(d))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(http_body::Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
+/// Hands the stream to the tonic services and pipes their answer back, honouring flow control
+/// and stopping when the caller resets the stream (an abandoned watch).
+async fn generic(
+    svc: Arc<Services>,
+    peer: PeerIdentity,
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) {
+    let (mut parts, recv) = req.into_parts();
+    parts.extensions.insert(peer);
+    let body = tonic::body::Body::new(RecvBody {
+        recv,
+        data_done: false,
+    });
+    let Ok(resp) = svc
+        .fallback
+        .clone()
+        .oneshot(http::Request::from_parts(parts, body))
+        .await;
+    let (parts, mut body) = resp.into_parts();
+    let end = http_body::Body::is_end_stream(&body);
+    let Ok(mut send) = respond.send_response(http::Response::from_parts(parts, ()), end) else {
+        return;
+    };
+    if end {
+        return;
+    }
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = poll_fn(|cx| send.poll_reset(cx)) => return,
+        };
+        match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; resetting the stream");
+                send.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(mut data) => {
+                    while data.has_remaining() {
+                        send.reserve_capacity(data.len());
+                        let n = match poll_fn(|cx| send.poll_capacity(cx)).await {
+                            Some(Ok(n)) if n > 0 => n.min(data.len()),
+                            Some(Ok(_)) => continue,
+                            _ => return,
+                        };
+                        if send.send_data(data.split_to(n), false).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        let _ = send.send_trailers(t);
+                    }
+                    return;
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_table() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            deadline(&m)
+        };
+        assert_eq!(deadline(&http::HeaderMap::new()), REQUEST_TIMEOUT);
+        assert_eq!(h("250m"), Duration::from_millis(250));
+        assert_eq!(h("3S"), Duration::from_secs(3));
+        assert_eq!(h("1500u"), Duration::from_micros(1500));
+        assert_eq!(h("2H"), REQUEST_TIMEOUT);
+        for bad in ["", "m", "12x", "-1S", "123456789S"] {
+            assert_eq!(h(bad), REQUEST_TIMEOUT, "{bad}");
+        }
+    }
+}
