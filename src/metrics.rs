@@ -92,6 +92,7 @@ pub struct Gauges {
     pub sessions: u64,
     pub leases: u64,
     pub cached_values: u64,
+    pub watches: u64,
     pub journal_backlog: u64,
     pub config_generation: u64,
 }
@@ -191,6 +192,11 @@ impl Metrics {
                 "sidecred_cached_values",
                 "Values held in the cache.",
                 g.cached_values,
+            ),
+            (
+                "sidecred_watches_open",
+                "Open WatchSecret streams.",
+                g.watches,
             ),
             (
                 "sidecred_journal_backlog",

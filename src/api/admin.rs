@@ -197,6 +197,7 @@ impl Engine {
             locked_pages: crate::harden::locked_pages() as u32,
             lock_failures: crate::harden::lock_failures(),
             dumpable: crate::harden::is_dumpable(),
+            watches: self.watch_count() as u32,
         }
     }
 }

@@ -449,7 +449,7 @@ async fn status(conn: &Conn) -> Result<(), Fail> {
             "cached_values": s.cached_values, "backends": b, "pending_revocations": s.pending_revocations,
             "pending_retirements": s.pending_retirements, "config_generation": s.config_generation,
             "config_error": s.config_error, "revoked_sessions": s.revoked_sessions,
-            "locked_pages": s.locked_pages, "lock_failures": s.lock_failures, "dumpable": s.dumpable}),
+            "locked_pages": s.locked_pages, "lock_failures": s.lock_failures, "dumpable": s.dumpable, "watches": s.watches}),
         );
         return Ok(());
     }
@@ -485,6 +485,7 @@ async fn status(conn: &Conn) -> Result<(), Fail> {
     outln!("revoked sessions     {}", s.revoked_sessions);
     outln!("leases               {}", s.leases);
     outln!("cached values        {}", s.cached_values);
+    outln!("open watches         {}", s.watches);
     outln!("pending revocations  {}", s.pending_revocations);
     outln!("pending retirements  {}", s.pending_retirements);
     outln!(

@@ -168,6 +168,7 @@ impl Engine {
             sessions: self.sessions.count() as u64,
             leases: self.leases.lock().expect("poisoned").len() as u64,
             cached_values: self.cache.len() as u64,
+            watches: self.watch_count() as u64,
             journal_backlog: self.pending_count() as u64,
             config_generation: self.catalog().generation,
         }
@@ -612,6 +613,12 @@ impl Engine {
             .entry(secret.to_string())
             .or_insert_with(|| broadcast::channel(64).0)
             .subscribe()
+    }
+
+    /// Open WatchSecret streams (each holds one receiver until its stream ends).
+    pub fn watch_count(&self) -> usize {
+        let w = self.watchers.lock().expect("poisoned");
+        w.values().map(|tx| tx.receiver_count()).sum()
     }
 
     pub(crate) fn notify(&self, secret: &str, ev: WatchEvent) {
