@@ -48,7 +48,14 @@ actions = ["*"]
 
 async fn h2_conn(sc: &Sidecar) -> h2::client::SendRequest<Bytes> {
     let io = tokio::net::UnixStream::connect(&sc.workload).await.unwrap();
-    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    // Windows as hyper-based clients (tonic) set them: h2's default 64 KiB connection window
+    // would also cap how many small answers the client may buffer unread.
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(2 << 20)
+        .initial_connection_window_size(5 << 20)
+        .handshake(io)
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });

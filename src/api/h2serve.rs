@@ -87,31 +87,73 @@ async fn connection(io: PeerStream, svc: Arc<Services>, mut stop: watch::Receive
     };
     let keepalive = keepalive(conn.ping_pong());
     let mut keepalive = pin!(keepalive);
-    let mut streams = FuturesUnordered::new();
+    let stopping = async move {
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    let mut stopping = pin!(stopping);
     let mut closing = false;
+    let mut streams = FuturesUnordered::new();
     loop {
-        tokio::select! {
-            r = conn.accept() => match r {
-                Some(Ok((req, respond))) => {
-                    streams.push(stream(svc.clone(), peer.clone(), req, respond));
+        // One wake-up does all the work it can: accept every stream already received, run the
+        // handlers that are ready (a cached read answers at once), and go round again so the
+        // connection flushes all their answers in one write, until nothing moves.
+        let event = poll_fn(|cx| {
+            loop {
+                let mut moved = false;
+                loop {
+                    match conn.poll_accept(cx) {
+                        Poll::Ready(Some(Ok((req, respond)))) => {
+                            streams.push(stream(svc.clone(), peer.clone(), req, respond));
+                            moved = true;
+                        }
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Closed(Some(e))),
+                        Poll::Ready(None) => return Poll::Ready(Event::Closed(None)),
+                        Poll::Pending => break,
+                    }
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "HTTP/2 connection error");
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                    moved = true;
+                }
+                if !moved {
                     break;
                 }
-                None => break,
-            },
-            Some(()) = streams.next(), if !streams.is_empty() => {}
-            _ = stop.changed(), if !closing => {
+            }
+            if !closing && stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+            if keepalive.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::PingLost);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Stop => {
                 closing = true;
                 conn.graceful_shutdown();
             }
-            _ = &mut keepalive => {
+            Event::Closed(e) => {
+                if let Some(e) = e {
+                    tracing::debug!(error = %e, "HTTP/2 connection error");
+                }
+                return;
+            }
+            Event::PingLost => {
                 tracing::debug!(caller = %peer, "keep-alive ping unanswered; closing connection");
-                break;
+                return;
             }
         }
     }
+}
+
+enum Event {
+    Stop,
+    Closed(Option<h2::Error>),
+    PingLost,
 }
 
 /// Pings every [`KEEPALIVE_INTERVAL`]; resolves when a ping goes unanswered.
@@ -186,7 +228,8 @@ async fn stream(
             );
             answer(respond, out);
         }
-        None => generic(svc, peer, req, respond).instrument(span).await,
+        // Boxed: the rare path's state stays out of every stream's future.
+        None => Box::pin(generic(svc, peer, req, respond).instrument(span)).await,
     }
 }
 
