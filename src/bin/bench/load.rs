@@ -21,6 +21,10 @@ pub struct Opts {
     pub warmup: Duration,
     /// The gRPC client: the lean `h2` one (default) or tonic's `Channel`.
     pub tonic_client: bool,
+    /// Load threads, each with its own runtime and share of callers and connections.
+    pub threads: usize,
+    /// Instead: one work-stealing runtime with `threads` workers, a task per caller.
+    pub stealing: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -266,50 +270,65 @@ fn grpc_layout(opts: &Opts) -> String {
     )
 }
 
-async fn run_one(t: &Target, opts: &Opts) -> Outcome {
-    let (cs, layout) = callers(t, opts).await;
-    let start = Instant::now() + opts.warmup;
-    let end = start + opts.duration;
-    let budget = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
-        opts.requests.unwrap_or(u64::MAX),
-    ));
-    let tasks: Vec<_> = cs
-        .into_iter()
-        .map(|mut c| {
-            let budget = budget.clone();
-            tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-                let (mut n, mut errors) = (0u64, 0u64);
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
+/// Runs one target on `opts.threads` load threads, each with its own single-threaded runtime
+/// and its share of the callers and connections (no task ever moves between threads, as in
+/// wrk or h2load), so the generator adds no scheduling hops of its own. With `stealing`, one
+/// multi-threaded tokio runtime runs every caller as its own task instead.
+fn run_one(t: &Target, opts: &Opts) -> Outcome {
+    let threads = if opts.stealing {
+        1
+    } else {
+        opts.threads
+            .clamp(1, opts.concurrency.min(opts.connections).max(1))
+    };
+    let share = |n: usize, k: usize| n / threads + usize::from(k < n % threads);
+    let ready = std::sync::Barrier::new(threads);
+    let begin = std::sync::OnceLock::new();
+    let budget = std::sync::atomic::AtomicU64::new(opts.requests.unwrap_or(u64::MAX));
+    let parts: Vec<(Histogram<u64>, u64, u64, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|k| {
+                let (ready, begin, budget) = (&ready, &begin, &budget);
+                let sub = Opts {
+                    concurrency: share(opts.concurrency, k),
+                    connections: share(opts.connections, k),
+                    threads: 1,
+                    ..*opts
+                };
+                sc.spawn(move || {
+                    let rt = if opts.stealing {
+                        tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(opts.threads.max(1))
+                            .enable_all()
+                            .build()
+                    } else {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
                     }
-                    let relaxed = std::sync::atomic::Ordering::Relaxed;
-                    if t0 >= start
-                        && budget
-                            .fetch_update(relaxed, relaxed, |b| b.checked_sub(1))
-                            .is_err()
-                    {
-                        break;
-                    }
-                    let ok = c.call().await;
-                    if t0 >= start {
-                        let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
-                        n += 1;
-                        if !ok {
-                            errors += 1;
+                    .expect("runtime");
+                    rt.block_on(async {
+                        let (cs, layout) = callers(t, &sub).await;
+                        if ready.wait().is_leader() {
+                            let _ = begin.set(Instant::now() + sub.warmup);
                         }
-                    }
-                }
-                (h, n, errors)
+                        ready.wait();
+                        let start = *begin.get().expect("start time");
+                        let end = start + sub.duration;
+                        let (h, n, e) = drive(cs, start, end, budget, opts.stealing).await;
+                        (h, n, e, layout)
+                    })
+                })
             })
-        })
-        .collect();
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("load thread"))
+            .collect()
+    });
+    let start = *begin.get().expect("start time");
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let (mut requests, mut errors) = (0, 0);
-    for t in tasks {
-        let (h, n, e) = t.await.expect("caller task");
+    for (h, n, e, _) in &parts {
         hist.add(h).expect("merge");
         requests += n;
         errors += e;
@@ -318,14 +337,92 @@ async fn run_one(t: &Target, opts: &Opts) -> Outcome {
     let elapsed = Instant::now()
         .saturating_duration_since(start)
         .min(opts.duration);
+    let layout = match t {
+        Target::Sidecred { .. } | Target::Echo { .. } => grpc_layout(opts),
+        _ => format!("{} keep-alive HTTP/1.1 conns", opts.concurrency),
+    };
     Outcome {
         name: t.name(),
-        layout,
+        layout: if opts.stealing {
+            format!("{layout}, 1 rt/{} thr", opts.threads)
+        } else {
+            format!("{layout}, {threads} thr")
+        },
         requests,
         errors,
         elapsed,
         hist,
     }
+}
+
+/// One caller's closed loop until `end` or the shared request budget runs out.
+async fn drive_one(
+    mut c: Caller,
+    start: Instant,
+    end: Instant,
+    budget: &std::sync::atomic::AtomicU64,
+) -> (Histogram<u64>, u64, u64) {
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let (mut n, mut errors) = (0u64, 0u64);
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        if t0 >= start
+            && budget
+                .fetch_update(relaxed, relaxed, |b| b.checked_sub(1))
+                .is_err()
+        {
+            break;
+        }
+        let ok = c.call().await;
+        if t0 >= start {
+            let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+            n += 1;
+            if !ok {
+                errors += 1;
+            }
+        }
+    }
+    (h, n, errors)
+}
+
+/// One thread's callers, closed loop, until `end` or the shared request budget runs out.
+async fn drive(
+    cs: Vec<Caller>,
+    start: Instant,
+    end: Instant,
+    budget: &std::sync::atomic::AtomicU64,
+    spawn: bool,
+) -> (Histogram<u64>, u64, u64) {
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let all = if spawn {
+        // Tasks must be 'static: the budget is leaked for the (short-lived) process.
+        let budget: &'static std::sync::atomic::AtomicU64 = Box::leak(Box::new(
+            std::sync::atomic::AtomicU64::new(budget.load(relaxed)),
+        ));
+        let tasks: Vec<_> = cs
+            .into_iter()
+            .map(|c| tokio::spawn(drive_one(c, start, end, budget)))
+            .collect();
+        futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.expect("caller task"))
+            .collect::<Vec<_>>()
+    } else {
+        futures::future::join_all(cs.into_iter().map(|c| drive_one(c, start, end, budget))).await
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let (mut requests, mut errors) = (0, 0);
+    for (h, n, e) in all {
+        hist.add(h).expect("merge");
+        requests += n;
+        errors += e;
+    }
+    (hist, requests, errors)
 }
 
 pub async fn run_all(opts: &Opts, targets: &[Target]) -> Vec<Outcome> {
@@ -337,7 +434,7 @@ pub async fn run_all(opts: &Opts, targets: &[Target]) -> Vec<Outcome> {
             opts.duration,
             opts.concurrency
         );
-        out.push(run_one(t, opts).await);
+        out.push(run_one(t, opts));
     }
     out
 }
@@ -348,13 +445,13 @@ pub fn print_table(opts: &Opts, rs: &[Outcome]) {
         opts.concurrency, opts.duration
     );
     println!(
-        "{:<32} {:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "{:<32} {:<50} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
         "target", "layout", "rps", "p50", "p99", "p999", "max", "errors", "rps ×", "p99 ×"
     );
     let base = &rs[0];
     for r in rs {
         println!(
-            "{:<32} {:<34} {:>10.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>9.2} {:>9.2}",
+            "{:<32} {:<50} {:>10.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>9.2} {:>9.2}",
             r.name,
             r.layout,
             r.rps(),

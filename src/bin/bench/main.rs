@@ -56,6 +56,11 @@ fn main() {
                 connections: 4,
                 warmup: Duration::from_secs(1),
                 tonic_client: false,
+                threads: std::env::var("BENCH_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2),
+                stealing: std::env::var("BENCH_RUNTIME").is_ok_and(|v| v == "stealing"),
             };
             let mut targets = Vec::new();
             let mut it = args[1..].iter();
