@@ -22,6 +22,20 @@ pub fn harden_process() -> Result<(), String> {
     Ok(())
 }
 
+/// Keeps the heap in one glibc arena (unless `MALLOC_ARENA_MAX` says otherwise). Per-thread
+/// arenas each keep their own freed space, which for a long-running sidecar holding many small
+/// cache entries roughly doubles resident memory; the request path allocates little, so one
+/// arena costs no measurable throughput. Call before any thread starts.
+pub fn compact_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 /// Whether the process is dumpable (tests check hardening took effect).
 pub fn is_dumpable() -> bool {
     nix::sys::prctl::get_dumpable().unwrap_or(true)

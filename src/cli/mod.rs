@@ -161,6 +161,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config } => {
+            crate::harden::compact_heap();
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = std::env::var("SIDECRED_WORKER_THREADS")
                 .ok()
