@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use sidecred::api::admin::AdminService;
 use sidecred::api::broker::BrokerService;
+use sidecred::api::h2serve;
 use sidecred::api::pb::{self, admin_server::AdminServer, broker_server::BrokerServer};
 use sidecred::api::peer::PeerIdentity;
 use sidecred::audit::Audit;
@@ -167,6 +168,30 @@ fn grpc_frame(msg: &[u8]) -> Vec<u8> {
 }
 
 async fn call(engine: &Arc<Engine>, method: usize, uid: u32, body: Vec<u8>) {
+    // Unary Broker calls take the workload socket's own path (h2serve); the rest go through
+    // the tonic services, as they do on the sockets.
+    let broker = BrokerService {
+        engine: engine.clone(),
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    if let Some(out) = h2serve::unary_call(
+        &broker,
+        METHODS[method],
+        caller(uid),
+        headers,
+        Bytes::from(body.clone()),
+    )
+    .await
+    {
+        if let Ok(msg) = out {
+            assert!(msg.len() >= 5, "an answer is a framed message");
+        }
+        return;
+    }
     let mut req = http::Request::builder()
         .method("POST")
         .uri(format!("http://sidecred{}", METHODS[method]))

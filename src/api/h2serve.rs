@@ -277,6 +277,11 @@ async fn read_message(mut body: h2::RecvStream) -> Result<Bytes, Status> {
         }
         buf.extend_from_slice(&chunk);
     }
+    unframe(buf.freeze())
+}
+
+/// The one length-prefixed gRPC message of a whole unary request body.
+pub fn unframe(mut buf: Bytes) -> Result<Bytes, Status> {
     if buf.len() < 5 {
         return Err(Status::invalid_argument("request has no gRPC message"));
     }
@@ -292,7 +297,23 @@ async fn read_message(mut body: h2::RecvStream) -> Result<Bytes, Status> {
         ));
     }
     buf.advance(5);
-    Ok(buf.freeze())
+    Ok(buf)
+}
+
+/// Runs a unary `Broker` call from a whole request body, as the workload socket does; None
+/// for paths served by the tonic services instead. (The request fuzzer enters here.)
+pub async fn unary_call(
+    broker: &BrokerService,
+    path: &str,
+    peer: PeerIdentity,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Option<Result<Bytes, Status>> {
+    let m = unary(path)?;
+    Some(match unframe(body) {
+        Ok(msg) => call(broker, m, peer, headers, msg).await,
+        Err(s) => Err(s),
+    })
 }
 
 async fn call(

@@ -6,7 +6,7 @@ pub mod broker;
 mod certs;
 pub mod error;
 mod h2fix;
-mod h2serve;
+pub mod h2serve;
 pub mod layer;
 pub mod peer;
 mod redact;
