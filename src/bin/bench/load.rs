@@ -32,6 +32,8 @@ pub enum Target {
     Sidecred {
         socket: PathBuf,
         secret: String,
+        /// Label only: this sidecred writes an audit log.
+        audit: bool,
     },
     Echo {
         socket: PathBuf,
@@ -64,6 +66,7 @@ impl Target {
             "sidecred" => Target::Sidecred {
                 socket: need(0)?.into(),
                 secret: need(1)?,
+                audit: parts.get(2) == Some(&"audit"),
             },
             "echo" => Target::Echo {
                 socket: need(0)?.into(),
@@ -84,6 +87,7 @@ impl Target {
 
     pub fn name(&self) -> &'static str {
         match self {
+            Target::Sidecred { audit: true, .. } => "sidecred GetSecret, audit on",
             Target::Sidecred { .. } => "sidecred GetSecret (gRPC/UDS)",
             Target::Echo { .. } => "bare tonic echo (gRPC/UDS)",
             Target::HttpUnix { .. } => "bao proxy cached (HTTP/UDS)",
@@ -152,7 +156,7 @@ impl Caller {
 async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
     let mut out = Vec::new();
     match t {
-        Target::Sidecred { socket, secret } => {
+        Target::Sidecred { socket, secret, .. } => {
             let chans: Vec<Channel> =
                 futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket))).await;
             let mut b = pb::broker_client::BrokerClient::new(chans[0].clone());

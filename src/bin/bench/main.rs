@@ -11,7 +11,8 @@
 //!   sidecred-bench fleet [SIDECARS] [ROUNDS]   revocation propagation and idle OpenBao load
 //!
 //! Targets (the first one is the baseline for ratios):
-//!   sidecred=SOCKET,SECRET        cached GetSecret over gRPC on a Unix socket
+//!   sidecred=SOCKET,SECRET[,audit] cached GetSecret over gRPC on a Unix socket (`audit`: label
+//!                                 for a sidecred that writes an audit log)
 //!   echo=SOCKET                   bare tonic unary echo over a Unix socket
 //!   http-unix=SOCKET,PATH[,H:V]   HTTP/1.1 keep-alive GET over a Unix socket (bao proxy)
 //!   http-tcp=HOST:PORT,PATH[,H:V] HTTP/1.1 keep-alive GET over loopback TCP (AWS SM Agent)
@@ -27,7 +28,7 @@ mod rotation;
 use std::time::Duration;
 
 fn usage() -> ! {
-    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--client h2|tonic] [--label NAME=TARGET]... TARGET...");
+    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--client h2|tonic] TARGET...");
     std::process::exit(2)
 }
 
