@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 /// Longest a request may run when the caller sets no shorter `grpc-timeout`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_STREAMS: u32 = 256;
+const MAX_STREAMS: u32 = 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,6 +80,12 @@ async fn connection(io: PeerStream, svc: Arc<Services>, mut stop: watch::Receive
     let Ok(mut conn) = h2::server::Builder::new()
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(16 * 1024)
+        // Clients such as tonic send each request's message in a DATA frame of its own, ended
+        // by an empty one; h2 lets half the connection window's worth of such small frames sit
+        // unread before it calls the peer abusive. A 1 MiB window (hyper's default) covers a
+        // burst of every stream at once; requests are at most 64 KiB each.
+        .initial_connection_window_size(1 << 20)
+        .initial_window_size(256 * 1024)
         .handshake::<_, Bytes>(io)
         .await
     else {

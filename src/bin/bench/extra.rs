@@ -112,8 +112,17 @@ pub async fn singleflight(socket: &str, admin: &str, secret: &str, n: usize) {
     for t in tasks {
         match t.await.unwrap() {
             Ok(d) => lat.push(d),
-            Err(_) => errors += 1,
+            Err(e) => {
+                if errors == 0 {
+                    eprintln!("first error: {e:?}");
+                }
+                errors += 1
+            }
         }
+    }
+    if lat.is_empty() {
+        println!("single-flight: all {n} calls failed");
+        return;
     }
     let total = t0.elapsed();
     let after: u64 = a
