@@ -17,6 +17,10 @@ const QUIET_TARGETS: &[&str] = &[
     "aws_", "h2", "hyper", "reqwest", "rustls", "tower", "tonic", "vaultrs", "rustify",
 ];
 
+/// Crates that log every failed OpenBao request at ERROR, several lines per read: during an
+/// outage that floods the log. sidecred logs each backend failure itself, with its status.
+const SILENT_TARGETS: &[&str] = &["vaultrs", "rustify"];
+
 pub fn init_logging(cfg: &Config) {
     use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
@@ -26,7 +30,12 @@ pub fn init_logging(cfg: &Config) {
     let cap = QUIET_TARGETS
         .iter()
         .fold(Targets::new().with_default(LevelFilter::TRACE), |t, p| {
-            t.with_target(*p, LevelFilter::INFO)
+            let level = if SILENT_TARGETS.contains(p) {
+                LevelFilter::OFF
+            } else {
+                LevelFilter::INFO
+            };
+            t.with_target(*p, level)
         });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()

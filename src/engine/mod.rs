@@ -435,7 +435,12 @@ impl Engine {
         match (res, stale) {
             (Ok(e), _) => Ok((e, false)),
             (Err(err), Some(old)) if err.is_transient() => {
-                tracing::warn!(secret = %spec.name, version = %old.version, error = %err, "serving stale value: backend unavailable");
+                // Once per second at most: an outage under load would otherwise log every read.
+                static LAST_WARN_S: AtomicU64 = AtomicU64::new(0);
+                let s = crate::clock::unix_secs(now) as u64;
+                if LAST_WARN_S.swap(s, Ordering::Relaxed) != s {
+                    tracing::warn!(secret = %spec.name, version = %old.version, error = %err, "serving stale value: backend unavailable");
+                }
                 METRICS.cache_stale.fetch_add(1, Ordering::Relaxed);
                 Ok((old, true))
             }
