@@ -435,16 +435,18 @@ impl Engine {
         match (res, stale) {
             (Ok(e), _) => Ok((e, false)),
             (Err(err), Some(old)) if err.is_transient() => {
-                // Once per second at most: an outage under load would otherwise log every read.
-                static LAST_WARN_S: AtomicU64 = AtomicU64::new(0);
-                let s = crate::clock::unix_secs(now) as u64;
-                if LAST_WARN_S.swap(s, Ordering::Relaxed) != s {
+                if first_this_second(now) {
                     tracing::warn!(secret = %spec.name, version = %old.version, error = %err, "serving stale value: backend unavailable");
                 }
                 METRICS.cache_stale.fetch_add(1, Ordering::Relaxed);
                 Ok((old, true))
             }
-            (Err(err), _) => Err(ApiError::from_backend(&spec.name, err)),
+            (Err(err), _) => {
+                if err.is_transient() && first_this_second(now) {
+                    tracing::warn!(secret = %spec.name, error = %err, "backend read failed");
+                }
+                Err(ApiError::from_backend(&spec.name, err))
+            }
         }
     }
 
@@ -664,4 +666,12 @@ impl Engine {
             Err(_) => String::new(),
         }
     }
+}
+
+/// True for the first call in each wall-clock second: an outage under load would otherwise log
+/// a line per read.
+fn first_this_second(now: SystemTime) -> bool {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let s = crate::clock::unix_secs(now) as u64;
+    LAST.swap(s, Ordering::Relaxed) != s
 }
