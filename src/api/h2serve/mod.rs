@@ -358,14 +358,18 @@ where
     let mut ext = http::Extensions::new();
     ext.insert(peer);
     let resp = handler(tonic::Request::from_parts(md, ext, req)).await?;
-    let msg = resp.get_ref();
+    Ok(frame(resp.get_ref()))
+}
+
+/// One message with its 5-byte gRPC prefix (uncompressed), in a buffer sized for it.
+pub fn frame(msg: &impl prost::Message) -> Bytes {
     let len = msg.encoded_len();
     let mut out = BytesMut::with_capacity(5 + len);
     out.put_u8(0);
     out.put_u32(len as u32);
     msg.encode(&mut out)
-        .map_err(|e| Status::internal(format!("encoding the answer: {e}")))?;
-    Ok(out.freeze())
+        .expect("a buffer of encoded_len bytes holds the message");
+    out.freeze()
 }
 
 /// Sends a unary answer: headers, the message and `grpc-status: 0`, or a trailers-only error.

@@ -6,7 +6,7 @@
 //! target pays a comparably small client cost and the figures compare servers, not clients.
 //! (`--client tonic` keeps the tonic `Channel` for comparison.)
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::path::Path;
 
 /// One caller's handle on a shared HTTP/2 connection.
@@ -35,14 +35,7 @@ pub async fn connect(path: &Path) -> h2::client::SendRequest<Bytes> {
     send
 }
 
-/// The gRPC length-prefixed frame of one message.
-pub fn frame(msg: &impl prost::Message) -> Bytes {
-    let mut b = BytesMut::with_capacity(5 + msg.encoded_len());
-    b.put_u8(0);
-    b.put_u32(msg.encoded_len() as u32);
-    msg.encode(&mut b).expect("encode into a sized buffer");
-    b.freeze()
-}
+pub use sidecred::api::h2serve::frame;
 
 impl Unary {
     /// `method` is the gRPC path, e.g. `/sidecred.v1.Broker/GetSecret`; `check` validates the
@@ -98,62 +91,4 @@ impl Unary {
             .is_some_and(|s| s == "0");
         Ok(ok && msg.len() >= 5 && msg[0] == 0 && (self.check)(&msg[5..]))
     }
-}
-
-/// Prototype: echo served on the raw `h2` server, every stream of a connection handled inside
-/// the connection's own task.
-pub async fn serve_echo_raw(path: &str) {
-    use futures::StreamExt;
-    let _ = std::fs::remove_file(path);
-    let l = tokio::net::UnixListener::bind(path).expect("bind");
-    loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let Ok(mut conn) = h2::server::Builder::new()
-                .max_concurrent_streams(1024)
-                .initial_window_size(1 << 20)
-                .handshake::<_, Bytes>(s)
-                .await
-            else {
-                return;
-            };
-            let mut pending = futures::stream::FuturesUnordered::new();
-            loop {
-                tokio::select! {
-                    r = conn.accept() => match r {
-                        Some(Ok((req, resp))) => pending.push(echo_one(req, resp)),
-                        _ => break,
-                    },
-                    Some(_) = pending.next(), if !pending.is_empty() => {}
-                }
-            }
-        });
-    }
-}
-
-async fn echo_one(
-    req: http::Request<h2::RecvStream>,
-    mut resp: h2::server::SendResponse<Bytes>,
-) -> Result<(), h2::Error> {
-    let mut body = req.into_body();
-    let mut buf = BytesMut::new();
-    while let Some(d) = body.data().await {
-        let d = d?;
-        let _ = body.flow_control().release_capacity(d.len());
-        buf.extend_from_slice(&d);
-    }
-    let out = buf.freeze();
-    let r = http::Response::builder()
-        .status(200)
-        .header("content-type", "application/grpc")
-        .body(())
-        .expect("response");
-    let mut send = resp.send_response(r, false)?;
-    send.send_data(out, false)?;
-    let mut t = http::HeaderMap::new();
-    t.insert("grpc-status", http::HeaderValue::from_static("0"));
-    send.send_trailers(t)?;
-    Ok(())
 }

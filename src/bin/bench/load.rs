@@ -5,6 +5,8 @@ use crate::http::Conn;
 use hdrhistogram::Histogram;
 use sidecred::api::pb;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -153,7 +155,7 @@ impl Caller {
     }
 }
 
-async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
+async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
     let mut out = Vec::new();
     match t {
         Target::Sidecred { socket, secret, .. } => {
@@ -197,7 +199,7 @@ async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
                     )));
                 }
             }
-            (out, grpc_layout(opts))
+            out
         }
         Target::Echo { socket } => {
             let payload = b"dev-github-token-0001".to_vec();
@@ -226,7 +228,7 @@ async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
                     )));
                 }
             }
-            (out, grpc_layout(opts))
+            out
         }
         Target::HttpUnix {
             socket,
@@ -239,10 +241,7 @@ async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
                     .expect("connect");
                 out.push(Caller::HttpUnix(Conn::new(s, path, header.as_deref())));
             }
-            (
-                out,
-                format!("{} keep-alive HTTP/1.1 conns", opts.concurrency),
-            )
+            out
         }
         Target::HttpTcp { addr, path, header } => {
             for _ in 0..opts.concurrency {
@@ -250,10 +249,7 @@ async fn callers(t: &Target, opts: &Opts) -> (Vec<Caller>, String) {
                 s.set_nodelay(true).ok();
                 out.push(Caller::HttpTcp(Conn::new(s, path, header.as_deref())));
             }
-            (
-                out,
-                format!("{} keep-alive HTTP/1.1 conns", opts.concurrency),
-            )
+            out
         }
     }
 }
@@ -288,8 +284,8 @@ fn run_one(t: &Target, opts: &Opts) -> Outcome {
     let share = |n: usize, k: usize| n / threads + usize::from(k < n % threads);
     let ready = std::sync::Barrier::new(threads);
     let begin = std::sync::OnceLock::new();
-    let budget = std::sync::atomic::AtomicU64::new(opts.requests.unwrap_or(u64::MAX));
-    let parts: Vec<(Histogram<u64>, u64, u64, String)> = std::thread::scope(|sc| {
+    let budget = Arc::new(AtomicU64::new(opts.requests.unwrap_or(u64::MAX)));
+    let parts: Vec<(Histogram<u64>, u64, u64)> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
             .map(|k| {
                 let (ready, begin, budget) = (&ready, &begin, &budget);
@@ -312,15 +308,15 @@ fn run_one(t: &Target, opts: &Opts) -> Outcome {
                     }
                     .expect("runtime");
                     rt.block_on(async {
-                        let (cs, layout) = callers(t, &sub).await;
+                        let cs = callers(t, &sub).await;
                         if ready.wait().is_leader() {
                             let _ = begin.set(Instant::now() + sub.warmup);
                         }
                         ready.wait();
                         let start = *begin.get().expect("start time");
                         let end = start + sub.duration;
-                        let (h, n, e) = drive(cs, start, end, budget, opts.stealing).await;
-                        (h, n, e, layout)
+                        let (h, n, e) = drive(cs, start, end, budget.clone(), opts.stealing).await;
+                        (h, n, e)
                     })
                 })
             })
@@ -332,7 +328,7 @@ fn run_one(t: &Target, opts: &Opts) -> Outcome {
     let start = *begin.get().expect("start time");
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let (mut requests, mut errors) = (0, 0);
-    for (h, n, e, _) in &parts {
+    for (h, n, e) in &parts {
         hist.add(h).expect("merge");
         requests += n;
         errors += e;
@@ -364,7 +360,7 @@ async fn drive_one(
     mut c: Caller,
     start: Instant,
     end: Instant,
-    budget: &std::sync::atomic::AtomicU64,
+    budget: Arc<AtomicU64>,
 ) -> (Histogram<u64>, u64, u64) {
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -398,18 +394,13 @@ async fn drive(
     cs: Vec<Caller>,
     start: Instant,
     end: Instant,
-    budget: &std::sync::atomic::AtomicU64,
+    budget: Arc<AtomicU64>,
     spawn: bool,
 ) -> (Histogram<u64>, u64, u64) {
-    let relaxed = std::sync::atomic::Ordering::Relaxed;
     let all = if spawn {
-        // Tasks must be 'static: the budget is leaked for the (short-lived) process.
-        let budget: &'static std::sync::atomic::AtomicU64 = Box::leak(Box::new(
-            std::sync::atomic::AtomicU64::new(budget.load(relaxed)),
-        ));
         let tasks: Vec<_> = cs
             .into_iter()
-            .map(|c| tokio::spawn(drive_one(c, start, end, budget)))
+            .map(|c| tokio::spawn(drive_one(c, start, end, budget.clone())))
             .collect();
         futures::future::join_all(tasks)
             .await
@@ -417,7 +408,11 @@ async fn drive(
             .map(|r| r.expect("caller task"))
             .collect::<Vec<_>>()
     } else {
-        futures::future::join_all(cs.into_iter().map(|c| drive_one(c, start, end, budget))).await
+        futures::future::join_all(
+            cs.into_iter()
+                .map(|c| drive_one(c, start, end, budget.clone())),
+        )
+        .await
     };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let (mut requests, mut errors) = (0, 0);

@@ -45,9 +45,6 @@ fn main() {
         .build()
         .expect("runtime");
     match args.first().map(String::as_str) {
-        Some("serve-echo-raw") => {
-            rt.block_on(h2c::serve_echo_raw(args.get(1).unwrap_or_else(|| usage())))
-        }
         Some("serve-echo") => rt.block_on(load::serve_echo(args.get(1).unwrap_or_else(|| usage()))),
         Some("run") => {
             let mut opts = load::Opts {
