@@ -123,6 +123,7 @@ fn caller(uid: u32) -> PeerIdentity {
         gid: uid,
         pid: 1,
         exe: None,
+        start_time: None,
     }
 }
 

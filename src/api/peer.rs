@@ -26,6 +26,10 @@ pub struct PeerIdentity {
     /// None when it could not be read safely (the process exited, or /proc denied it).
     /// Shared: the identity is cloned into every request of the connection.
     pub exe: Option<Arc<Path>>,
+    /// Start time of the process (clock ticks since boot, /proc/PID/stat field 22), read with
+    /// `exe`: together they name one process, so a session opened under an `exe` rule stays
+    /// with that process and not with a later one that reuses the pid.
+    pub start_time: Option<u64>,
 }
 
 impl fmt::Display for PeerIdentity {
@@ -47,6 +51,9 @@ impl PeerIdentity {
         // cannot have been reused, so the exe we read belongs to the caller.
         let pidfd = getsockopt(stream, sockopt::PeerPidfd).ok();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let start_time = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| stat_start_time(&s));
         let alive = match &pidfd {
             Some(fd) => {
                 let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
@@ -60,8 +67,17 @@ impl PeerIdentity {
             gid,
             pid,
             exe: if alive { exe.map(Arc::from) } else { None },
+            start_time: if alive { start_time } else { None },
         })
     }
+}
+
+/// Field 22 (starttime) of a `/proc/PID/stat` line. The command name (field 2) may hold spaces
+/// and parentheses, so fields are counted from the last `)`.
+pub fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the name come field 3 (state) onwards: starttime is the 20th of those.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
 /// Length of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
@@ -207,5 +223,22 @@ mod tests {
         assert_eq!(id.uid, nix::unistd::getuid().as_raw());
         assert_eq!(id.pid, std::process::id() as i32);
         assert_eq!(id.exe.as_deref(), std::env::current_exe().ok().as_deref());
+        assert!(id.start_time.is_some());
+    }
+
+    #[test]
+    fn stat_start_time_table() {
+        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
+        for (comm, want) in [
+            ("(bash)", Some(424242)),
+            ("(a b) c)", Some(424242)),
+            ("(x))", Some(424242)),
+            ("()", Some(424242)),
+        ] {
+            assert_eq!(stat_start_time(&format!("77 {comm} {tail}")), want, "{comm}");
+        }
+        assert_eq!(stat_start_time("77 (x) S 1 2"), None);
+        assert_eq!(stat_start_time("no paren at all"), None);
+        assert_eq!(stat_start_time(""), None);
     }
 }

@@ -33,6 +33,7 @@ fn id(uid: u32, exe: &str) -> PeerIdentity {
         gid: uid,
         pid: 1,
         exe: Some(std::sync::Arc::from(std::path::Path::new(exe))),
+        start_time: Some(1),
     }
 }
 
