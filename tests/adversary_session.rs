@@ -42,7 +42,6 @@ async fn revoke(sc: &Sidecar, id: &str) {
         .revoke_session(pb::RevokeSessionRequest {
             session_id: id.into(),
             reason: "attack test".into(),
-            ..Default::default()
         })
         .await
         .unwrap();
