@@ -53,7 +53,8 @@ async fn session_open_get_close_removes_the_lease() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // A closed session is not open for anyone: the same denial as any unknown id.
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let events: Vec<String> = sc
         .audit_events()
         .iter()
@@ -383,7 +384,6 @@ async fn malformed_requests_get_invalid_argument() {
         get("../etc/passwd", &sid),
         get("app/../a", &sid),
         get("app/a\0x", &sid),
-        get("app/a", "ses_doesnotexist"),
         get("app/a", ""),
         get("app/a", "bad id with spaces"),
         pb::GetSecretRequest {
@@ -391,6 +391,12 @@ async fn malformed_requests_get_invalid_argument() {
             ..get("app/a", &sid)
         },
     ];
+    // A well-formed id of no open session is refused like another caller's session.
+    let e = b
+        .get_secret(get("app/a", "ses_doesnotexist"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     for req in cases {
         let shown = format!("{:?}/{:?}", req.name.len(), req.session_id);
         let e = b.get_secret(req).await.unwrap_err();

@@ -120,7 +120,7 @@ impl Admin for AdminService {
                     labels: s.meta.labels.clone().into_iter().collect(),
                     opened_at: unix_secs(s.opened_at),
                     expires_at: unix_secs(s.expires_at),
-                    owner_uid: s.owner_uid,
+                    owner_uid: s.owner.uid,
                     lease_count: ids.len() as u32,
                     lease_ids: ids,
                 }

@@ -8,6 +8,7 @@ use crate::clock::unix_secs;
 use crate::config::SecretSpec;
 use crate::engine::{Catalog, Engine, GetRequest, WatchKind};
 use crate::policy::Rule;
+use crate::session::Owner;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,23 @@ pub struct BrokerService {
 
 fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
+}
+
+/// The identity a session is bound to: uid and the first rule admitting the caller, plus the
+/// very process (exe and start time) when that rule names an executable.
+fn owner_of(caller: &PeerIdentity, principal: &Rule) -> Owner {
+    Owner {
+        uid: caller.uid,
+        rule: principal.name.clone(),
+        process: if principal.binds_exe() {
+            caller
+                .exe
+                .clone()
+                .map(|e| (e, caller.pid, caller.start_time.unwrap_or(0)))
+        } else {
+            None
+        },
+    }
 }
 
 impl BrokerService {
@@ -41,8 +59,23 @@ impl BrokerService {
         ApiError::Denied(why).into()
     }
 
-    /// Checks the caller may read `name`; returns the granting rule (its SPIFFE ID and allowed
-    /// SANs matter to certificate issuers) and the secret's spec.
+    /// Checks that some rule admits the caller at all (every RPC passes this); returns the
+    /// identity its sessions are bound to.
+    async fn admit(
+        &self,
+        cat: &Catalog,
+        caller: &PeerIdentity,
+        event: &str,
+        session: &str,
+    ) -> Result<Owner, Status> {
+        match cat.config.workload_policy.caller_rule(caller) {
+            Ok(rule) => Ok(owner_of(caller, rule)),
+            Err(why) => Err(self.deny(caller, event, session, "", why).await),
+        }
+    }
+
+    /// Checks the caller may read `name`; returns its session identity, the granting rule (its
+    /// SPIFFE ID and allowed SANs matter to certificate issuers) and the secret's spec.
     async fn authorize<'c>(
         &self,
         cat: &'c Catalog,
@@ -50,16 +83,14 @@ impl BrokerService {
         event: &str,
         session: &str,
         name: &str,
-    ) -> Result<(&'c Rule, &'c SecretSpec), Status> {
+    ) -> Result<(Owner, &'c Rule, &'c SecretSpec), Status> {
         validate_name(name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
         validate_id("session_id", session)?;
         let policy = &cat.config.workload_policy;
-        if let Err(why) = policy.caller_rule(caller) {
-            return Err(self.deny(caller, event, session, name, why).await);
-        }
+        let owner = self.admit(cat, caller, event, session).await?;
         let spec = cat.secret(name)?;
         match policy.check_secret(caller, spec) {
-            Ok(rule) => Ok((rule, spec)),
+            Ok(rule) => Ok((owner, rule, spec)),
             Err(why) => Err(self.deny(caller, event, session, name, why).await),
         }
     }
@@ -73,14 +104,12 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
         let caller = super::caller(&req)?;
         let cat = self.engine.catalog();
-        if let Err(why) = cat.config.workload_policy.caller_rule(&caller) {
-            return Err(self.deny(&caller, "session_open", "", "", why).await);
-        }
+        let owner = self.admit(&cat, &caller, "session_open", "").await?;
         let r = req.into_inner();
         let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
         let s = self
             .engine
-            .open_session(&caller, ttl, r.labels.into_iter().collect())
+            .open_session(&caller, owner, ttl, r.labels.into_iter().collect())
             .await?;
         Ok(Response::new(pb::OpenSessionResponse {
             session_id: s.meta.id.clone(),
@@ -95,7 +124,14 @@ impl Broker for BrokerService {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
         validate_id("session_id", &r.session_id)?;
-        let n = self.engine.close_session(&caller, &r.session_id).await?;
+        let cat = self.engine.catalog();
+        let owner = self
+            .admit(&cat, &caller, "session_close", &r.session_id)
+            .await?;
+        let n = self
+            .engine
+            .close_session(&caller, &owner, &r.session_id)
+            .await?;
         Ok(Response::new(pb::CloseSessionResponse {
             leases_released: n,
         }))
@@ -108,7 +144,7 @@ impl Broker for BrokerService {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
         let cat = self.engine.catalog();
-        let (rule, spec) = self
+        let (owner, rule, spec) = self
             .authorize(&cat, &caller, "grant", &r.session_id, &r.name)
             .await?;
         if let Some(c) = opt(&r.call_id) {
@@ -118,6 +154,7 @@ impl Broker for BrokerService {
             validate_id("version", v)?;
         }
         let req = GetRequest {
+            owner: &owner,
             session_id: &r.session_id,
             call_id: opt(&r.call_id),
             version: opt(&r.version),
@@ -157,8 +194,12 @@ impl Broker for BrokerService {
         let r = req.into_inner();
         validate_id("lease_id", &r.lease_id)?;
         validate_id("session_id", &r.session_id)?;
+        let cat = self.engine.catalog();
+        let owner = self
+            .admit(&cat, &caller, "lease_release", &r.session_id)
+            .await?;
         self.engine
-            .release_lease(&caller, &r.session_id, &r.lease_id)
+            .release_lease(&caller, &owner, &r.session_id, &r.lease_id)
             .await?;
         Ok(Response::new(pb::ReleaseLeaseResponse {}))
     }
@@ -170,12 +211,13 @@ impl Broker for BrokerService {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
         let cat = self.engine.catalog();
-        let (rule, _) = self
+        let (owner, rule, _) = self
             .authorize(&cat, &caller, "csr_sign", &r.session_id, &r.name)
             .await?;
         let out = super::certs::sign_csr(
             &self.engine,
             &caller,
+            &owner,
             &r,
             rule.spiffe_id.as_deref(),
             &rule.sans,
@@ -202,26 +244,32 @@ impl Broker for BrokerService {
     ) -> Result<Response<Self::WatchSecretStream>, Status> {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
-        self.authorize(
-            &self.engine.catalog(),
-            &caller,
-            "watch",
-            &r.session_id,
-            &r.name,
-        )
-        .await?;
+        let (owner, _, _) = self
+            .authorize(
+                &self.engine.catalog(),
+                &caller,
+                "watch",
+                &r.session_id,
+                &r.name,
+            )
+            .await?;
         let engine = self.engine.clone();
-        engine
-            .sessions
-            .get(&r.session_id, caller.uid, engine.now())
-            .map_err(|e| ApiError::from_session(&r.session_id, e))?;
         let cat = engine.catalog();
+        let slot = engine
+            .sessions
+            .get(&r.session_id, &owner, engine.now())
+            .map_err(|e| ApiError::from_session(&r.session_id, e))?
+            .gate
+            .watch(cat.config.server.max_watches_per_session)
+            .map_err(|e| ApiError::from_gate(&r.session_id, e))?;
         let spec = cat.secret(&r.name)?.clone();
         let mut rx = engine.subscribe(&r.name);
         let current = engine.current_version(&cat, &spec).await;
         let name = r.name.clone();
         let session = r.session_id.clone();
         let stream = async_stream::stream! {
+            // The watch slot is held as long as the stream lives.
+            let _slot = slot;
             yield Ok(pb::SecretEvent {
                 name: name.clone(),
                 kind: pb::secret_event::Kind::Current as i32,
@@ -253,7 +301,7 @@ impl Broker for BrokerService {
                         Err(_) => break,
                     },
                     _ = check.tick() => {
-                        if let Err(e) = engine.sessions.get(&session, caller.uid, engine.now()) {
+                        if let Err(e) = engine.sessions.get(&session, &owner, engine.now()) {
                             yield Err(Status::from(ApiError::from_session(&session, e)));
                             break;
                         }

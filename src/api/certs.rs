@@ -8,6 +8,7 @@ use crate::backend::ca::{check_sans, issuer, Authority};
 use crate::clock::unix_secs;
 use crate::engine::{Catalog, Engine};
 use crate::policy::SanPolicy;
+use crate::session::Owner;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub(crate) fn authority_of(cat: &Catalog, name: &str) -> Result<Arc<Authority>, 
 pub(crate) async fn sign_csr(
     engine: &Engine,
     caller: &PeerIdentity,
+    owner: &Owner,
     r: &pb::SignCsrRequest,
     spiffe_id: Option<&str>,
     sans: &SanPolicy,
@@ -39,7 +41,7 @@ pub(crate) async fn sign_csr(
     validate_id("session_id", &r.session_id)?;
     let session = engine
         .sessions
-        .get(&r.session_id, caller.uid, engine.now())
+        .get(&r.session_id, owner, engine.now())
         .map_err(|e| ApiError::from_session(&r.session_id, e))?;
     let cat = engine.catalog();
     let ca = authority_of(&cat, &r.name)?;
@@ -72,6 +74,16 @@ pub(crate) async fn sign_csr(
     let issued = ca
         .sign_csr(&ask, spiffe, ttl, Some(&session.meta.id), engine.now())
         .map_err(|e| ApiError::from_backend(&r.name, e))?;
+    // The session may have ended while the CSR was signed: then the leaf goes straight to
+    // the deny list and no reply carries it. Otherwise the guard holds off revocation until
+    // the reply is out, and revocation then finds the leaf under the session.
+    let _hold = match session.gate.reply(None).await {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = ca.revoke_serial(&issued.leaf.serial, engine.now());
+            return Err(ApiError::from_gate(&session.meta.id, e).into());
+        }
+    };
     let serial = hex::encode(&issued.leaf.serial);
     let mut ev = AuditEvent::new("csr_sign", "ok").caller(caller);
     ev.session = Some(&session.meta.id);

@@ -2,7 +2,7 @@
 //! metadata code so clients can raise typed errors without parsing messages.
 
 use crate::backend::BackendError;
-use crate::session::SessionError;
+use crate::session::{GateError, SessionError};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,9 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A per-identity or per-session limit.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 impl ApiError {
@@ -40,6 +43,7 @@ impl ApiError {
             ApiError::Precondition(_) => "failed-precondition",
             ApiError::Internal(_) => "internal",
             ApiError::DeadlineExceeded(_) => "deadline-exceeded",
+            ApiError::Exhausted(_) => "resource-exhausted",
         }
     }
 
@@ -54,6 +58,7 @@ impl ApiError {
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::Exhausted(_) => Code::ResourceExhausted,
         }
     }
 
@@ -77,9 +82,13 @@ impl ApiError {
         }
     }
 
+    /// Only the session's owner learns that it was revoked or expired, and why; anyone else
+    /// gets the same denial as for an id that never existed.
     pub fn from_session(id: &str, e: SessionError) -> Self {
         match e {
-            SessionError::Unknown => ApiError::InvalidArgument(format!("unknown session `{id}`")),
+            SessionError::NotOpen => {
+                ApiError::Denied(format!("session `{id}` is not open for this caller"))
+            }
             SessionError::Revoked { at, reason } => ApiError::SessionRevoked(format!(
                 "session `{id}` was revoked at {} ({reason})",
                 crate::clock::unix_secs(at)
@@ -87,8 +96,23 @@ impl ApiError {
             SessionError::Expired => {
                 ApiError::SessionExpired(format!("session `{id}` has expired"))
             }
-            SessionError::WrongOwner { owner } => ApiError::Denied(format!(
-                "session `{id}` belongs to uid {owner}, not the caller"
+        }
+    }
+
+    /// A session's gate refused: it ended, or the call was released, or a cap was reached.
+    pub fn from_gate(id: &str, e: GateError) -> Self {
+        match e {
+            GateError::Closed => {
+                ApiError::SessionRevoked(format!("session `{id}` ended during the request"))
+            }
+            GateError::Released => ApiError::Precondition(format!(
+                "this call's lease of the secret was released in session `{id}`"
+            )),
+            GateError::TooManyCalls(n) => ApiError::Exhausted(format!(
+                "session `{id}` already uses {n} call ids (server.max_calls_per_session)"
+            )),
+            GateError::TooManyWatches(n) => ApiError::Exhausted(format!(
+                "session `{id}` already has {n} open watches (server.max_watches_per_session)"
             )),
         }
     }

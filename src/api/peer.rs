@@ -235,7 +235,11 @@ mod tests {
             ("(x))", Some(424242)),
             ("()", Some(424242)),
         ] {
-            assert_eq!(stat_start_time(&format!("77 {comm} {tail}")), want, "{comm}");
+            assert_eq!(
+                stat_start_time(&format!("77 {comm} {tail}")),
+                want,
+                "{comm}"
+            );
         }
         assert_eq!(stat_start_time("77 (x) S 1 2"), None);
         assert_eq!(stat_start_time("no paren at all"), None);

@@ -107,6 +107,19 @@ struct RawServer {
     /// The CA backend behind spiffe_socket; default: the only `kind = "ca"` backend.
     #[serde(default)]
     spiffe_ca: Option<Spanned<String>>,
+    /// Open sessions one identity (uid and policy rule) may hold at once.
+    #[serde(default = "default_max_sessions_per_identity")]
+    max_sessions_per_identity: usize,
+    /// Distinct call ids one session may use.
+    #[serde(default = "default_max_calls_per_session")]
+    max_calls_per_session: usize,
+    /// WatchSecret streams one session may hold open.
+    #[serde(default = "default_max_watches_per_session")]
+    max_watches_per_session: usize,
+    /// Test hook for races: while `<dir>/hold` exists, every backend answer waits (after the
+    /// backend answered, before it is recorded) and says so by creating `<dir>/held`.
+    #[serde(default)]
+    test_hold_dir: Option<String>,
 }
 
 impl Default for RawServer {
@@ -127,8 +140,22 @@ impl Default for RawServer {
             mlockall: false,
             spiffe_socket: None,
             spiffe_ca: None,
+            max_sessions_per_identity: default_max_sessions_per_identity(),
+            max_calls_per_session: default_max_calls_per_session(),
+            max_watches_per_session: default_max_watches_per_session(),
+            test_hold_dir: None,
         }
     }
+}
+
+fn default_max_sessions_per_identity() -> usize {
+    256
+}
+fn default_max_calls_per_session() -> usize {
+    4096
+}
+fn default_max_watches_per_session() -> usize {
+    64
 }
 
 fn default_workload_mode() -> Spanned<String> {
@@ -325,6 +352,10 @@ pub struct ServerConfig {
     pub spiffe_socket: Option<PathBuf>,
     /// The CA backend serving spiffe_socket (resolved at load).
     pub spiffe_ca: Option<String>,
+    pub max_sessions_per_identity: usize,
+    pub max_calls_per_session: usize,
+    pub max_watches_per_session: usize,
+    pub test_hold_dir: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -532,7 +563,26 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             .map(|p| need_path(p, "spiffe_socket"))
             .transpose()?,
         spiffe_ca: None,
+        max_sessions_per_identity: s.max_sessions_per_identity,
+        max_calls_per_session: s.max_calls_per_session,
+        max_watches_per_session: s.max_watches_per_session,
+        test_hold_dir: s.test_hold_dir.as_ref().map(PathBuf::from),
     };
+    for (v, key) in [
+        (
+            server.max_sessions_per_identity,
+            "server.max_sessions_per_identity",
+        ),
+        (server.max_calls_per_session, "server.max_calls_per_session"),
+        (
+            server.max_watches_per_session,
+            "server.max_watches_per_session",
+        ),
+    ] {
+        if v == 0 {
+            return Err(loc.at(0..0, key, "must be greater than 0"));
+        }
+    }
     if let Some(p) = &server.spiffe_socket {
         if p.parent() == server.admin_socket.parent() {
             return Err(loc.at(

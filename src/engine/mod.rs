@@ -22,7 +22,7 @@ use crate::lease::cache::{Cache, CacheKey, Entry, Lookup, ScopeKey};
 use crate::lease::{Lease, LeaseTable};
 use crate::metrics::{Gauges, METRICS};
 use crate::rotation::RotationState;
-use crate::session::{new_id, Session, Sessions};
+use crate::session::{new_id, Gate, Owner, Session, Sessions};
 use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,8 +87,9 @@ pub enum WatchKind {
     Changed,
 }
 
-/// The caller's SPIFFE ID and allowed SANs, for certificate issuers.
-type CertIdent<'a> = (Option<&'a str>, Option<&'a crate::policy::SanPolicy>);
+/// The caller's SPIFFE ID and allowed SANs, for certificate issuers, and the release count a
+/// call-scoped request saw at its start (see `session::Gate`).
+type CertIdent<'a> = (Option<&'a str>, Option<&'a crate::policy::SanPolicy>, u64);
 
 /// One credential handed out.
 pub struct Grant {
@@ -97,9 +98,14 @@ pub struct Grant {
     pub expires_at: SystemTime,
     pub previous: Option<(Arc<Entry>, SystemTime)>,
     pub stale: bool,
+    /// Held until the reply is handed to the transport: revoking the session waits for it,
+    /// and once revocation returns no reply for the session gets this far.
+    pub hold: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 pub struct GetRequest<'a> {
+    /// The caller's identity, which must be the session's owner.
+    pub owner: &'a Owner,
     pub session_id: &'a str,
     pub call_id: Option<&'a str>,
     pub version: Option<&'a str>,
@@ -210,6 +216,7 @@ impl Engine {
     pub async fn open_session(
         &self,
         caller: &PeerIdentity,
+        owner: Owner,
         ttl: Option<Duration>,
         labels: BTreeMap<String, String>,
     ) -> Result<Arc<Session>, ApiError> {
@@ -232,6 +239,12 @@ impl Engine {
                 "labels: at most 32, keys 1-63 bytes, values at most 256 bytes".into(),
             ));
         }
+        let cap = s.max_sessions_per_identity;
+        if self.sessions.count_owned(&owner) >= cap {
+            return Err(ApiError::Exhausted(format!(
+                "this caller already holds {cap} open sessions (server.max_sessions_per_identity)"
+            )));
+        }
         let now = self.now();
         let meta = SessionMeta {
             id: new_id("ses"),
@@ -253,10 +266,11 @@ impl Engine {
         self.record_session(&meta, &handles, now + ttl).await;
         let session = self.sessions.insert(Session {
             meta,
-            owner_uid: caller.uid,
+            owner,
             opened_at: now,
             expires_at: now + ttl,
             handles: Mutex::new(handles),
+            gate: Arc::new(Gate::default()),
         });
         let mut ev = AuditEvent::new("session_open", "ok").caller(caller);
         ev.session = Some(&session.meta.id);
@@ -278,8 +292,20 @@ impl Engine {
         let now = self.now();
         let session = self
             .sessions
-            .get(req.session_id, caller.uid, now)
+            .get(req.session_id, req.owner, now)
             .map_err(|e| ApiError::from_session(req.session_id, e))?;
+        let gate_err = |e| ApiError::from_gate(req.session_id, e);
+        let call_key = match req.call_id {
+            Some(c) => {
+                let max = cat.config.server.max_calls_per_session;
+                let seen = session
+                    .gate
+                    .admit_call(c, &spec.name, max)
+                    .map_err(gate_err)?;
+                Some((c, spec.name.as_str(), seen))
+            }
+            None => None,
+        };
         let scope = match (spec.scope, req.call_id) {
             (Scope::Shared, _) => ScopeKey::Shared,
             (Scope::Session, _) => ScopeKey::Session(session.meta.id.clone()),
@@ -302,8 +328,16 @@ impl Engine {
             version: req.version.map(str::to_string),
             scope,
         };
+        let seen = call_key.map_or(0, |(_, _, n)| n);
         let (entry, stale) = self
-            .entry(cat, spec, &session, caller, &key, (req.spiffe_id, req.sans))
+            .entry(
+                cat,
+                spec,
+                &session,
+                caller,
+                &key,
+                (req.spiffe_id, req.sans, seen),
+            )
             .await?;
 
         let owned = matches!(key.scope, ScopeKey::Call(..));
@@ -313,7 +347,7 @@ impl Engine {
         } else {
             None
         };
-        let (lease_id, expires_at) = {
+        let recorded = session.gate.record(call_key, || {
             let mut t = self.leases.lock().expect("poisoned");
             let again = (req.call_id.is_none() && req.version.is_none())
                 .then(|| t.reusable(&session.meta.id, &spec.name, &entry.version, now))
@@ -349,7 +383,10 @@ impl Engine {
                     (id, expires_at)
                 }
             }
-        };
+        });
+        // Refused: the session ended (or the call was released) while the value was fetched;
+        // teardown (or the release) already took, or will never see, what this read made.
+        let (lease_id, expires_at) = recorded.map_err(gate_err)?;
 
         let mut ev = AuditEvent::new("grant", if stale { "ok_stale" } else { "ok" }).caller(caller);
         ev.session = Some(&session.meta.id);
@@ -361,12 +398,25 @@ impl Engine {
             self.leases.lock().expect("poisoned").remove(&lease_id);
             return Err(ApiError::Unavailable(e.to_string()));
         }
+        let hold = match session.gate.reply(call_key).await {
+            Ok(h) => h,
+            Err(e) => {
+                // Released meanwhile: this request's lease goes too (a closed session's
+                // leases are teardown's).
+                let mine = self.leases.lock().expect("poisoned").remove(&lease_id);
+                if let Some(l) = mine {
+                    self.end_lease(&l, "released").await;
+                }
+                return Err(gate_err(e));
+            }
+        };
         Ok(Grant {
             entry,
             lease_id,
             expires_at,
             previous,
             stale,
+            hold,
         })
     }
 
@@ -392,7 +442,7 @@ impl Engine {
             scope: ScopeKey::Shared,
         };
         match self
-            .entry(cat, spec, session, caller, &key, (None, None))
+            .entry(cat, spec, session, caller, &key, (None, None, 0))
             .await
         {
             Ok((e, _)) => Some((e, prev.retires_at)),
@@ -431,7 +481,9 @@ impl Engine {
         };
         METRICS.cache_misses.fetch_add(1, Ordering::Relaxed);
         let fetch = self.fetch_future(cat, spec, session, caller, key, ident)?;
-        let (res, _) = self.cache.fetch_once(key.clone(), fetch).await;
+        // Values owned by a session or call are stored by the fetch itself, through the gate.
+        let store = key.scope == ScopeKey::Shared;
+        let (res, _) = self.cache.fetch_once(key.clone(), fetch, store).await;
         match (res, stale) {
             (Ok(e), _) => Ok((e, false)),
             (Err(err), Some(old)) if err.is_transient() => {
@@ -441,6 +493,13 @@ impl Engine {
                 METRICS.cache_stale.fetch_add(1, Ordering::Relaxed);
                 Ok((old, true))
             }
+            (Err(BackendError::Precondition(m)), _) if m == GATE_RELEASED => Err(
+                ApiError::from_gate(&session.meta.id, crate::session::GateError::Released),
+            ),
+            (Err(_), _) if !session.gate.is_open() => Err(ApiError::from_gate(
+                &session.meta.id,
+                crate::session::GateError::Closed,
+            )),
             (Err(err), _) => {
                 if err.is_transient() && first_this_second(now) {
                     tracing::warn!(secret = %spec.name, error = %err, "backend read failed");
@@ -458,11 +517,11 @@ impl Engine {
         caller: &PeerIdentity,
         key: &CacheKey,
     ) {
-        if let Ok(fetch) = self.fetch_future(cat, spec, session, caller, key, (None, None)) {
+        if let Ok(fetch) = self.fetch_future(cat, spec, session, caller, key, (None, None, 0)) {
             let cache = self.cache.clone();
             let key = key.clone();
             tokio::spawn(async move {
-                if let (Err(e), _) = cache.fetch_once(key, fetch).await {
+                if let (Err(e), _) = cache.fetch_once(key, fetch, true).await {
                     tracing::debug!(error = %e, "background refresh failed; keeping the cached value");
                 }
             });
@@ -477,7 +536,7 @@ impl Engine {
         session: &Arc<Session>,
         caller: &PeerIdentity,
         key: &CacheKey,
-        (spiffe_id, sans): CertIdent<'_>,
+        (spiffe_id, sans, seen): CertIdent<'_>,
     ) -> Result<futures::future::BoxFuture<'static, crate::lease::cache::FetchResult>, ApiError>
     {
         let backend = cat.backend(&spec.backend)?;
@@ -500,6 +559,10 @@ impl Engine {
         let counter = self.calls_counter(&spec.backend);
         let clock = self.clock.clone();
         let limit = cat.config.server.backend_timeout;
+        // Session- and call-owned values go into the cache only while the gate is open.
+        let gated = (key.scope != ScopeKey::Shared).then(|| (session.gate.clone(), key.clone()));
+        let cache = self.cache.clone();
+        let hold = cat.config.server.test_hold_dir.clone();
         Ok(async move {
             counter.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
@@ -524,6 +587,9 @@ impl Engine {
                     )))
                 }
             };
+            if let Some(dir) = hold {
+                test_hold(&dir).await;
+            }
             let now = clock.now();
             let life = match &f.lease {
                 Some(l) => l.ttl,
@@ -534,7 +600,7 @@ impl Engine {
                 Some(_) => renew_at(now, life, 0.66, 0.1, r),
                 None => renew_at(now, life, 0.75, 0.1, r),
             };
-            Ok(Arc::new(Entry::new(
+            let entry = Arc::new(Entry::new(
                 f.value,
                 f.version,
                 now,
@@ -542,35 +608,56 @@ impl Engine {
                 refresh,
                 f.lease,
                 spec.backend.clone(),
-            )))
+            ));
+            let Some((gate, key)) = gated else {
+                return Ok(entry);
+            };
+            let call = match &key.scope {
+                ScopeKey::Call(_, c) => Some((c.as_str(), spec.name.as_str(), seen)),
+                _ => None,
+            };
+            if let Err(e) = gate.record(call, || cache.insert(key.clone(), entry.clone())) {
+                // Too late: the session ended (or the call was released) during the read.
+                // What the read made dies at its backend now; the value drops and zeroizes.
+                late_revoke(&*backend, &entry, handle.as_ref(), limit).await;
+                tracing::info!(secret = %spec.name, session = %meta.id, "a read that finished after its session ended was revoked");
+                return Err(BackendError::Precondition(match e {
+                    crate::session::GateError::Released => GATE_RELEASED.into(),
+                    _ => GATE_CLOSED.into(),
+                }));
+            }
+            Ok(entry)
         }
         .boxed())
     }
 
-    /// Ends one lease early; a call-scoped credential dies at its backend.
+    /// Ends one lease early; a call-scoped credential dies at its backend once no other lease
+    /// of the call holds it. Like a revocation, it is final for requests of the call's secret
+    /// that began before it: they are refused, and whatever they fetched is revoked.
     pub async fn release_lease(
         &self,
         caller: &PeerIdentity,
+        owner: &Owner,
         session_id: &str,
         lease_id: &str,
     ) -> Result<(), ApiError> {
-        self.sessions
-            .get(session_id, caller.uid, self.now())
+        let session = self
+            .sessions
+            .get(session_id, owner, self.now())
             .map_err(|e| ApiError::from_session(session_id, e))?;
         let lease = {
             let mut t = self.leases.lock().expect("poisoned");
             match t.get(lease_id) {
                 Some(l) if l.session_id == session_id => t.remove(lease_id),
-                Some(_) => {
-                    return Err(ApiError::Denied(format!(
-                        "lease `{lease_id}` belongs to another session"
-                    )))
-                }
-                None => None,
+                // Another session's lease looks like no lease at all.
+                _ => None,
             }
         };
-        let lease =
-            lease.ok_or_else(|| ApiError::NotFound(format!("unknown lease `{lease_id}`")))?;
+        let lease = lease
+            .ok_or_else(|| ApiError::NotFound(format!("no lease `{lease_id}` in this session")))?;
+        if let Some(c) = &lease.call_id {
+            session.gate.release(c, &lease.secret).await;
+        }
         self.end_lease(&lease, "released").await;
         let mut ev = AuditEvent::new("lease_release", "ok").caller(caller);
         ev.session = Some(session_id);
@@ -595,7 +682,23 @@ impl Engine {
             if shared_by_other {
                 return;
             }
-            self.cache.remove(key);
+            // A value fetched again under the same key after this lease began is not this
+            // lease's backend lease: it dies too.
+            if let Some(e) = self.cache.remove(key) {
+                let same = match (&e.backend_lease, &lease.backend_lease) {
+                    (Some(a), Some((_, b))) => a.id == b.id,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                };
+                if !same {
+                    let cat = self.catalog();
+                    if let Ok(b) = cat.backend(&e.backend) {
+                        let handle = self.sessions.handle(&lease.session_id, &e.backend);
+                        let limit = cat.config.server.backend_timeout;
+                        late_revoke(&*b, &e, handle.as_ref(), limit).await;
+                    }
+                }
+            }
         }
         if let Some((backend, bl)) = &lease.backend_lease {
             let cat = self.catalog();
@@ -665,6 +768,50 @@ impl Engine {
                 .unwrap_or_default(),
             Err(_) => String::new(),
         }
+    }
+}
+
+/// Revokes what a read made for a session or call that ended meanwhile: its backend lease (a
+/// database role, or a CA serial that goes to the deny list). A failure is logged; the value
+/// itself drops and zeroizes either way.
+async fn late_revoke(
+    backend: &dyn Backend,
+    entry: &Entry,
+    handle: Option<&SessionHandle>,
+    limit: Duration,
+) {
+    let Some(bl) = &entry.backend_lease else {
+        return;
+    };
+    match tokio::time::timeout(limit, backend.revoke_lease(bl, handle)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(lease = %bl.id, backend = %entry.backend, error = %e, "could not revoke a late credential; it lives out its ttl")
+        }
+        Err(_) => {
+            tracing::warn!(lease = %bl.id, backend = %entry.backend, "revoking a late credential timed out; it lives out its ttl")
+        }
+    }
+}
+
+/// What a fetch refused by its session's gate reports through the single-flight result (which
+/// carries backend errors only); `entry` turns it back into the gate's error.
+const GATE_RELEASED: &str = "the call's lease was released during the read";
+const GATE_CLOSED: &str = "the session ended during the read";
+
+/// The race hook (`server.test_hold_dir`): parks a backend answer while `<dir>/hold` exists,
+/// so a test can end the session at exactly this point. Bounded at 30 s.
+async fn test_hold(dir: &std::path::Path) {
+    let hold = dir.join("hold");
+    if !hold.exists() {
+        return;
+    }
+    let _ = tokio::fs::write(dir.join("held"), b"").await;
+    for _ in 0..6000 {
+        if !hold.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

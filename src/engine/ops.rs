@@ -6,7 +6,7 @@ use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle, SessionMeta};
 use crate::journal::Record;
-use crate::session::Session;
+use crate::session::{Owner, Session};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -81,6 +81,9 @@ impl Engine {
     /// Removes a session's leases and values and revokes its backend state.
     pub(crate) async fn teardown(&self, session: &Arc<Session>, why: &str) -> RevocationReport {
         let id = &session.meta.id;
+        // First the gate: from here on nothing is recorded or replied for the session, and
+        // replies already let through are out. What exists now is all there will ever be.
+        session.gate.close().await;
         self.sessions.remove(id);
         let leases = self.leases.lock().expect("poisoned").remove_session(id);
         let entries = self.cache.remove_session(id);
@@ -157,10 +160,15 @@ impl Engine {
         report
     }
 
-    pub async fn close_session(&self, caller: &PeerIdentity, id: &str) -> Result<u32, ApiError> {
+    pub async fn close_session(
+        &self,
+        caller: &PeerIdentity,
+        owner: &Owner,
+        id: &str,
+    ) -> Result<u32, ApiError> {
         let s = self
             .sessions
-            .get(id, caller.uid, self.now())
+            .get(id, owner, self.now())
             .map_err(|e| ApiError::from_session(id, e))?;
         let report = self.teardown(&s, "closed").await;
         let mut ev = AuditEvent::new("session_close", "ok").caller(caller);

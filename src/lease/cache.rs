@@ -118,12 +118,14 @@ impl Cache {
         }
     }
 
-    /// Runs `fetch` unless an identical one is in flight, then stores its result.
+    /// Runs `fetch` unless an identical one is in flight, then stores its result (unless
+    /// `store` is false: the fetch stores it itself, under its session's gate).
     /// Returns the result and whether this call was the one that went to the backend.
     pub async fn fetch_once(
         self: &Arc<Self>,
         key: CacheKey,
         fetch: BoxFuture<'static, FetchResult>,
+        store: bool,
     ) -> (FetchResult, bool) {
         let (fut, leader) = {
             let mut inflight = self.inflight.lock().expect("poisoned");
@@ -134,7 +136,7 @@ impl Cache {
                     let k = key.clone();
                     let fut = async move {
                         let r = fetch.await;
-                        if let Ok(e) = &r {
+                        if let (Ok(e), true) = (&r, store) {
                             cache
                                 .entries
                                 .lock()
@@ -152,6 +154,10 @@ impl Cache {
             }
         };
         (fut.await, leader)
+    }
+
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
+        self.entries.lock().expect("poisoned").insert(key, entry);
     }
 
     pub fn remove(&self, key: &CacheKey) -> Option<Arc<Entry>> {
@@ -306,7 +312,7 @@ mod tests {
                 }
                 .boxed();
                 cache
-                    .fetch_once(key(), fetch)
+                    .fetch_once(key(), fetch, true)
                     .await
                     .0
                     .unwrap()

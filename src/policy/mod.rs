@@ -115,6 +115,11 @@ impl Rule {
         uid_ok && gid_ok && exe_ok
     }
 
+    /// Whether this rule names an executable: then a session it admits belongs to one process.
+    pub fn binds_exe(&self) -> bool {
+        self.exe.is_some()
+    }
+
     fn grants_secret(&self, name: &str) -> bool {
         self.secrets.iter().any(|g| glob_match(g, name))
     }

@@ -1,33 +1,60 @@
 //! Session registry: open sessions, their backend handles, and tombstones of revoked ones.
+//!
+//! A session belongs to the identity that opened it ([`Owner`]), and it ends exactly once: its
+//! [`Gate`] closes first, so nothing is recorded for it afterwards, and teardown then removes
+//! what was recorded before.
+
+mod gate;
+
+pub use gate::{Gate, GateError};
 
 use crate::backend::{SessionHandle, SessionMeta};
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+/// Who opened a session: the caller's uid and the policy rule that admitted it, and, where that
+/// rule names an executable, the process itself (exe, pid and start time: the start time is in
+/// clock ticks, so two processes may share it, but not with the same pid). Only the same
+/// identity may use, watch, release or close the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub rule: String,
+    pub process: Option<(Arc<Path>, i32, u64)>,
+}
 
 #[derive(Debug)]
 pub struct Session {
     pub meta: SessionMeta,
-    pub owner_uid: u32,
+    pub owner: Owner,
     pub opened_at: SystemTime,
     pub expires_at: SystemTime,
     /// Backend name → that backend's state for this session.
     pub handles: Mutex<BTreeMap<String, SessionHandle>>,
+    /// Open until the session ends; guards every lease, cache entry and reply made for it.
+    pub gate: Arc<Gate>,
 }
 
 /// Why a session cannot be used.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SessionError {
-    Unknown,
-    Revoked { at: SystemTime, reason: String },
+    /// Unknown here, or not the caller's: the two look alike so nothing leaks to a stranger.
+    NotOpen,
+    Revoked {
+        at: SystemTime,
+        reason: String,
+    },
     Expired,
-    WrongOwner { owner: u32 },
 }
 
 #[derive(Clone, Debug)]
 pub struct Tombstone {
     pub at: SystemTime,
     pub reason: String,
+    /// Who owned the session, when it was open here: only they learn why it ended.
+    pub owner: Option<Owner>,
 }
 
 #[derive(Default)]
@@ -46,12 +73,21 @@ impl Sessions {
         s
     }
 
-    /// The session, if `uid` may use it at `now`.
-    pub fn get(&self, id: &str, uid: u32, now: SystemTime) -> Result<Arc<Session>, SessionError> {
+    /// The session, if `owner` opened it and it is usable at `now`. Another identity (root
+    /// included) learns nothing: an unknown id and someone else's session give the same error.
+    pub fn get(
+        &self,
+        id: &str,
+        owner: &Owner,
+        now: SystemTime,
+    ) -> Result<Arc<Session>, SessionError> {
         if let Some(t) = self.revoked.lock().expect("poisoned").get(id) {
-            return Err(SessionError::Revoked {
-                at: t.at,
-                reason: t.reason.clone(),
+            return Err(match &t.owner {
+                Some(o) if o == owner => SessionError::Revoked {
+                    at: t.at,
+                    reason: t.reason.clone(),
+                },
+                _ => SessionError::NotOpen,
             });
         }
         let s = self
@@ -60,14 +96,25 @@ impl Sessions {
             .expect("poisoned")
             .get(id)
             .cloned()
-            .ok_or(SessionError::Unknown)?;
-        if s.owner_uid != uid && uid != 0 {
-            return Err(SessionError::WrongOwner { owner: s.owner_uid });
+            .ok_or(SessionError::NotOpen)?;
+        if &s.owner != owner {
+            return Err(SessionError::NotOpen);
         }
-        if now >= s.expires_at {
+        if now >= s.expires_at || !s.gate.is_open() {
             return Err(SessionError::Expired);
         }
         Ok(s)
+    }
+
+    /// Open sessions of one identity (for the per-identity cap).
+    pub fn count_owned(&self, owner: &Owner) -> usize {
+        let open = self.open.lock().expect("poisoned");
+        open.values().filter(|s| &s.owner == owner).count()
+    }
+
+    /// The open session with this id, whoever owns it (admin and housekeeping paths).
+    pub fn find(&self, id: &str) -> Option<Arc<Session>> {
+        self.open.lock().expect("poisoned").get(id).cloned()
     }
 
     /// Removes a session (close or revoke); the caller revokes what it held.
@@ -75,8 +122,10 @@ impl Sessions {
         self.open.lock().expect("poisoned").remove(id)
     }
 
-    /// Marks a session revoked from now on; returns false if it already was.
+    /// Marks a session revoked from now on; returns false if it already was. The owner comes
+    /// from the open session when there is one here.
     pub fn tombstone(&self, id: &str, at: SystemTime, reason: &str) -> bool {
+        let owner = self.find(id).map(|s| s.owner.clone());
         self.revoked
             .lock()
             .expect("poisoned")
@@ -85,6 +134,7 @@ impl Sessions {
                 Tombstone {
                     at,
                     reason: reason.to_string(),
+                    owner,
                 },
             )
             .is_none()

@@ -323,6 +323,41 @@ impl Authority {
         Ok(n)
     }
 
+    /// Puts one issued certificate on the deny list: a leaf whose session ended while it was
+    /// being issued. Returns whether it was still live.
+    pub fn revoke_serial(&self, serial: &[u8], now: SystemTime) -> Result<bool, BackendError> {
+        let found = {
+            let mut st = self.state.write().expect("poisoned");
+            let mut hit = None;
+            for issued in st.sessions.values_mut() {
+                if let Some(i) = issued.iter().position(|(s, _, _)| s.as_slice() == serial) {
+                    hit = Some(issued.swap_remove(i));
+                    break;
+                }
+            }
+            st.sessions.retain(|_, v| !v.is_empty());
+            match hit {
+                Some((serial, ca_id, not_after)) if not_after > now => {
+                    st.deny.add(
+                        serial,
+                        Revoked {
+                            ca_id,
+                            revoked_at: now,
+                            not_after,
+                        },
+                    );
+                    true
+                }
+                _ => false,
+            }
+        };
+        if found {
+            self.publish_crls(now)?;
+            self.bump();
+        }
+        Ok(found)
+    }
+
     /// Signs fresh CRLs for every trusted CA and writes the CRL file.
     fn publish_crls(&self, now: SystemTime) -> Result<(), BackendError> {
         let (cas, crls) = {

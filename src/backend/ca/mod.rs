@@ -316,6 +316,18 @@ impl Backend for CaBackend {
             .revoke_session(&session.id, SystemTime::now())
     }
 
+    /// A leaf's lease id is its serial: ending the lease early puts it on the deny list.
+    async fn revoke_lease(
+        &self,
+        lease: &BackendLease,
+        _handle: Option<&SessionHandle>,
+    ) -> Result<(), BackendError> {
+        let serial = hex::decode(&lease.id)
+            .map_err(|_| BackendError::Invalid(format!("lease `{}` is not a serial", lease.id)))?;
+        self.authority.revoke_serial(&serial, SystemTime::now())?;
+        Ok(())
+    }
+
     async fn renew_lease(
         &self,
         _lease: &BackendLease,
