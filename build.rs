@@ -1,23 +1,8 @@
-//! Compiles the gRPC protos with a vendored protoc, and emits the descriptor set for reflection.
-//! Messages that carry secret values get no derived Debug; a hand-written redacted one replaces it.
+//! Compiles the server's other protos with a vendored protoc: the bench echo service, the SPIFFE
+//! Workload API and Envoy SDS. sidecred's own services are in the `sidecred-proto` crate.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     let wkt = protoc_bin_vendored::include_path()?;
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out.join("sidecred_descriptor.bin"))
-        .skip_debug([
-            ".sidecred.v1.GetSecretResponse",
-            ".sidecred.v1.SecretVersion",
-            ".sidecred.v1.RotateRequest",
-        ])
-        .compile_protos(
-            &[
-                "proto/sidecred/v1/broker.proto",
-                "proto/sidecred/v1/admin.proto",
-            ],
-            &["proto"],
-        )?;
     tonic_prost_build::configure().compile_protos(&["proto/bench/echo.proto"], &["proto"])?;
     // The SPIFFE Workload API and Envoy SDS: public wire formats, served on the SPIFFE socket.
     tonic_prost_build::configure()

@@ -179,6 +179,12 @@ pub fn unlock(bytes: &[u8]) {
     }
 }
 
+/// Makes every secret buffer (`sidecred-secret`) lock its pages while it lives. Called first
+/// thing at start, before any secret exists.
+pub fn install_page_locker() {
+    sidecred_secret::set_page_locker(sidecred_secret::PageLocker { lock, unlock });
+}
+
 /// Pages currently locked for secrets.
 pub fn locked_pages() -> usize {
     LOCKED.lock().expect("poisoned").len()

@@ -7,7 +7,6 @@ pub mod appender;
 pub mod audit;
 pub mod backend;
 pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine;

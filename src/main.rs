@@ -6,6 +6,7 @@
 static ALLOC: sidecred::harden::ZeroizingAlloc = sidecred::harden::ZeroizingAlloc;
 
 fn main() {
+    sidecred::harden::install_page_locker();
     sidecred::panic_hook::install();
     let code = sidecred::cli::main();
     std::process::exit(code);

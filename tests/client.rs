@@ -5,9 +5,7 @@ mod common;
 
 use common::*;
 use sidecred::api::pb;
-use sidecred::client::{
-    Client, ClientError, ClientOptions, EventKind, RetryPolicy, SessionOptions,
-};
+use sidecred_client::{Client, ClientError, ClientOptions, EventKind, RetryPolicy, SessionOptions};
 use std::time::{Duration, Instant};
 
 use common::lease_count as leases;

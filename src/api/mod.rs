@@ -9,19 +9,15 @@ mod h2fix;
 pub mod h2serve;
 pub mod layer;
 pub mod peer;
-mod redact;
 pub mod sds;
 pub mod server;
 pub mod spiffe;
 
 pub use error::{validate_id, validate_name, ApiError};
 
-/// Generated protobuf and gRPC code.
+/// sidecred's wire types (the `sidecred-proto` crate, with server stubs).
 pub mod pb {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("sidecred.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("sidecred_descriptor");
+    pub use sidecred_proto::v1::*;
 }
 
 /// The SPIFFE Workload API (the public spec's proto has no package).

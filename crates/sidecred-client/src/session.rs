@@ -3,8 +3,8 @@
 //! effort. Call `close()` / `release()` to await the outcome and see errors.
 
 use super::{Client, ClientError};
-use crate::api::pb;
-use crate::secret::SecretBytes;
+use sidecred_proto::v1 as pb;
+use sidecred_secret::SecretBytes;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};

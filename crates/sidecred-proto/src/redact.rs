@@ -1,6 +1,6 @@
 //! Debug for the wire messages that carry values: every field but the value.
 
-use super::pb;
+use crate::v1 as pb;
 use std::fmt;
 
 impl fmt::Debug for pb::GetSecretResponse {
@@ -48,7 +48,7 @@ impl fmt::Debug for pb::RotateRequest {
 
 #[cfg(test)]
 mod tests {
-    use super::pb;
+    use crate::v1 as pb;
 
     #[test]
     fn wire_messages_redact_values() {

@@ -1,10 +1,12 @@
 //! Client library for the orchestrator and tool router: sessions that close themselves,
 //! call-scoped leases released when the call ends, watch streams, per-call deadlines,
 //! bounded retries on UNAVAILABLE only, and values held in zeroizing, redacting types.
+//! It depends on tonic and prost only: a router embedding it compiles none of the server's
+//! backends.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), sidecred::client::ClientError> {
-//! use sidecred::client::Client;
+//! # async fn demo() -> Result<(), sidecred_client::ClientError> {
+//! use sidecred_client::Client;
 //! let client = Client::from_env().await?; // SIDECRED_SOCKET
 //! let session = client.session().await?;
 //! {
@@ -17,6 +19,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod retry;
 mod session;
@@ -25,7 +29,7 @@ pub use error::ClientError;
 pub use retry::RetryPolicy;
 pub use session::{Call, EventKind, PreviousVersion, Secret, SecretEvent, Session, Watch};
 
-use crate::api::pb::{self, broker_client::BrokerClient};
+use sidecred_proto::v1::{self as pb, broker_client::BrokerClient};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
