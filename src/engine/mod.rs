@@ -347,8 +347,10 @@ impl Engine {
         } else {
             None
         };
+        let hook = cat.config.server.test_hold_dir.as_deref();
         let recorded = session.gate.record(call_key, || {
             let mut t = self.leases.lock().expect("poisoned");
+            test_panic(hook);
             let again = (req.call_id.is_none() && req.version.is_none())
                 .then(|| t.reusable(&session.meta.id, &spec.name, &entry.version, now))
                 .flatten()
@@ -812,6 +814,14 @@ async fn test_hold(dir: &std::path::Path) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The panic hook (`server.test_hold_dir`): panics while `<dir>/panic` exists, at a point where
+/// the request holds the session's gate and the lease table, to prove a panic poisons nothing.
+fn test_panic(dir: Option<&std::path::Path>) {
+    if dir.is_some_and(|d| d.join("panic").exists()) {
+        panic!("test hook: panic while recording a lease");
     }
 }
 

@@ -94,6 +94,15 @@ impl Entry {
 pub type FetchResult = Result<Arc<Entry>, BackendError>;
 type Inflight = Shared<BoxFuture<'static, FetchResult>>;
 
+/// Removes a key from the in-flight table when its fetch ends or unwinds.
+struct InflightDone(Arc<Cache>, CacheKey);
+
+impl Drop for InflightDone {
+    fn drop(&mut self) {
+        self.0.inflight.lock().expect("poisoned").remove(&self.1);
+    }
+}
+
 #[derive(Default)]
 pub struct Cache {
     entries: Mutex<HashMap<CacheKey, Arc<Entry>>>,
@@ -135,6 +144,9 @@ impl Cache {
                     let cache = self.clone();
                     let k = key.clone();
                     let fut = async move {
+                        // Leaves the in-flight table however the fetch ends, a panic included:
+                        // a stuck entry would hand every later caller the same dead future.
+                        let _done = InflightDone(cache.clone(), k.clone());
                         let r = fetch.await;
                         if let (Ok(e), true) = (&r, store) {
                             cache
@@ -143,7 +155,6 @@ impl Cache {
                                 .expect("poisoned")
                                 .insert(k.clone(), e.clone());
                         }
-                        cache.inflight.lock().expect("poisoned").remove(&k);
                         r
                     }
                     .boxed()
@@ -325,6 +336,35 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_does_not_stick() {
+        let cache = Arc::new(Cache::default());
+        let c = cache.clone();
+        let panicked = tokio::spawn(async move {
+            let fetch = async { panic!("backend bug") }.boxed();
+            c.fetch_once(key(), fetch, true).await
+        })
+        .await;
+        assert!(panicked.unwrap_err().is_panic());
+        // The next caller gets a fetch of its own, not the dead one.
+        let now = SystemTime::now();
+        let fetch = async move {
+            Ok(Arc::new(Entry::new(
+                SecretBytes::new(b"v".to_vec()),
+                "2".into(),
+                now,
+                Duration::from_secs(60),
+                now,
+                None,
+                "dev".into(),
+            )))
+        }
+        .boxed();
+        let (r, leader) = cache.fetch_once(key(), fetch, true).await;
+        assert!(leader);
+        assert_eq!(r.unwrap().version, "2");
     }
 
     #[test]
