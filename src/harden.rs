@@ -8,11 +8,12 @@
 //!   page with reference counts, within the default memlock limit.
 #![allow(unsafe_code)]
 
+use parking_lot::Mutex;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
 /// Makes the process non-dumpable (no core files, no ptrace by same-uid peers) with core limit 0.
 pub fn harden_process() -> Result<(), String> {
@@ -139,7 +140,7 @@ pub fn lock(bytes: &[u8]) {
         return;
     }
     let page = page();
-    let mut locked = LOCKED.lock().expect("poisoned");
+    let mut locked = LOCKED.lock();
     for p in pages(bytes.as_ptr(), bytes.len(), page) {
         let n = locked.entry(p).or_insert(0);
         if *n == 0 {
@@ -164,7 +165,7 @@ pub fn unlock(bytes: &[u8]) {
         return;
     }
     let page = page();
-    let mut locked = LOCKED.lock().expect("poisoned");
+    let mut locked = LOCKED.lock();
     for p in pages(bytes.as_ptr(), bytes.len(), page) {
         if let Some(n) = locked.get_mut(&p) {
             *n -= 1;
@@ -187,7 +188,7 @@ pub fn install_page_locker() {
 
 /// Pages currently locked for secrets.
 pub fn locked_pages() -> usize {
-    LOCKED.lock().expect("poisoned").len()
+    LOCKED.lock().len()
 }
 
 #[cfg(test)]
@@ -231,7 +232,7 @@ mod tests {
     }
 
     fn uses(p: usize) -> u32 {
-        LOCKED.lock().unwrap().get(&p).copied().unwrap_or(0)
+        LOCKED.lock().get(&p).copied().unwrap_or(0)
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Prometheus metrics, exposed as text on a loopback TCP address or a Unix socket.
 //! Labels carry RPC names, status codes, backend and secret names — never values.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// RPCs counted by name; the index is the row in the request table.
@@ -105,27 +106,19 @@ impl Metrics {
     }
 
     pub fn backend_call(&self, backend: &str, op: &'static str, took: Duration) {
-        let mut m = self.backend.lock().expect("poisoned");
+        let mut m = self.backend.lock();
         m.entry((backend.to_string(), op))
             .or_default()
             .observe(took.as_secs_f64());
     }
 
     pub fn rotation(&self, secret: &str) {
-        *self
-            .rotations
-            .lock()
-            .expect("poisoned")
-            .entry(secret.to_string())
-            .or_default() += 1;
+        *self.rotations.lock().entry(secret.to_string()).or_default() += 1;
     }
 
     /// Time from a revocation's start to this sidecar acting on it.
     pub fn propagation(&self, lag: Duration) {
-        self.propagation
-            .lock()
-            .expect("poisoned")
-            .observe(lag.as_secs_f64());
+        self.propagation.lock().observe(lag.as_secs_f64());
     }
 
     pub fn render(&self, g: &Gauges) -> String {
@@ -178,7 +171,7 @@ impl Metrics {
             );
         }
         out.push_str("# HELP sidecred_rotations_total Rotations by secret.\n# TYPE sidecred_rotations_total counter\n");
-        for (s, n) in self.rotations.lock().expect("poisoned").iter() {
+        for (s, n) in self.rotations.lock().iter() {
             let _ = writeln!(
                 out,
                 "sidecred_rotations_total{{secret=\"{}\"}} {n}",
@@ -213,7 +206,7 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         out.push_str("# HELP sidecred_backend_call_seconds Backend call latency.\n# TYPE sidecred_backend_call_seconds histogram\n");
-        for ((b, op), h) in self.backend.lock().expect("poisoned").iter() {
+        for ((b, op), h) in self.backend.lock().iter() {
             h.render(
                 &mut out,
                 "sidecred_backend_call_seconds",
@@ -221,7 +214,7 @@ impl Metrics {
             );
         }
         out.push_str("# HELP sidecred_revocation_propagation_seconds Lag from a revocation to this sidecar enforcing it.\n# TYPE sidecred_revocation_propagation_seconds histogram\n");
-        self.propagation.lock().expect("poisoned").render(
+        self.propagation.lock().render(
             &mut out,
             "sidecred_revocation_propagation_seconds",
             "scope=\"fleet\"",

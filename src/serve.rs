@@ -205,7 +205,7 @@ pub async fn reload(engine: &Engine, path: &Path) {
             crate::metrics::METRICS
                 .config_reload_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            *engine.config_error.lock().expect("poisoned") = Some(e);
+            *engine.config_error.lock() = Some(e);
         }
     }
 }

@@ -3,9 +3,10 @@
 mod common;
 
 use common::*;
+use parking_lot::Mutex;
 use serde_json::Value;
 use sidecred::api::pb;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -59,7 +60,7 @@ async fn collector() -> (String, Arc<Mutex<Vec<Post>>>) {
                     }
                     let mut body = vec![0; len];
                     r.read_exact(&mut body).await.unwrap();
-                    store.lock().unwrap().push(Post {
+                    store.lock().push(Post {
                         line: line.trim_end().to_string(),
                         content_type,
                         body: String::from_utf8(body).unwrap(),
@@ -137,7 +138,7 @@ async fn rpc_spans_join_the_callers_trace_and_carry_no_values() {
 
     let end = Instant::now() + Duration::from_secs(10);
     let (get, open) = loop {
-        let got = spans(&posts.lock().unwrap());
+        let got = spans(&posts.lock());
         let rpc = |name: &str| {
             got.iter()
                 .find(|(_, s)| s["name"] == "rpc" && attr(s, "rpc") == Some(name))
@@ -171,7 +172,7 @@ async fn rpc_spans_join_the_callers_trace_and_carry_no_values() {
     assert_eq!(open["traceId"].as_str().unwrap().len(), 32);
     assert!(open.get("parentSpanId").is_none(), "{open}");
 
-    let posts = posts.lock().unwrap().clone();
+    let posts = posts.lock().clone();
     for p in &posts {
         assert!(p.line.starts_with("POST /v1/traces "), "{}", p.line);
         assert_eq!(p.content_type, "application/json");

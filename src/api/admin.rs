@@ -107,7 +107,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let caller = super::caller(&req)?;
         self.allow(&caller, Action::ListSessions, None).await?;
-        let leases = self.engine.leases.lock().expect("poisoned");
+        let leases = self.engine.leases.lock();
         let sessions = self
             .engine
             .sessions
@@ -173,7 +173,6 @@ impl Engine {
         let pending_retirements = self
             .rotations
             .lock()
-            .expect("poisoned")
             .values()
             .filter(|r| r.previous.is_some())
             .count() as u32;
@@ -181,18 +180,13 @@ impl Engine {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
             sessions: self.sessions.count() as u32,
-            leases: self.leases.lock().expect("poisoned").len() as u32,
+            leases: self.leases.lock().len() as u32,
             cached_values: self.cache.len() as u32,
             backends,
             pending_revocations: self.pending_count() as u32,
             pending_retirements,
             config_generation: cat.generation,
-            config_error: self
-                .config_error
-                .lock()
-                .expect("poisoned")
-                .clone()
-                .unwrap_or_default(),
+            config_error: self.config_error.lock().clone().unwrap_or_default(),
             revoked_sessions: self.sessions.revoked_count() as u32,
             locked_pages: crate::harden::locked_pages() as u32,
             lock_failures: crate::harden::lock_failures(),

@@ -93,6 +93,9 @@ impl ApiError {
                 "session `{id}` was revoked at {} ({reason})",
                 crate::clock::unix_secs(at)
             )),
+            SessionError::RevokedElsewhere => {
+                ApiError::SessionRevoked(format!("session `{id}` was revoked"))
+            }
             SessionError::Expired => {
                 ApiError::SessionExpired(format!("session `{id}` has expired"))
             }

@@ -5,12 +5,12 @@ use super::{check_options, Backend, BackendError, BackendLease, FetchRequest, Fe
 use crate::config::SecretSpec;
 use crate::secret::SecretBytes;
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 use zeroize::Zeroize;
 
@@ -144,7 +144,7 @@ impl DevBackend {
     }
 
     fn read(&self, spec: &SecretSpec, version: Option<&str>) -> Result<Fetched, BackendError> {
-        let store = self.store.lock().expect("dev store poisoned");
+        let store = self.store.lock();
         let v = store.get(&spec.path).ok_or_else(|| {
             BackendError::NotFound(format!("{}: no secret at path `{}`", self.name, spec.path))
         })?;
@@ -196,10 +196,7 @@ impl Backend for DevBackend {
         if Self::is_dynamic(req.spec) {
             let n = self.lease_seq.fetch_add(1, Ordering::Relaxed) + 1;
             let id = format!("{}/{}/{}", self.name, req.spec.path, n);
-            self.live_leases
-                .lock()
-                .expect("poisoned")
-                .insert(id.clone());
+            self.live_leases.lock().insert(id.clone());
             return Ok(Fetched {
                 value: random_value(),
                 version: n.to_string(),
@@ -224,7 +221,7 @@ impl Backend for DevBackend {
                 spec.name
             )));
         }
-        let mut store = self.store.lock().expect("poisoned");
+        let mut store = self.store.lock();
         let v = store.get_mut(&spec.path).ok_or_else(|| {
             BackendError::NotFound(format!("{}: no secret at path `{}`", self.name, spec.path))
         })?;
@@ -241,7 +238,7 @@ impl Backend for DevBackend {
     }
 
     async fn retire(&self, spec: &SecretSpec, version: &str) -> Result<(), BackendError> {
-        let mut store = self.store.lock().expect("poisoned");
+        let mut store = self.store.lock();
         if let (Some(v), Ok(n)) = (store.get_mut(&spec.path), version.parse::<usize>()) {
             if n >= 1 && n < v.values.len() {
                 v.values[n - 1] = None;
@@ -254,7 +251,7 @@ impl Backend for DevBackend {
         if Self::is_dynamic(spec) {
             return Ok(None);
         }
-        let store = self.store.lock().expect("poisoned");
+        let store = self.store.lock();
         Ok(store.get(&spec.path).map(|v| v.values.len().to_string()))
     }
 
@@ -267,13 +264,13 @@ impl Backend for DevBackend {
         lease: &BackendLease,
         _h: Option<&super::SessionHandle>,
     ) -> Result<(), BackendError> {
-        self.live_leases.lock().expect("poisoned").remove(&lease.id);
+        self.live_leases.lock().remove(&lease.id);
         Ok(())
     }
 
     async fn health(&self) -> Result<String, BackendError> {
-        let secrets = self.store.lock().expect("poisoned").len();
-        let leases = self.live_leases.lock().expect("poisoned").len();
+        let secrets = self.store.lock().len();
+        let leases = self.live_leases.lock().len();
         Ok(format!(
             "{secrets} secrets, {leases} live dynamic leases, {} fetches",
             self.fetch_count()

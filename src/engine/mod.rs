@@ -24,9 +24,10 @@ use crate::metrics::{Gauges, METRICS};
 use crate::rotation::RotationState;
 use crate::session::{new_id, Gate, Owner, Session, Sessions};
 use futures::FutureExt;
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
 
@@ -159,20 +160,20 @@ impl Engine {
 
     /// The current config and backends (one snapshot per request).
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().expect("poisoned").clone()
+        self.catalog.read().clone()
     }
 
     /// Swaps in a reloaded catalog; open sessions and leases carry over.
     pub fn swap_catalog(&self, c: Catalog) {
-        *self.catalog.write().expect("poisoned") = Arc::new(c);
-        *self.config_error.lock().expect("poisoned") = None;
+        *self.catalog.write() = Arc::new(c);
+        *self.config_error.lock() = None;
     }
 
     /// Gauges for a metrics scrape.
     pub fn gauges(&self) -> Gauges {
         Gauges {
             sessions: self.sessions.count() as u64,
-            leases: self.leases.lock().expect("poisoned").len() as u64,
+            leases: self.leases.lock().len() as u64,
             cached_values: self.cache.len() as u64,
             watches: self.watch_count() as u64,
             journal_backlog: self.pending_count() as u64,
@@ -187,7 +188,6 @@ impl Engine {
     fn calls_counter(&self, backend: &str) -> Arc<AtomicU64> {
         self.backend_calls
             .lock()
-            .expect("poisoned")
             .entry(backend.to_string())
             .or_default()
             .clone()
@@ -349,7 +349,7 @@ impl Engine {
         };
         let hook = cat.config.server.test_hold_dir.as_deref();
         let recorded = session.gate.record(call_key, || {
-            let mut t = self.leases.lock().expect("poisoned");
+            let mut t = self.leases.lock();
             test_panic(hook);
             let again = (req.call_id.is_none() && req.version.is_none())
                 .then(|| t.reusable(&session.meta.id, &spec.name, &entry.version, now))
@@ -397,7 +397,7 @@ impl Engine {
         ev.lease = Some(&lease_id);
         ev.call = req.call_id;
         if let Err(e) = self.audit.record(ev).await {
-            self.leases.lock().expect("poisoned").remove(&lease_id);
+            self.leases.lock().remove(&lease_id);
             return Err(ApiError::Unavailable(e.to_string()));
         }
         let hold = match session.gate.reply(call_key).await {
@@ -405,7 +405,7 @@ impl Engine {
             Err(e) => {
                 // Released meanwhile: this request's lease goes too (a closed session's
                 // leases are teardown's).
-                let mine = self.leases.lock().expect("poisoned").remove(&lease_id);
+                let mine = self.leases.lock().remove(&lease_id);
                 if let Some(l) = mine {
                     self.end_lease(&l, "released").await;
                 }
@@ -435,7 +435,7 @@ impl Engine {
             return None;
         }
         let prev = {
-            let rot = self.rotations.lock().expect("poisoned");
+            let rot = self.rotations.lock();
             rot.get(&spec.name)?.previous_valid(now)?.clone()
         };
         let key = CacheKey {
@@ -544,12 +544,7 @@ impl Engine {
         let backend = cat.backend(&spec.backend)?;
         let spec = spec.clone();
         let meta = session.meta.clone();
-        let handle: Option<SessionHandle> = session
-            .handles
-            .lock()
-            .expect("poisoned")
-            .get(&spec.backend)
-            .cloned();
+        let handle: Option<SessionHandle> = session.handles.lock().get(&spec.backend).cloned();
         let caller = caller.clone();
         let call_id = match &key.scope {
             ScopeKey::Call(_, c) => Some(c.clone()),
@@ -648,7 +643,7 @@ impl Engine {
             .get(session_id, owner, self.now())
             .map_err(|e| ApiError::from_session(session_id, e))?;
         let lease = {
-            let mut t = self.leases.lock().expect("poisoned");
+            let mut t = self.leases.lock();
             match t.get(lease_id) {
                 Some(l) if l.session_id == session_id => t.remove(lease_id),
                 // Another session's lease looks like no lease at all.
@@ -675,7 +670,7 @@ impl Engine {
     pub(crate) async fn end_lease(&self, lease: &Lease, why: &str) {
         if let Some(key) = &lease.owned_entry {
             let shared_by_other = {
-                let t = self.leases.lock().expect("poisoned");
+                let t = self.leases.lock();
                 t.session_lease_ids(&lease.session_id).iter().any(|id| {
                     t.get(id)
                         .is_some_and(|l| l.owned_entry.as_ref() == Some(key))
@@ -721,7 +716,6 @@ impl Engine {
     pub fn subscribe(&self, secret: &str) -> broadcast::Receiver<WatchEvent> {
         self.watchers
             .lock()
-            .expect("poisoned")
             .entry(secret.to_string())
             .or_insert_with(|| broadcast::channel(64).0)
             .subscribe()
@@ -729,12 +723,12 @@ impl Engine {
 
     /// Open WatchSecret streams (each holds one receiver until its stream ends).
     pub fn watch_count(&self) -> usize {
-        let w = self.watchers.lock().expect("poisoned");
+        let w = self.watchers.lock();
         w.values().map(|tx| tx.receiver_count()).sum()
     }
 
     pub(crate) fn notify(&self, secret: &str, ev: WatchEvent) {
-        if let Some(tx) = self.watchers.lock().expect("poisoned").get(secret) {
+        if let Some(tx) = self.watchers.lock().get(secret) {
             let _ = tx.send(ev);
         }
     }
@@ -744,7 +738,6 @@ impl Engine {
         if let Some(v) = self
             .rotations
             .lock()
-            .expect("poisoned")
             .get(&spec.name)
             .and_then(|r| r.current.clone())
         {

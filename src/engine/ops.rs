@@ -85,7 +85,7 @@ impl Engine {
         // replies already let through are out. What exists now is all there will ever be.
         session.gate.close().await;
         self.sessions.remove(id);
-        let leases = self.leases.lock().expect("poisoned").remove_session(id);
+        let leases = self.leases.lock().remove_session(id);
         let entries = self.cache.remove_session(id);
         let mut report = RevocationReport::default();
         report
@@ -94,7 +94,7 @@ impl Engine {
         report
             .done
             .push(step("local", "cached values", entries.len() as u32, ""));
-        let handles = std::mem::take(&mut *session.handles.lock().expect("poisoned"));
+        let handles = std::mem::take(&mut *session.handles.lock());
         self.forget_session(id, &handles);
         let cat = self.catalog();
         for (name, handle) in &handles {
@@ -189,7 +189,7 @@ impl Engine {
             attempts: 0,
             next_at: self.now() + backoff(0),
         };
-        self.pending.lock().expect("poisoned").push(p);
+        self.pending.lock().push(p);
     }
 
     pub(crate) async fn queue_lease_revocation(
@@ -206,7 +206,7 @@ impl Engine {
     pub(crate) async fn retry_pending(&self) {
         let now = self.now();
         let due: Vec<Pending> = {
-            let mut p = self.pending.lock().expect("poisoned");
+            let mut p = self.pending.lock();
             let (due, later): (Vec<_>, Vec<_>) = p.drain(..).partition(|x| x.next_at <= now);
             *p = later;
             due
@@ -216,7 +216,7 @@ impl Engine {
             let Some(b) = cat.backends.get(&p.backend) else {
                 tracing::error!(backend = %p.backend, "pending revocation for a backend no longer configured; kept");
                 p.next_at = now + backoff(6);
-                self.pending.lock().expect("poisoned").push(p);
+                self.pending.lock().push(p);
                 continue;
             };
             let r = match &p.work {
@@ -238,7 +238,7 @@ impl Engine {
                     p.attempts += 1;
                     p.next_at = self.now() + backoff(p.attempts);
                     tracing::warn!(backend = %p.backend, attempts = p.attempts, error = %e, "revocation still pending");
-                    self.pending.lock().expect("poisoned").push(p);
+                    self.pending.lock().push(p);
                 }
             }
         }
@@ -247,6 +247,6 @@ impl Engine {
     /// Backend revocations and fleet publications not yet done.
     pub fn pending_count(&self) -> usize {
         let fleet = self.fleet.get().map_or(0, |f| f.pending_count());
-        self.pending.lock().expect("poisoned").len() + fleet
+        self.pending.lock().len() + fleet
     }
 }

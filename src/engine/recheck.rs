@@ -10,8 +10,9 @@ use super::{Engine, WatchEvent, WatchKind};
 use crate::backend::Backend;
 use crate::config::SecretSpec;
 use crate::lease::cache::{CacheKey, Entry, ScopeKey};
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// When each secret is next due, and which checks are running.
@@ -37,31 +38,25 @@ pub(crate) fn schedule(
 
 impl Rechecks {
     fn claim(&self, secret: &str, now: SystemTime, every: Duration) -> bool {
-        if self.running.lock().expect("poisoned").contains(secret) {
+        if self.running.lock().contains(secret) {
             return false;
         }
-        let mut next = self.next.lock().expect("poisoned");
+        let mut next = self.next.lock();
         let (due, at) = schedule(next.get(secret).copied(), now, every);
         next.insert(secret.to_string(), at);
         if due {
-            self.running
-                .lock()
-                .expect("poisoned")
-                .insert(secret.to_string());
+            self.running.lock().insert(secret.to_string());
         }
         due
     }
 
     fn done(&self, secret: &str) {
-        self.running.lock().expect("poisoned").remove(secret);
+        self.running.lock().remove(secret);
     }
 
     /// Forgets secrets that are no longer cached.
     fn retain(&self, live: &HashSet<String>) {
-        self.next
-            .lock()
-            .expect("poisoned")
-            .retain(|k, _| live.contains(k));
+        self.next.lock().retain(|k, _| live.contains(k));
     }
 }
 
@@ -125,7 +120,6 @@ impl Engine {
         }
         self.rotations
             .lock()
-            .expect("poisoned")
             .entry(spec.name.clone())
             .or_default()
             .current = Some(current.clone());
@@ -184,6 +178,6 @@ mod tests {
         r.done("s");
         assert!(r.claim("s", t(500), every));
         r.retain(&HashSet::new());
-        assert!(r.next.lock().unwrap().is_empty());
+        assert!(r.next.lock().is_empty());
     }
 }

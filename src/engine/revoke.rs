@@ -56,7 +56,7 @@ impl Engine {
                     self.sessions
                         .tombstone(&session, fleet::from_ms(at_ms), &reason);
                     if let Some(f) = self.fleet.get() {
-                        f.retries.lock().expect("poisoned").push(Retry {
+                        f.retries.lock().push(Retry {
                             tomb: Tombstone {
                                 session_id: session,
                                 at_ms,
@@ -82,7 +82,7 @@ impl Engine {
     }
 
     fn push_pending(&self, backend: String, work: PendingWork, now: SystemTime) {
-        self.pending.lock().expect("poisoned").push(Pending {
+        self.pending.lock().push(Pending {
             backend,
             work,
             attempts: 0,
@@ -281,7 +281,7 @@ impl Engine {
             }
             Some((s, e)) => {
                 tracing::warn!(session = %tomb.session_id, error = %e, "fleet revocation pending; retrying");
-                let mut q = f.retries.lock().expect("poisoned");
+                let mut q = f.retries.lock();
                 if !q.iter().any(|r| r.tomb.session_id == tomb.session_id) {
                     q.push(Retry {
                         tomb,
@@ -299,7 +299,7 @@ impl Engine {
     async fn retry_publish(&self, f: &Fleet, store: &dyn Store) {
         let now = self.now();
         let due: Vec<Retry> = {
-            let mut q = f.retries.lock().expect("poisoned");
+            let mut q = f.retries.lock();
             let (due, later) = q.drain(..).partition(|r| r.next_at <= now);
             *q = later;
             due
@@ -316,7 +316,7 @@ impl Engine {
                     r.attempts += 1;
                     r.next_at = self.now() + backoff(r.attempts).min(Duration::from_secs(10));
                     tracing::warn!(session = %r.tomb.session_id, attempts = r.attempts, error = %e, "fleet revocation still pending");
-                    f.retries.lock().expect("poisoned").push(r);
+                    f.retries.lock().push(r);
                 }
             }
         }

@@ -23,8 +23,8 @@ use crate::clock::{from_millis, unix_millis};
 use crate::config::SecretSpec;
 use crate::lease::cache::{CacheKey, ScopeKey};
 use crate::secret::SecretBytes;
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 #[derive(Clone, Debug)]
@@ -169,7 +169,6 @@ impl Engine {
     fn current_epoch(&self, name: &str) -> String {
         self.rotations
             .lock()
-            .expect("poisoned")
             .get(name)
             .and_then(|r| r.current.clone())
             .unwrap_or_else(|| "r0".into())
@@ -187,7 +186,7 @@ impl Engine {
         let name = &spec.name;
         let now = self.now();
         let (applied, prev) = {
-            let mut rot = self.rotations.lock().expect("poisoned");
+            let mut rot = self.rotations.lock();
             let st = rot.entry(name.clone()).or_default();
             let a = st.apply_until(old.clone(), new.to_string(), now, retires_at);
             (a, st.previous_valid(now).cloned())
@@ -213,7 +212,7 @@ impl Engine {
                     backend: e.backend.clone(),
                     id: lease.id.clone(),
                 });
-                self.rotation.held.lock().expect("poisoned").push(Held {
+                self.rotation.held.lock().push(Held {
                     secret: name.clone(),
                     epoch: epoch.clone(),
                     backend: e.backend.clone(),
@@ -259,7 +258,7 @@ impl Engine {
     /// Retires a previous version: gone at the backend and from the cache, watchers told.
     pub(crate) async fn retire(&self, name: &str, version: &str) {
         let held: Vec<Held> = {
-            let mut h = self.rotation.held.lock().expect("poisoned");
+            let mut h = self.rotation.held.lock();
             let (mine, rest) = std::mem::take(&mut *h)
                 .into_iter()
                 .partition(|x| x.secret == name && x.epoch == version);
@@ -315,7 +314,7 @@ impl Engine {
     }
 
     async fn journal_retirement(&self, line: Line) {
-        let app = self.rotation.journal.lock().expect("poisoned").clone();
+        let app = self.rotation.journal.lock().clone();
         if let Some(app) = app {
             if let Err(e) = app.append(retirements::encode(&line)).await {
                 tracing::error!(error = %e, "cannot write the retirement journal; a restart would lose this grace window");
@@ -329,7 +328,7 @@ impl Engine {
         let (r, app) = retirements::open(state_dir)
             .await
             .map_err(|e| format!("{}: {e}", retirements::path(state_dir).display()))?;
-        *self.rotation.journal.lock().expect("poisoned") = Some(app);
+        *self.rotation.journal.lock() = Some(app);
         let now = self.now();
         let n = r.open.len() + r.superseded.len();
         for line in r.superseded.into_iter().chain(r.open) {
@@ -345,7 +344,7 @@ impl Engine {
             };
             tracing::info!(secret = %secret, version = %version, "resuming grace window from the journal");
             {
-                let mut h = self.rotation.held.lock().expect("poisoned");
+                let mut h = self.rotation.held.lock();
                 for l in leases {
                     h.push(Held {
                         secret: secret.clone(),
@@ -363,7 +362,6 @@ impl Engine {
             let applied = self
                 .rotations
                 .lock()
-                .expect("poisoned")
                 .entry(secret.clone())
                 .or_default()
                 .apply_until(

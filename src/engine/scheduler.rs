@@ -14,9 +14,10 @@ use crate::backend::{Backend, BackendError};
 use crate::clock::{from_millis, unix_millis};
 use crate::config::SecretSpec;
 use crate::schedule::Schedule;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// How often a sidecar re-reads a slot another sidecar has claimed.
@@ -94,7 +95,7 @@ impl Scheduler {
     /// A secret seen for the first time starts at the next boundary: starting a sidecar never
     /// rotates by itself.
     fn due(&self, name: &str, s: &Schedule, now: SystemTime) -> Option<SystemTime> {
-        let mut next = self.next.lock().expect("poisoned");
+        let mut next = self.next.lock();
         let e = next
             .entry(name.to_string())
             .or_insert_with(|| (s.clone(), s.next_after(now)));
@@ -102,18 +103,14 @@ impl Scheduler {
             *e = (s.clone(), s.next_after(now));
         }
         let slot = e.1.filter(|t| now >= *t)?;
-        self.running
-            .lock()
-            .expect("poisoned")
-            .insert(name.to_string())
-            .then_some(slot)
+        self.running.lock().insert(name.to_string()).then_some(slot)
     }
 
     fn finish(&self, name: &str, s: &Schedule, slot: SystemTime, now: SystemTime) {
-        if let Some(e) = self.next.lock().expect("poisoned").get_mut(name) {
+        if let Some(e) = self.next.lock().get_mut(name) {
             e.1 = s.next_after(slot.max(now));
         }
-        self.running.lock().expect("poisoned").remove(name);
+        self.running.lock().remove(name);
     }
 }
 

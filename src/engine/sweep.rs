@@ -35,7 +35,7 @@ impl Engine {
     /// One pass of housekeeping.
     pub async fn sweep(&self) {
         let now = self.now();
-        let expired = self.leases.lock().expect("poisoned").take_expired(now);
+        let expired = self.leases.lock().take_expired(now);
         for l in expired {
             self.end_lease(&l, "expired").await;
             let mut ev = crate::audit::AuditEvent::new("lease_expire", "ok");
@@ -65,7 +65,7 @@ impl Engine {
         }
         self.renew_due().await;
         let due: Vec<(String, String)> = {
-            let mut rot = self.rotations.lock().expect("poisoned");
+            let mut rot = self.rotations.lock();
             rot.iter_mut()
                 .filter_map(|(n, st)| st.take_expired(now).map(|v| (n.clone(), v)))
                 .collect()

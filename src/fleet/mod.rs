@@ -16,10 +16,10 @@ pub use watch::{plan, Plan};
 use crate::backend::BackendError;
 use crate::engine::Step;
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// KV v2 access under the fleet prefix, plus token revocation by accessor. Keys are relative
@@ -177,6 +177,6 @@ impl Fleet {
     }
 
     pub fn pending_count(&self) -> usize {
-        self.retries.lock().expect("poisoned").len()
+        self.retries.lock().len()
     }
 }

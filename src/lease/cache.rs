@@ -5,9 +5,10 @@ use crate::backend::{BackendError, BackendLease};
 use crate::clock::{from_millis, unix_millis};
 use crate::secret::SecretBytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Who may share a cached value.
@@ -99,7 +100,7 @@ struct InflightDone(Arc<Cache>, CacheKey);
 
 impl Drop for InflightDone {
     fn drop(&mut self) {
-        self.0.inflight.lock().expect("poisoned").remove(&self.1);
+        self.0.inflight.lock().remove(&self.1);
     }
 }
 
@@ -119,7 +120,7 @@ pub enum Lookup {
 
 impl Cache {
     pub fn lookup(&self, key: &CacheKey, now: SystemTime, stale_window: Duration) -> Lookup {
-        let entries = self.entries.lock().expect("poisoned");
+        let entries = self.entries.lock();
         match entries.get(key) {
             Some(e) if now < e.fresh_until() => Lookup::Fresh(e.clone()),
             Some(e) if now < e.fresh_until() + stale_window => Lookup::Stale(e.clone()),
@@ -137,7 +138,7 @@ impl Cache {
         store: bool,
     ) -> (FetchResult, bool) {
         let (fut, leader) = {
-            let mut inflight = self.inflight.lock().expect("poisoned");
+            let mut inflight = self.inflight.lock();
             match inflight.get(&key) {
                 Some(f) => (f.clone(), false),
                 None => {
@@ -149,11 +150,7 @@ impl Cache {
                         let _done = InflightDone(cache.clone(), k.clone());
                         let r = fetch.await;
                         if let (Ok(e), true) = (&r, store) {
-                            cache
-                                .entries
-                                .lock()
-                                .expect("poisoned")
-                                .insert(k.clone(), e.clone());
+                            cache.entries.lock().insert(k.clone(), e.clone());
                         }
                         r
                     }
@@ -168,16 +165,16 @@ impl Cache {
     }
 
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
-        self.entries.lock().expect("poisoned").insert(key, entry);
+        self.entries.lock().insert(key, entry);
     }
 
     pub fn remove(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.entries.lock().expect("poisoned").remove(key)
+        self.entries.lock().remove(key)
     }
 
     /// Removes the entry only if it is still `entry` (not replaced by a newer fetch).
     pub fn remove_if_same(&self, key: &CacheKey, entry: &Arc<Entry>) -> bool {
-        let mut entries = self.entries.lock().expect("poisoned");
+        let mut entries = self.entries.lock();
         if entries.get(key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             entries.remove(key);
             return true;
@@ -187,7 +184,7 @@ impl Cache {
 
     /// Shared entries of current versions (not pinned ones): what change detection re-validates.
     pub fn shared_current(&self) -> Vec<(CacheKey, Arc<Entry>)> {
-        let entries = self.entries.lock().expect("poisoned");
+        let entries = self.entries.lock();
         entries
             .iter()
             .filter(|(k, _)| k.scope == ScopeKey::Shared && k.version.is_none())
@@ -198,7 +195,7 @@ impl Cache {
     /// Removes every entry of one secret (all scopes) and returns them: a rotation of a
     /// secret issued per read replaces them all at their next read.
     pub fn take_secret(&self, secret: &str) -> Vec<(CacheKey, Arc<Entry>)> {
-        let mut entries = self.entries.lock().expect("poisoned");
+        let mut entries = self.entries.lock();
         let keys: Vec<CacheKey> = entries
             .keys()
             .filter(|k| k.secret == secret)
@@ -212,7 +209,7 @@ impl Cache {
     /// Evicts the current-version entries of one secret in every scope (pinned versions stay):
     /// after a rotation each holder gets the new version at its next read.
     pub fn remove_current(&self, secret: &str) -> usize {
-        let mut entries = self.entries.lock().expect("poisoned");
+        let mut entries = self.entries.lock();
         let before = entries.len();
         entries.retain(|k, _| !(k.secret == secret && k.version.is_none()));
         before - entries.len()
@@ -221,11 +218,11 @@ impl Cache {
     /// After a rotation: waits for a read of `key` that was already in flight (it may carry
     /// the version before the rotation), then evicts whatever is cached unless it is `version`.
     pub async fn settle(&self, key: &CacheKey, version: &str) {
-        let inflight = self.inflight.lock().expect("poisoned").get(key).cloned();
+        let inflight = self.inflight.lock().get(key).cloned();
         if let Some(f) = inflight {
             let _ = f.await;
         }
-        let mut entries = self.entries.lock().expect("poisoned");
+        let mut entries = self.entries.lock();
         if entries.get(key).is_some_and(|e| e.version != version) {
             entries.remove(key);
         }
@@ -233,7 +230,7 @@ impl Cache {
 
     /// Evicts every entry of one secret, optionally only one version.
     pub fn remove_secret(&self, secret: &str, version: Option<&str>) -> usize {
-        let mut entries = self.entries.lock().expect("poisoned");
+        let mut entries = self.entries.lock();
         let before = entries.len();
         entries.retain(|k, e| !(k.secret == secret && version.is_none_or(|v| e.version == v)));
         before - entries.len()
@@ -241,7 +238,7 @@ impl Cache {
 
     /// Evicts every entry scoped to a session (its own and its calls').
     pub fn remove_session(&self, session: &str) -> Vec<Arc<Entry>> {
-        let mut entries = self.entries.lock().expect("poisoned");
+        let mut entries = self.entries.lock();
         let keys: Vec<CacheKey> = entries
             .keys()
             .filter(|k| match &k.scope {
@@ -255,7 +252,7 @@ impl Cache {
 
     /// Evicts entries past their stale window; returns them so backend leases can be revoked.
     pub fn evict_dead(&self, now: SystemTime, stale_window: Duration) -> Vec<Arc<Entry>> {
-        let mut entries = self.entries.lock().expect("poisoned");
+        let mut entries = self.entries.lock();
         let keys: Vec<CacheKey> = entries
             .iter()
             .filter(|(_, e)| now >= e.fresh_until() + stale_window)
@@ -266,7 +263,7 @@ impl Cache {
 
     /// Entries holding renewable backend leases whose renewal time has come.
     pub fn due_for_renewal(&self, now: SystemTime) -> Vec<(CacheKey, Arc<Entry>)> {
-        let entries = self.entries.lock().expect("poisoned");
+        let entries = self.entries.lock();
         entries
             .iter()
             .filter(|(_, e)| {
@@ -277,7 +274,7 @@ impl Cache {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("poisoned").len()
+        self.entries.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -380,7 +377,7 @@ mod tests {
             None,
             "dev".into(),
         );
-        cache.entries.lock().unwrap().insert(key(), Arc::new(e));
+        cache.entries.lock().insert(key(), Arc::new(e));
         let w = Duration::from_secs(5);
         let at = |s| t0 + Duration::from_secs(s);
         assert!(matches!(cache.lookup(&key(), at(9), w), Lookup::Fresh(_)));

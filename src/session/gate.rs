@@ -6,8 +6,9 @@
 //! it is open. Closing flips the gate under the lock, then waits for the replies already let
 //! through; after that, nothing new can appear and teardown removes what exists.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 /// Why the gate refused.
@@ -69,13 +70,13 @@ impl State {
 
 impl Gate {
     pub fn is_open(&self) -> bool {
-        !self.state.lock().expect("poisoned").closed
+        !self.state.lock().closed
     }
 
     /// Checks a call id before any backend work, counting it against `max` distinct calls.
     /// Returns the release count the request carries from now on.
     pub fn admit_call(&self, call: &str, secret: &str, max: usize) -> Result<u64, GateError> {
-        let mut st = self.state.lock().expect("poisoned");
+        let mut st = self.state.lock();
         st.check(None)?;
         if !st.calls.contains(call) {
             if st.calls.len() >= max {
@@ -89,7 +90,7 @@ impl Gate {
     /// Runs `record` (a lease or cache insert) only while the session, and the call's lease of
     /// this secret, are still open; the lock makes the check and the insert one step.
     pub fn record<T>(&self, call: CallKey<'_>, record: impl FnOnce() -> T) -> Result<T, GateError> {
-        let st = self.state.lock().expect("poisoned");
+        let st = self.state.lock();
         st.check(call)?;
         Ok(record())
     }
@@ -98,14 +99,14 @@ impl Gate {
     /// Closing (or releasing) waits for guards taken before it.
     pub async fn reply(&self, call: CallKey<'_>) -> Result<OwnedRwLockReadGuard<()>, GateError> {
         let guard = self.replies.clone().read_owned().await;
-        self.state.lock().expect("poisoned").check(call)?;
+        self.state.lock().check(call)?;
         Ok(guard)
     }
 
     /// Ends the session: nothing is recorded or replied from now on. Returns once the replies
     /// that passed the gate earlier are out. False if it was already closed.
     pub async fn close(&self) -> bool {
-        let first = !std::mem::replace(&mut self.state.lock().expect("poisoned").closed, true);
+        let first = !std::mem::replace(&mut self.state.lock().closed, true);
         drop(self.replies.write().await);
         first
     }
@@ -117,7 +118,6 @@ impl Gate {
         *self
             .state
             .lock()
-            .expect("poisoned")
             .released
             .entry((call.to_string(), secret.to_string()))
             .or_default() += 1;
@@ -126,7 +126,7 @@ impl Gate {
 
     /// Takes one of at most `max` watch slots; the slot frees itself when dropped.
     pub fn watch(self: &Arc<Self>, max: usize) -> Result<WatchSlot, GateError> {
-        let mut st = self.state.lock().expect("poisoned");
+        let mut st = self.state.lock();
         st.check(None)?;
         if st.watches >= max {
             return Err(GateError::TooManyWatches(max));
@@ -141,7 +141,7 @@ pub struct WatchSlot(Arc<Gate>);
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        let mut st = self.0.state.lock().expect("poisoned");
+        let mut st = self.0.state.lock();
         st.watches = st.watches.saturating_sub(1);
     }
 }

@@ -9,9 +9,10 @@ mod gate;
 pub use gate::{Gate, GateError};
 
 use crate::backend::{SessionHandle, SessionMeta};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Who opened a session: the caller's uid and the policy rule that admitted it, and, where that
@@ -46,6 +47,8 @@ pub enum SessionError {
         at: SystemTime,
         reason: String,
     },
+    /// Revoked through another sidecar; it was never open here.
+    RevokedElsewhere,
     Expired,
 }
 
@@ -66,10 +69,7 @@ pub struct Sessions {
 impl Sessions {
     pub fn insert(&self, s: Session) -> Arc<Session> {
         let s = Arc::new(s);
-        self.open
-            .lock()
-            .expect("poisoned")
-            .insert(s.meta.id.clone(), s.clone());
+        self.open.lock().insert(s.meta.id.clone(), s.clone());
         s
     }
 
@@ -81,19 +81,21 @@ impl Sessions {
         owner: &Owner,
         now: SystemTime,
     ) -> Result<Arc<Session>, SessionError> {
-        if let Some(t) = self.revoked.lock().expect("poisoned").get(id) {
+        if let Some(t) = self.revoked.lock().get(id) {
             return Err(match &t.owner {
                 Some(o) if o == owner => SessionError::Revoked {
                     at: t.at,
                     reason: t.reason.clone(),
                 },
-                _ => SessionError::NotOpen,
+                Some(_) => SessionError::NotOpen,
+                // Revoked in the fleet, never open here: refused as revoked, with no owner
+                // or reason to give away.
+                None => SessionError::RevokedElsewhere,
             });
         }
         let s = self
             .open
             .lock()
-            .expect("poisoned")
             .get(id)
             .cloned()
             .ok_or(SessionError::NotOpen)?;
@@ -108,18 +110,18 @@ impl Sessions {
 
     /// Open sessions of one identity (for the per-identity cap).
     pub fn count_owned(&self, owner: &Owner) -> usize {
-        let open = self.open.lock().expect("poisoned");
+        let open = self.open.lock();
         open.values().filter(|s| &s.owner == owner).count()
     }
 
     /// The open session with this id, whoever owns it (admin and housekeeping paths).
     pub fn find(&self, id: &str) -> Option<Arc<Session>> {
-        self.open.lock().expect("poisoned").get(id).cloned()
+        self.open.lock().get(id).cloned()
     }
 
     /// Removes a session (close or revoke); the caller revokes what it held.
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
-        self.open.lock().expect("poisoned").remove(id)
+        self.open.lock().remove(id)
     }
 
     /// Marks a session revoked from now on; returns false if it already was. The owner comes
@@ -128,7 +130,6 @@ impl Sessions {
         let owner = self.find(id).map(|s| s.owner.clone());
         self.revoked
             .lock()
-            .expect("poisoned")
             .insert(
                 id.to_string(),
                 Tombstone {
@@ -142,22 +143,22 @@ impl Sessions {
 
     /// A backend's handle for an open session.
     pub fn handle(&self, id: &str, backend: &str) -> Option<SessionHandle> {
-        let s = self.open.lock().expect("poisoned").get(id).cloned()?;
-        let h = s.handles.lock().expect("poisoned").get(backend).cloned();
+        let s = self.open.lock().get(id).cloned()?;
+        let h = s.handles.lock().get(backend).cloned();
         h
     }
 
     /// Undoes a tombstone set for an id that turned out to be unknown.
     pub fn untombstone(&self, id: &str) {
-        self.revoked.lock().expect("poisoned").remove(id);
+        self.revoked.lock().remove(id);
     }
 
     pub fn is_revoked(&self, id: &str) -> bool {
-        self.revoked.lock().expect("poisoned").contains_key(id)
+        self.revoked.lock().contains_key(id)
     }
 
     pub fn expired(&self, now: SystemTime) -> Vec<String> {
-        let open = self.open.lock().expect("poisoned");
+        let open = self.open.lock();
         open.values()
             .filter(|s| now >= s.expires_at)
             .map(|s| s.meta.id.clone())
@@ -165,31 +166,22 @@ impl Sessions {
     }
 
     pub fn list(&self) -> Vec<Arc<Session>> {
-        let mut v: Vec<_> = self
-            .open
-            .lock()
-            .expect("poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = self.open.lock().values().cloned().collect();
         v.sort_by_key(|s| s.opened_at);
         v
     }
 
     pub fn count(&self) -> usize {
-        self.open.lock().expect("poisoned").len()
+        self.open.lock().len()
     }
 
     pub fn revoked_count(&self) -> usize {
-        self.revoked.lock().expect("poisoned").len()
+        self.revoked.lock().len()
     }
 
     /// Drops tombstones older than `before` (a revoked id is random and never reused).
     pub fn prune_tombstones(&self, before: SystemTime) {
-        self.revoked
-            .lock()
-            .expect("poisoned")
-            .retain(|_, t| t.at >= before);
+        self.revoked.lock().retain(|_, t| t.at >= before);
     }
 }
 

@@ -3,8 +3,9 @@
 //! Self-contained, so it can be included with `#[path]` or from `common`.
 #![allow(dead_code)]
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -81,21 +82,17 @@ impl FaultProxy {
     /// Requests received for one operation (e.g. "GetSecretValue"; "other" for requests without
     /// X-Amz-Target, such as STS query calls), faulted ones included.
     pub fn count(&self, op: &str) -> u64 {
-        *self.state.counts.lock().unwrap().get(op).unwrap_or(&0)
+        *self.state.counts.lock().get(op).unwrap_or(&0)
     }
 
     /// Answers the next requests with these faults, in order.
     pub fn fail_next(&self, faults: &[Fault]) {
-        self.state
-            .queued
-            .lock()
-            .unwrap()
-            .extend(faults.iter().cloned());
+        self.state.queued.lock().extend(faults.iter().cloned());
     }
 
     /// Answers every request with this fault (None: forward again).
     pub fn fail_always(&self, f: Option<Fault>) {
-        *self.state.always.lock().unwrap() = f;
+        *self.state.always.lock() = f;
     }
 }
 
@@ -155,13 +152,12 @@ async fn serve(mut conn: TcpStream, upstream: u16, st: Arc<ProxyState>) {
         let op = header(&head, "x-amz-target")
             .and_then(|t| t.rsplit('.').next().map(str::to_string))
             .unwrap_or_else(|| "other".into());
-        *st.counts.lock().unwrap().entry(op).or_default() += 1;
+        *st.counts.lock().entry(op).or_default() += 1;
         let fault = st
             .queued
             .lock()
-            .unwrap()
             .pop_front()
-            .or_else(|| st.always.lock().unwrap().clone());
+            .or_else(|| st.always.lock().clone());
         if let Some(f) = fault {
             let (status, body) = match f {
                 Fault::Hang => {

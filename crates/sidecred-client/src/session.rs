@@ -3,10 +3,11 @@
 //! effort. Call `close()` / `release()` to await the outcome and see errors.
 
 use super::{Client, ClientError};
+use parking_lot::Mutex;
 use sidecred_proto::v1 as pb;
 use sidecred_secret::SecretBytes;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// One credential and its lease. Debug shows names, versions and ids, never the value.
@@ -218,10 +219,7 @@ impl Call {
     /// A credential leased to this call.
     pub async fn get_secret(&self, name: &str) -> Result<Secret, ClientError> {
         let s = self.session.get(name, &self.call_id).await?;
-        self.leases
-            .lock()
-            .expect("poisoned")
-            .push(s.lease_id.clone());
+        self.leases.lock().push(s.lease_id.clone());
         Ok(s)
     }
 
@@ -233,7 +231,7 @@ impl Call {
     }
 
     fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.leases.lock().expect("poisoned"))
+        std::mem::take(&mut *self.leases.lock())
     }
 }
 

@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_secretsmanager::Client;
 use client::{classify, describe_error};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::Duration;
 
 const CURRENT: &str = "AWSCURRENT";
@@ -139,7 +139,6 @@ impl AwsBackend {
     fn is_retired(&self, path: &str, version: &str) -> bool {
         self.retired
             .lock()
-            .expect("poisoned")
             .get(path)
             .is_some_and(|s| s.contains(version))
     }
@@ -351,7 +350,6 @@ impl Backend for AwsBackend {
     async fn retire(&self, spec: &SecretSpec, version: &str) -> Result<(), BackendError> {
         self.retired
             .lock()
-            .expect("poisoned")
             .entry(spec.path.clone())
             .or_default()
             .insert(version.to_string());

@@ -7,11 +7,12 @@ use super::issuer::{self, CaCert, CsrAsk, Leaf, LeafSpec};
 use super::jwt::JwtKey;
 use super::timing::{self, Slot};
 use crate::backend::BackendError;
+use parking_lot::RwLock;
 use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
@@ -151,7 +152,7 @@ impl Authority {
     }
 
     fn signer_ca(&self, now: SystemTime) -> Result<Arc<CaCert>, BackendError> {
-        let st = self.state.read().expect("poisoned");
+        let st = self.state.read();
         let id = timing::signer(&st.slots, now)
             .ok_or_else(|| BackendError::Unavailable(format!("{}: no CA", self.settings.name)))?;
         st.cas
@@ -162,14 +163,13 @@ impl Authority {
     }
 
     pub fn signer_id(&self, now: SystemTime) -> Option<u64> {
-        timing::signer(&self.state.read().expect("poisoned").slots, now)
+        timing::signer(&self.state.read().slots, now)
     }
 
     fn record(&self, session: Option<&str>, leaf: &Leaf) {
         if let Some(s) = session {
             self.state
                 .write()
-                .expect("poisoned")
                 .sessions
                 .entry(s.to_string())
                 .or_default()
@@ -231,7 +231,7 @@ impl Authority {
 
     /// The trust bundle, the current CRLs and when the signer next changes on its own.
     pub fn view(&self, now: SystemTime) -> View {
-        let st = self.state.read().expect("poisoned");
+        let st = self.state.read();
         let trusted = timing::trusted(&st.slots);
         let bundle = st
             .cas
@@ -248,7 +248,7 @@ impl Authority {
     }
 
     pub fn is_revoked(&self, serial: &[u8]) -> bool {
-        self.state.read().expect("poisoned").deny.contains(serial)
+        self.state.read().deny.contains(serial)
     }
 
     /// Starts a rotation: the new CA joins the bundle now and signs from `now + stage`.
@@ -257,10 +257,10 @@ impl Authority {
         pem: Option<&[u8]>,
         now: SystemTime,
     ) -> Result<(u64, Option<u64>), BackendError> {
-        let id = self.state.read().expect("poisoned").next_id;
+        let id = self.state.read().next_id;
         let ca = Self::make_ca(&self.settings, id, pem, now).map_err(BackendError::Invalid)?;
         let prev = {
-            let mut st = self.state.write().expect("poisoned");
+            let mut st = self.state.write();
             let prev = timing::signer(&st.slots, now);
             st.next_id = st.next_id.max(id + 1);
             st.cas.push(Arc::new(ca));
@@ -281,7 +281,7 @@ impl Authority {
     /// Ends a generation's grace window: it leaves the bundle.
     pub fn retire(&self, id: u64, now: SystemTime) -> Result<(), BackendError> {
         {
-            let mut st = self.state.write().expect("poisoned");
+            let mut st = self.state.write();
             let Some(s) = st.slots.iter_mut().find(|s| s.id == id) else {
                 return Ok(());
             };
@@ -298,7 +298,7 @@ impl Authority {
     /// Puts every certificate issued to a session on the deny list; returns how many.
     pub fn revoke_session(&self, session: &str, now: SystemTime) -> Result<u32, BackendError> {
         let n = {
-            let mut st = self.state.write().expect("poisoned");
+            let mut st = self.state.write();
             let issued = st.sessions.remove(session).unwrap_or_default();
             let mut n = 0;
             for (serial, ca_id, not_after) in issued {
@@ -327,7 +327,7 @@ impl Authority {
     /// being issued. Returns whether it was still live.
     pub fn revoke_serial(&self, serial: &[u8], now: SystemTime) -> Result<bool, BackendError> {
         let found = {
-            let mut st = self.state.write().expect("poisoned");
+            let mut st = self.state.write();
             let mut hit = None;
             for issued in st.sessions.values_mut() {
                 if let Some(i) = issued.iter().position(|(s, _, _)| s.as_slice() == serial) {
@@ -361,7 +361,7 @@ impl Authority {
     /// Signs fresh CRLs for every trusted CA and writes the CRL file.
     fn publish_crls(&self, now: SystemTime) -> Result<(), BackendError> {
         let (cas, crls) = {
-            let mut st = self.state.write().expect("poisoned");
+            let mut st = self.state.write();
             st.deny.prune(now);
             let crls: Result<Vec<Crl>, String> = st
                 .cas
@@ -389,13 +389,12 @@ impl Authority {
         let stale = self
             .state
             .read()
-            .expect("poisoned")
             .crls_at
             .is_none_or(|at| at + crl::CRL_VALIDITY / 2 <= now);
         if stale {
             self.publish_crls(now)?;
         }
-        let st = self.state.read().expect("poisoned");
+        let st = self.state.read();
         Ok((st.crls.clone(), st.deny.serials_hex()))
     }
 
@@ -428,7 +427,7 @@ impl Authority {
 
     /// One line for `status`.
     pub fn health(&self, now: SystemTime) -> String {
-        let st = self.state.read().expect("poisoned");
+        let st = self.state.read();
         format!(
             "trust domain {}, signer CA {}, trusted CAs {:?}, {} revoked, {} sessions with certificates",
             self.settings.trust_domain,

@@ -48,11 +48,7 @@ pub async fn open_session(inner: &Inner, s: &SessionMeta) -> Result<SessionHandl
     let own = inner.token();
     let (token, accessor) =
         child_token(inner, own.token.expose(), meta, s.ttl, "sidecred-session").await?;
-    inner
-        .sessions
-        .lock()
-        .expect("poisoned")
-        .insert(s.id.clone(), Vec::new());
+    inner.sessions.lock().insert(s.id.clone(), Vec::new());
     tracing::debug!(backend = %inner.name, session = %s.id, accessor = %accessor, "session token created");
     Ok(SessionHandle {
         id: accessor,
@@ -145,11 +141,11 @@ pub async fn read(
 }
 
 fn record(inner: &Inner, session: &str, r: &Reply, call: Option<SecretText>) {
-    if let Some(l) = inner.sessions.lock().expect("poisoned").get_mut(session) {
+    if let Some(l) = inner.sessions.lock().get_mut(session) {
         l.push(r.lease_id.clone());
     }
     if let Some(token) = call {
-        inner.calls.lock().expect("poisoned").insert(
+        inner.calls.lock().insert(
             r.lease_id.clone(),
             CallToken {
                 token,
@@ -234,12 +230,7 @@ pub async fn renew(
     if is_pki(lease) || !lease.renewable {
         return Ok(Duration::ZERO);
     }
-    let call = inner
-        .calls
-        .lock()
-        .expect("poisoned")
-        .get(&lease.id)
-        .map(|c| c.token.clone());
+    let call = inner.calls.lock().get(&lease.id).map(|c| c.token.clone());
     let token = call
         .or_else(|| handle.and_then(|h| h.token.clone()))
         .unwrap_or_else(|| inner.token().token.clone());
@@ -310,7 +301,7 @@ pub async fn revoke_lease(
     if is_pki(lease) {
         return Ok(());
     }
-    let call = inner.calls.lock().expect("poisoned").remove(&lease.id);
+    let call = inner.calls.lock().remove(&lease.id);
     let r = match &call {
         Some(c) => revoke_self(inner, &c.token).await,
         None => revoke_one(inner, &lease.id).await,
@@ -318,7 +309,7 @@ pub async fn revoke_lease(
     match r {
         Ok(()) => {
             if let Some(c) = &call {
-                if let Some(l) = inner.sessions.lock().expect("poisoned").get_mut(&c.session) {
+                if let Some(l) = inner.sessions.lock().get_mut(&c.session) {
                     l.retain(|id| id != &lease.id);
                 }
             }
@@ -326,11 +317,7 @@ pub async fn revoke_lease(
         }
         Err(e) => {
             if let Some(c) = call {
-                inner
-                    .calls
-                    .lock()
-                    .expect("poisoned")
-                    .insert(lease.id.clone(), c);
+                inner.calls.lock().insert(lease.id.clone(), c);
             }
             Err(e)
         }
@@ -361,7 +348,7 @@ async fn revoke_accessor(
         Err(BackendError::Invalid(m)) if m.contains("invalid accessor") => {}
         Err(e) => return Err(e),
     }
-    inner.sessions.lock().expect("poisoned").remove(&s.id);
+    inner.sessions.lock().remove(&s.id);
     tracing::info!(backend = %inner.name, session = %s.id, accessor, "session token revoked by accessor");
     Ok(1)
 }
@@ -423,7 +410,6 @@ pub async fn revoke_session(
     let leases = inner
         .sessions
         .lock()
-        .expect("poisoned")
         .get(&s.id)
         .cloned()
         .unwrap_or_default();
@@ -451,12 +437,8 @@ pub async fn revoke_session(
         tracing::warn!(backend = %inner.name, session = %s.id, lease = %l, "lease outlived its session token; revoking it directly");
         revoke_one(inner, l).await?;
     }
-    inner.sessions.lock().expect("poisoned").remove(&s.id);
-    inner
-        .calls
-        .lock()
-        .expect("poisoned")
-        .retain(|_, c| c.session != s.id);
+    inner.sessions.lock().remove(&s.id);
+    inner.calls.lock().retain(|_, c| c.session != s.id);
     tracing::info!(backend = %inner.name, session = %s.id, accessor = %handle.id, leases = leases.len(), direct = live.len(), "session token revoked; its leases are gone");
     Ok(leases.len() as u32)
 }

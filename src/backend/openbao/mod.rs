@@ -20,11 +20,12 @@ use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
 use auth::OwnToken;
 use client::Bao;
+use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -196,11 +197,11 @@ pub struct Inner {
 
 impl Inner {
     pub fn token(&self) -> Arc<OwnToken> {
-        self.token.read().expect("poisoned").clone()
+        self.token.read().clone()
     }
 
     pub fn set_token(&self, t: OwnToken) {
-        *self.token.write().expect("poisoned") = Arc::new(t);
+        *self.token.write() = Arc::new(t);
     }
 }
 
@@ -396,7 +397,7 @@ impl Backend for OpenBaoBackend {
             } else {
                 format!("{}s left", left.as_secs())
             },
-            self.inner.sessions.lock().expect("poisoned").len()
+            self.inner.sessions.lock().len()
         ))
     }
 }
