@@ -2,20 +2,23 @@
 //! them, and validation with audience and expiry checks.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    EcdsaKeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
-    ECDSA_P256_SHA256_FIXED_SIGNING,
-};
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, SystemTime};
 
 /// Largest token accepted for validation.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// The signing key (JWS by the `jsonwebtoken` crate on aws-lc-rs); the private half lives only
+/// in the encoding key, the public half in the JWKS and the decoding key.
 pub struct JwtKey {
-    key: EcdsaKeyPair,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// Uncompressed public point (0x04 || x || y), for the JWKS.
+    public: Vec<u8>,
     pub kid: String,
 }
 
@@ -34,19 +37,32 @@ pub struct Validated {
 
 impl JwtKey {
     pub fn generate() -> Result<Self, String> {
-        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-            .map_err(|_| "JWT key generation failed".to_string())?;
-        let kid = hex::encode(rand::random::<[u8; 12]>());
-        Ok(Self { key, kid })
+        let failed = "JWT key generation failed";
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| failed.to_string())?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .map_err(|_| failed.to_string())?;
+        let public = pair.public_key().as_ref().to_vec();
+        if public.len() != 65 {
+            return Err("JWT key generation failed: unexpected public key".into());
+        }
+        let decoding = DecodingKey::from_ec_components(
+            &B64.encode(&public[1..33]),
+            &B64.encode(&public[33..65]),
+        )
+        .map_err(|e| format!("JWT key: {e}"))?;
+        Ok(Self {
+            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            decoding,
+            public,
+            kid: hex::encode(rand::random::<[u8; 12]>()),
+        })
     }
 
-    fn public(&self) -> &[u8] {
-        self.key.public_key().as_ref()
-    }
-
-    /// The JWK of this key (uncompressed point: 0x04 || x || y).
+    /// The JWK of this key.
     pub fn jwk(&self) -> Value {
-        let p = self.public();
+        let p = &self.public;
         json!({
             "kty": "EC",
             "crv": "P-256",
@@ -65,9 +81,10 @@ impl JwtKey {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<(String, SystemTime), String> {
-        let iat = crate::clock::unix_secs(now);
         let exp = now + ttl;
-        let header = json!({"alg": "ES256", "kid": self.kid, "typ": "JWT"});
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("JWT".into());
         let aud = if audience.len() == 1 {
             json!(audience[0])
         } else {
@@ -76,23 +93,17 @@ impl JwtKey {
         let claims = json!({
             "sub": sub,
             "aud": aud,
-            "iat": iat,
+            "iat": crate::clock::unix_secs(now),
             "exp": crate::clock::unix_secs(exp),
             "jti": hex::encode(rand::random::<[u8; 12]>()),
         });
-        let signing_input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
-        let sig = self
-            .key
-            .sign(&SystemRandom::new(), signing_input.as_bytes())
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|_| "JWT signing failed".to_string())?;
-        Ok((format!("{signing_input}.{}", B64.encode(sig.as_ref())), exp))
+        Ok((token, exp))
     }
 
-    /// Checks signature, algorithm, key id, audience, expiry and subject.
+    /// Checks signature, algorithm (ES256 only), key id, audience, expiry (against `now`, so
+    /// time stays injected) and that the subject is a SPIFFE ID.
     pub fn validate(
         &self,
         token: &str,
@@ -102,43 +113,37 @@ impl JwtKey {
         if token.len() > MAX_TOKEN_BYTES {
             return Err("token too large".into());
         }
-        let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err("not a JWS compact serialization".into());
-        };
-        let decode = |p: &str, what: &str| -> Result<Vec<u8>, String> {
-            B64.decode(p).map_err(|_| format!("{what}: bad base64url"))
-        };
-        let header: Value = serde_json::from_slice(&decode(h, "header")?)
-            .map_err(|_| "header: not JSON".to_string())?;
-        if header.get("alg").and_then(Value::as_str) != Some("ES256") {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| format!("not a valid JWS compact serialization: {e}"))?;
+        if header.alg != Algorithm::ES256 {
             return Err("unsupported alg (only ES256)".into());
         }
-        if header.get("kid").and_then(Value::as_str) != Some(self.kid.as_str()) {
+        if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err("unknown key id".into());
         }
-        let sig = decode(s, "signature")?;
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.public())
-            .verify(format!("{h}.{c}").as_bytes(), &sig)
-            .map_err(|_| "signature does not verify".to_string())?;
-        let claims: Map<String, Value> = serde_json::from_slice(&decode(c, "claims")?)
-            .map_err(|_| "claims: not a JSON object".to_string())?;
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&[audience]);
+        v.set_required_spec_claims(&["exp", "aud", "sub"]);
+        v.validate_exp = false;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &v).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                        "audience does not match".to_string()
+                    }
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                        "signature does not verify".to_string()
+                    }
+                    _ => format!("token refused: {e}"),
+                }
+            })?;
+        let claims = data.claims;
         let exp = claims
             .get("exp")
             .and_then(Value::as_i64)
             .ok_or("claims: no exp")?;
         if exp <= crate::clock::unix_secs(now) {
             return Err("token has expired".into());
-        }
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => a == audience,
-            Some(Value::Array(v)) => v.iter().any(|a| a.as_str() == Some(audience)),
-            _ => false,
-        };
-        if !aud_ok {
-            return Err("audience does not match".into());
         }
         let sub = claims
             .get("sub")
@@ -175,6 +180,7 @@ mod tests {
             (tok.as_str(), "svc-b", 61, "expired"),
             (tampered.as_str(), "svc-b", 0, ""),
             ("a.b", "svc-b", 0, "compact"),
+            ("a.b.c.d", "svc-b", 0, "compact"),
         ];
         for (t, a, off, frag) in cases {
             let e = k
