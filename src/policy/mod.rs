@@ -189,11 +189,11 @@ impl Policy {
                 }
             }
             if let Some(id) = &r.spiffe_id {
-                if !id.starts_with("spiffe://") || id.len() <= "spiffe://".len() {
+                if let Err(e) = spiffe::SpiffeId::new(id) {
                     return Err(loc.at(
                         span,
                         format!("{key}.spiffe_id"),
-                        format!("`{id}` is not a SPIFFE ID (spiffe://TRUST_DOMAIN/PATH)"),
+                        format!("`{id}` is not a SPIFFE ID (spiffe://TRUST_DOMAIN/PATH): {e}"),
                     ));
                 }
             }

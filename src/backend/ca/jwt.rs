@@ -148,7 +148,7 @@ impl JwtKey {
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)
-            .filter(|s| s.starts_with("spiffe://"))
+            .filter(|s| spiffe::SpiffeId::new(s).is_ok())
             .ok_or("claims: sub is not a SPIFFE ID")?
             .to_string();
         Ok(Validated {

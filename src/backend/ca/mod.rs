@@ -73,13 +73,13 @@ pub struct CaConfig {
     pub sds_validation: String,
 }
 
-/// Checks a SPIFFE trust domain name: lowercase letters, digits, dots, dashes and underscores.
+/// Checks a SPIFFE trust domain name (lowercase letters, digits, dots, dashes, underscores) with
+/// the `spiffe` crate's parser; a name only, never a `spiffe://` URI.
 pub fn valid_trust_domain(td: &str) -> bool {
-    !td.is_empty()
+    !td.contains(':')
+        && !td.bytes().any(|b| b.is_ascii_uppercase())
         && td.len() <= 255
-        && td
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && spiffe::TrustDomain::new(td).is_ok()
 }
 
 impl CaConfig {
@@ -358,6 +358,8 @@ mod tests {
             ("", false),
             ("Example.org", false),
             ("ex/ample", false),
+            ("spiffe://example.org", false),
+            ("exa mple", false),
         ] {
             assert_eq!(valid_trust_domain(td), ok, "{td}");
         }
