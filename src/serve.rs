@@ -179,17 +179,57 @@ async fn handle_signals(engine: Arc<Engine>, path: std::path::PathBuf, stop: wat
     let _ = stop.send(true);
 }
 
+/// The first setting that is read only at start and differs between `old` and `new`. Sections
+/// are compared by their Debug form, which shows every field of these (none holds a secret).
+pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
+    let (a, b) = (&old.server, &new.server);
+    let same =
+        |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") == format!("{y:?}");
+    let checks: [(&'static str, bool); 14] = [
+        (
+            "server.workload_socket",
+            a.workload_socket == b.workload_socket,
+        ),
+        (
+            "server.workload_socket_mode",
+            a.workload_socket_mode == b.workload_socket_mode,
+        ),
+        ("server.admin_socket", a.admin_socket == b.admin_socket),
+        (
+            "server.admin_socket_mode",
+            a.admin_socket_mode == b.admin_socket_mode,
+        ),
+        ("server.spiffe_socket", a.spiffe_socket == b.spiffe_socket),
+        ("server.spiffe_ca", a.spiffe_ca == b.spiffe_ca),
+        ("server.state_dir", a.state_dir == b.state_dir),
+        ("server.mlockall", a.mlockall == b.mlockall),
+        (
+            "server.max_connections",
+            a.max_connections == b.max_connections,
+        ),
+        (
+            "server.handshake_timeout",
+            a.handshake_timeout == b.handshake_timeout,
+        ),
+        ("[log]", same(&old.log, &new.log)),
+        ("[audit]", same(&old.audit, &new.audit)),
+        ("[metrics]", same(&old.metrics, &new.metrics)),
+        ("[fleet]", same(&old.fleet, &new.fleet)),
+    ];
+    checks.into_iter().find(|(_, same)| !same).map(|(k, _)| k)
+}
+
 /// Re-reads the config; an invalid one keeps the running config and is reported in status.
+/// Settings used only at start are named when a reload tries to change them.
 pub async fn reload(engine: &Engine, path: &Path) {
     let result = match Config::load(path) {
         Ok(cfg) => {
             let old = engine.catalog();
-            if cfg.server.workload_socket != old.config.server.workload_socket
-                || cfg.server.admin_socket != old.config.server.admin_socket
-            {
-                Err("socket paths cannot change on reload; restart to move them".to_string())
-            } else {
-                Catalog::build(cfg, old.generation + 1).await
+            match static_change(&old.config, &cfg) {
+                Some(key) => Err(format!(
+                    "{key} cannot change on reload (it is set up once at start); restart to change it"
+                )),
+                None => Catalog::rebuild(cfg, &old).await,
             }
         }
         Err(e) => Err(e.to_string()),

@@ -55,6 +55,7 @@ async fn session_open_get_close_removes_the_lease() {
         .unwrap_err();
     // A closed session is not open for anyone: the same denial as any unknown id.
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(sc.audit_has("session_close"), "{}", sc.audit_text());
     let events: Vec<String> = sc
         .audit_events()
         .iter()

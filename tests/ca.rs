@@ -513,3 +513,74 @@ fn ca_example_config_loads_files_and_refuses_a_readable_key() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("group or world"));
 }
+
+/// SIGHUP rebuilds the catalog but keeps the CA itself: the same issuing key, the same deny list.
+/// A reload that changes a setting read only at start is refused and names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_keeps_the_ca_and_its_deny_list_and_refuses_static_changes() {
+    let ca = start("", "");
+    let dir = tempfile::tempdir().unwrap();
+    let (sid, before) = get_cert(&ca, "mtls/router", dir.path(), "b").await;
+    let serial = |der: &[u8]| {
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        hex::encode(c.raw_serial())
+    };
+    let issuer = |der: &[u8]| {
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        c.issuer().to_string()
+    };
+    let bundle_before = split_der(&first_svid(&ca.spiffe).await.svids[0].bundle);
+    let mut admin = ca.sc.admin().await;
+    admin
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: sid,
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    let original = std::fs::read_to_string(&ca.sc.config).unwrap();
+    let extra = "\n[[secret]]\nname = \"mtls/new\"\nbackend = \"ca\"\npath = \"new\"\nzone = \"internal\"\nscope = \"session\"\n";
+    std::fs::write(&ca.sc.config, format!("{original}{extra}")).unwrap();
+    ca.sc.signal(nix::sys::signal::Signal::SIGHUP);
+    let reloaded = common::wait_for(Duration::from_secs(5), || {
+        let o = ca.sc.cli(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        (v["config_generation"] == 2).then_some(())
+    });
+    assert!(reloaded.is_some(), "no reload:\n{}", ca.sc.logs());
+    let crl = admin
+        .get_crl(pb::GetCrlRequest {
+            name: "mtls/router".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        crl.revoked_serials.contains(&serial(&before.leaf_der)),
+        "the deny list survived the reload: {:?}",
+        crl.revoked_serials
+    );
+    let (_, after) = get_cert(&ca, "mtls/new", dir.path(), "a").await;
+    assert_eq!(
+        issuer(&after.leaf_der),
+        issuer(&before.leaf_der),
+        "the same CA issues after the reload"
+    );
+    let bundle_after = split_der(&first_svid(&ca.spiffe).await.svids[0].bundle);
+    assert_eq!(bundle_after, bundle_before, "the trust bundle is unchanged");
+
+    // A setting read only at start: refused, named, and the running config keeps serving.
+    let moved = original.replacen("[server]", "[server]\nmax_connections = 7", 1);
+    std::fs::write(&ca.sc.config, format!("{moved}{extra}")).unwrap();
+    ca.sc.signal(nix::sys::signal::Signal::SIGHUP);
+    let status = common::wait_for(Duration::from_secs(5), || {
+        let out = String::from_utf8(ca.sc.cli(&["status"]).stdout).ok()?;
+        out.contains("CONFIG RELOAD REJECTED").then_some(out)
+    })
+    .unwrap_or_else(|| panic!("not rejected:\n{}", ca.sc.logs()));
+    assert!(
+        status.contains("server.max_connections cannot change on reload"),
+        "{status}"
+    );
+    assert!(status.contains("config generation 2"), "{status}");
+}

@@ -182,6 +182,12 @@ fn another_uid_is_denied_with_the_rule_named_and_audited() {
         err.contains(&format!("exe={}", bin.display())),
         "the executable is identified: {err}"
     );
+    // Lines are written by a background appender: wait for the denial before counting.
+    assert!(
+        sc.audit_has("\"outcome\":\"denied\""),
+        "{}",
+        sc.audit_text()
+    );
     let denied: Vec<_> = sc
         .audit_events()
         .into_iter()

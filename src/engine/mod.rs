@@ -55,6 +55,45 @@ impl Catalog {
         })
     }
 
+    /// A catalog for a reloaded config. CA backends carry state no config holds (generated keys,
+    /// the deny list, issued serials), so they carry over as they are; changing one's settings
+    /// needs a restart. Other backends are built anew.
+    pub async fn rebuild(config: Config, old: &Catalog) -> Result<Catalog, String> {
+        let mut backends = BTreeMap::new();
+        for (name, b) in &config.backends {
+            let before = old.config.backends.get(name);
+            let kept = old.backends.get(name).filter(|_| b.kind() == "ca");
+            let built = match (before, kept) {
+                (Some(prev), Some(running)) if format!("{prev:?}") == format!("{b:?}") => {
+                    running.clone()
+                }
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "backends.{name}: a CA backend's settings cannot change on reload (it \
+                         holds keys and a deny list); restart to change them"
+                    ))
+                }
+                _ => b
+                    .build(name, config.server.backend_timeout)
+                    .await
+                    .map_err(|e| format!("backend `{name}`: {e}"))?,
+            };
+            backends.insert(name.clone(), built);
+        }
+        for (name, b) in &old.config.backends {
+            if b.kind() == "ca" && !config.backends.contains_key(name) {
+                return Err(format!(
+                    "backends.{name}: a CA backend cannot be removed on reload; restart to remove it"
+                ));
+            }
+        }
+        Ok(Catalog {
+            config,
+            backends,
+            generation: old.generation + 1,
+        })
+    }
+
     pub fn secret(&self, name: &str) -> Result<&SecretSpec, ApiError> {
         self.config
             .secrets
