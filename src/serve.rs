@@ -82,9 +82,21 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         tracing::info!("all memory locked");
     }
     let audit = match &cfg.audit.path {
-        Some(p) => Audit::open(p, cfg.audit.fail_closed)
-            .await
-            .map_err(|e| format!("audit log {}: {e}", p.display()))?,
+        Some(p) => {
+            let key = if cfg.audit.hmac_ids {
+                let kp = crate::audit::key::default_path(
+                    p,
+                    cfg.server.state_dir.as_deref(),
+                    cfg.audit.hmac_key_file.as_deref(),
+                );
+                Some(crate::audit::key::AuditKey::load_or_create(&kp)?)
+            } else {
+                None
+            };
+            Audit::open(p, cfg.audit.fail_closed, key)
+                .await
+                .map_err(|e| format!("audit log {}: {e}", p.display()))?
+        }
         None => Audit::disabled(),
     };
     let server_cfg = cfg.server.clone();

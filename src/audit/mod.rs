@@ -1,9 +1,14 @@
 //! JSON-lines audit log: who got which credential, when, under which rule, and what was revoked.
 //! Events carry names, versions and ids only; there is no field a value could go into.
 
+pub mod key;
+
 use crate::api::peer::PeerIdentity;
 use crate::appender::Appender;
+use key::AuditKey;
 use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +36,8 @@ pub struct AuditEvent<'a> {
     pub lease: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Cow<'a, BTreeMap<String, String>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +98,8 @@ pub struct Audit {
     out: Option<Appender>,
     fail_closed: bool,
     dropped: Arc<AtomicU64>,
+    /// Set when identifiers are written as HMAC digests.
+    key: Option<Arc<AuditKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,15 +112,22 @@ impl Audit {
             out: None,
             fail_closed: false,
             dropped: Arc::new(AtomicU64::new(0)),
+            key: None,
         }
     }
 
-    pub async fn open(path: &Path, fail_closed: bool) -> std::io::Result<Self> {
+    /// Opens the log; with a key, session, lease and call ids and label values are hashed.
+    pub async fn open(
+        path: &Path,
+        fail_closed: bool,
+        key: Option<AuditKey>,
+    ) -> std::io::Result<Self> {
         let out = Appender::open(path, false).await?;
         Ok(Self {
             out: Some(out),
             fail_closed,
             dropped: Arc::new(AtomicU64::new(0)),
+            key: key.map(Arc::new),
         })
     }
 
@@ -124,6 +140,25 @@ impl Audit {
         let Some(out) = &self.out else { return Ok(()) };
         // Stamped here, not at construction: with audit off, events cost nothing.
         ev.ts = now_rfc3339();
+        let hashed;
+        let ev = match &self.key {
+            None => ev,
+            Some(k) => {
+                let h = |v: Option<&str>| v.map(|s| k.hash(s));
+                hashed = (h(ev.session), h(ev.lease), h(ev.call));
+                let labels = ev
+                    .labels
+                    .take()
+                    .map(|m| Cow::Owned(m.iter().map(|(n, v)| (n.clone(), k.hash(v))).collect()));
+                AuditEvent {
+                    session: hashed.0.as_deref(),
+                    lease: hashed.1.as_deref(),
+                    call: hashed.2.as_deref(),
+                    labels,
+                    ..ev
+                }
+            }
+        };
         let mut line = serde_json::to_string(&ev).map_err(|e| AuditError(e.to_string()))?;
         line.push('\n');
         if self.fail_closed {
@@ -153,9 +188,13 @@ mod tests {
 
     #[tokio::test]
     async fn fail_closed_reports_write_errors() {
-        let a = Audit::open(Path::new("/dev/full"), true).await.unwrap();
+        let a = Audit::open(Path::new("/dev/full"), true, None)
+            .await
+            .unwrap();
         assert!(a.record(AuditEvent::new("grant", "ok")).await.is_err());
-        let b = Audit::open(Path::new("/dev/full"), false).await.unwrap();
+        let b = Audit::open(Path::new("/dev/full"), false, None)
+            .await
+            .unwrap();
         assert!(b.record(AuditEvent::new("grant", "ok")).await.is_ok());
     }
 }

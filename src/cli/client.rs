@@ -362,7 +362,9 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Serve { .. } | Cmd::CheckConfig { .. } => unreachable!("handled by cli::main"),
+        Cmd::Serve { .. } | Cmd::CheckConfig { .. } | Cmd::Audit { .. } => {
+            unreachable!("handled by cli::main")
+        }
     }
 }
 

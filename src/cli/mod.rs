@@ -135,6 +135,22 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        op: AuditOp,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditOp {
+    /// Print the digest an audit line holds for a session, lease or call id or a label value.
+    Hash {
+        value: String,
+        /// The sidecar's config (names the audit file and its HMAC key).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,6 +217,18 @@ pub fn main() -> i32 {
                 2
             }
         },
+        Cmd::Audit {
+            op: AuditOp::Hash { value, config },
+        } => match audit_hash(&config, &value) {
+            Ok(h) => {
+                outln!("{h}");
+                0
+            }
+            Err(e) => {
+                eprintln!("sidecred: {e}");
+                2
+            }
+        },
         other => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -215,4 +243,24 @@ pub fn main() -> i32 {
             rt.block_on(client::run(other))
         }
     }
+}
+
+/// The HMAC digest of `value` under the config's audit key.
+fn audit_hash(config: &std::path::Path, value: &str) -> Result<String, String> {
+    let c = crate::config::Config::load(config).map_err(|e| e.to_string())?;
+    let Some(path) = c.audit.path.as_deref() else {
+        return Err(format!("{}: [audit] path is not set", config.display()));
+    };
+    if !c.audit.hmac_ids {
+        return Err(format!(
+            "{}: audit.hmac_ids is false; ids are written as they are",
+            config.display()
+        ));
+    }
+    let key = crate::audit::key::default_path(
+        path,
+        c.server.state_dir.as_deref(),
+        c.audit.hmac_key_file.as_deref(),
+    );
+    Ok(crate::audit::key::AuditKey::load(&key)?.hash(value))
 }

@@ -233,6 +233,17 @@ pub struct AuditConfig {
     /// When true, a request fails if its audit line cannot be written.
     #[serde(default)]
     pub fail_closed: bool,
+    /// Session, lease and call ids and label values are written as HMAC-SHA256 digests
+    /// (`sidecred audit hash VALUE` finds one). Default true.
+    #[serde(default = "yes")]
+    pub hmac_ids: bool,
+    /// The HMAC key (created 0600 when absent). Default: the audit path plus `.hmac-key`.
+    #[serde(default)]
+    pub hmac_key_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where Prometheus metrics are served; nothing is served when both are unset.

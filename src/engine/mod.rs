@@ -313,6 +313,9 @@ impl Engine {
         });
         let mut ev = AuditEvent::new("session_open", "ok").caller(caller);
         ev.session = Some(&session.meta.id);
+        if !session.meta.labels.is_empty() {
+            ev.labels = Some(std::borrow::Cow::Borrowed(&session.meta.labels));
+        }
         if let Err(e) = self.audit.record(ev).await {
             self.teardown(&session, "audit failure").await;
             return Err(ApiError::Unavailable(e.to_string()));

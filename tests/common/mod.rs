@@ -47,6 +47,7 @@ pub struct SidecarBuilder {
     log_level: String,
     log_extra: String,
     audit_path: Option<PathBuf>,
+    audit_extra: String,
 }
 
 impl SidecarBuilder {
@@ -65,6 +66,13 @@ impl SidecarBuilder {
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Extra lines for the `[audit]` table.
+    pub fn audit_extra(mut self, lines: &str) -> Self {
+        self.audit_extra.push_str(lines);
+        self.audit_extra.push('\n');
         self
     }
 
@@ -95,7 +103,7 @@ impl SidecarBuilder {
             .clone()
             .unwrap_or_else(|| root.join("audit.jsonl"));
         let text = format!(
-            "[server]\nworkload_socket = \"{}\"\nworkload_socket_mode = \"0666\"\nadmin_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n[log]\nlevel = \"{}\"\n{}\n[audit]\npath = \"{}\"\nfail_closed = {}\n\n{}\n",
+            "[server]\nworkload_socket = \"{}\"\nworkload_socket_mode = \"0666\"\nadmin_socket = \"{}\"\nstate_dir = \"{}\"\n{}\n[log]\nlevel = \"{}\"\n{}\n[audit]\npath = \"{}\"\nfail_closed = {}\n{}\n{}\n",
             workload.display(),
             admin.display(),
             root.join("state").display(),
@@ -104,6 +112,7 @@ impl SidecarBuilder {
             self.log_extra,
             audit.display(),
             self.audit_fail_closed,
+            self.audit_extra,
             self.body
         );
         let config = root.join("sidecred.toml");
@@ -144,6 +153,7 @@ impl Sidecar {
             log_level: "debug".into(),
             log_extra: String::new(),
             audit_path: None,
+            audit_extra: String::new(),
         }
     }
 
