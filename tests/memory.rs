@@ -141,3 +141,57 @@ fn process_is_not_dumpable_and_has_no_core_limit() {
         "a mapping is marked dont-dump (VmFlags dd)"
     );
 }
+
+/// A value written in the config itself (a dev seed) is held zeroized from parse time and
+/// moved into the backend: once rotated away and retired, no copy is left in the parsed
+/// config, the raw text or the interpolated text.
+#[tokio::test]
+async fn a_config_seed_value_leaves_no_residue_once_retired() {
+    let canary = format!("SEED-CANARY-{:016x}", rand::random::<u64>());
+    let sc = Sidecar::start(&dev_body(
+        &format!(", \"static/seed\" = \"{canary}\""),
+        "[[secret]]\nname = \"app/seed\"\nbackend = \"dev\"\npath = \"static/seed\"\nzone = \"internal\"\ngrace = \"1s\"\n",
+    ));
+    let mut b = sc.broker().await;
+    let sid = b
+        .open_session(pb::OpenSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let r = b
+        .get_secret(pb::GetSecretRequest {
+            name: "app/seed".into(),
+            session_id: sid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.value, canary.as_bytes());
+    let (live, _) = scan(sc.pid(), canary.as_bytes());
+    assert!(live >= 1, "the scan sees the seed while it is current");
+    let mut admin = sc.admin().await;
+    admin
+        .rotate(pb::RotateRequest {
+            name: "app/seed".into(),
+            grace_seconds: 1,
+            value: b"replacement-seed".to_vec(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    admin
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: sid,
+            reason: "residue test".into(),
+        })
+        .await
+        .unwrap();
+    drop(b);
+    drop(admin);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (after, scanned) = scan(sc.pid(), canary.as_bytes());
+    eprintln!("config seed residue: {after} copies in {scanned} bytes (live: {live})");
+    assert_eq!(after, 0, "the config's seed value is still in memory");
+}

@@ -11,18 +11,38 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroize;
 
-/// Inline dev seed values; Debug shows the paths only.
-#[derive(Clone, Deserialize, Default)]
-#[serde(transparent)]
-pub struct SeedValues(pub BTreeMap<String, String>);
+/// Inline dev seed values, held zeroized from parse time and handed over once: the backend
+/// takes them at build, so the parsed config (kept for the life of the process) no longer
+/// holds a copy after rotation retires them. Debug shows the paths only.
+#[derive(Clone, Default)]
+pub struct SeedValues(Arc<Mutex<BTreeMap<String, SecretBytes>>>);
+
+impl SeedValues {
+    /// Moves the values out; later calls (and clones of the config) see none.
+    pub fn take(&self) -> BTreeMap<String, SecretBytes> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+impl<'de> Deserialize<'de> for SeedValues {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        let held = raw
+            .into_iter()
+            .map(|(k, v)| (k, SecretBytes::from_string(v)))
+            .collect();
+        Ok(Self(Arc::new(Mutex::new(held))))
+    }
+}
 
 impl std::fmt::Debug for SeedValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.0.keys().map(|k| (k, "[REDACTED]")))
+            .entries(self.0.lock().keys().map(|k| (k.clone(), "[REDACTED]")))
             .finish()
     }
 }
@@ -108,11 +128,11 @@ impl DevBackend {
                 );
             }
         }
-        for (k, v) in &cfg.values.0 {
+        for (k, v) in cfg.values.take() {
             store.insert(
-                k.clone(),
+                k,
                 Versions {
-                    values: vec![Some(SecretBytes::new(v.as_bytes().to_vec()))],
+                    values: vec![Some(v)],
                 },
             );
         }

@@ -453,14 +453,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl Config {
     /// Reads, interpolates and validates a config file.
+    /// The raw and interpolated text are wiped once parsed: the file may hold dev seed values.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            })?;
         Self::parse(path, &text, &env_lookup)
     }
 
@@ -470,20 +473,20 @@ impl Config {
         raw_text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let text = interpolate(raw_text, env).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: e.line,
-            column: e.column,
-            key: String::new(),
-            message: e.message,
-        })?;
-        let loc = Locator {
-            file: path,
-            text: &text,
-        };
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
+        let text = interpolate(raw_text, env)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| ConfigError {
+                file: path.to_path_buf(),
+                line: e.line,
+                column: e.column,
+                key: String::new(),
+                message: e.message,
+            })?;
+        let text: &str = &text;
+        let loc = Locator { file: path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
             // A syntax error can sit at offset 0 (an empty span there is still a position).
-            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError {
                 file: path.to_path_buf(),
                 line,
