@@ -21,6 +21,7 @@ use sidecred::audit::Audit;
 use sidecred::clock::SystemClock;
 use sidecred::config::{Config, SecretSpec};
 use sidecred::engine::{Catalog, Engine, GetRequest};
+use sidecred::session::Owner;
 use std::sync::{Arc, OnceLock};
 use tower::Service;
 
@@ -229,8 +230,18 @@ async fn run(data: &[u8]) {
     let cat = Catalog::build(config(), 1).await.expect("catalog");
     let engine = Engine::new(cat, Arc::new(SystemClock), Audit::disabled());
     let root = caller(0);
+    let owner = Owner {
+        uid: 0,
+        rule: "root".into(),
+        process: None,
+    };
     let session = engine
-        .open_session(&root, None, Default::default())
+        .open_session(
+            &root,
+            owner.clone(),
+            None,
+            Default::default(),
+        )
         .await
         .expect("session");
     let sid = session.meta.id.clone();
@@ -242,6 +253,7 @@ async fn run(data: &[u8]) {
             spec,
             &root,
             GetRequest {
+                owner: &owner,
                 session_id: &sid,
                 call_id: Some("c1"),
                 version: None,
@@ -251,6 +263,10 @@ async fn run(data: &[u8]) {
         )
         .await
         .expect("grant");
+    // The grant's reply guard is released once its answer is out, as the transport does;
+    // holding it would make a later close or revocation wait for this harness forever.
+    let lease_id = grant.lease_id.clone();
+    drop(grant);
     let mut rest = data;
     for _ in 0..8 {
         let [sel, len, tail @ ..] = rest else { break };
@@ -259,7 +275,7 @@ async fn run(data: &[u8]) {
         rest = next;
         let method = (*sel & 0x0f) as usize % METHODS.len();
         let uid = if sel & 0x10 == 0 { 0 } else { 1000 };
-        let msg = prepare(method, raw, &sid, &grant.lease_id);
+        let msg = prepare(method, raw, &sid, &lease_id);
         let body = if sel & 0x20 == 0 {
             grpc_frame(&msg)
         } else {
