@@ -78,7 +78,8 @@ pub(crate) fn replay(lines: impl IntoIterator<Item = Line>) -> Replayed {
     out.retired = retired
         .iter()
         .zip(keep)
-        .filter_map(|(l, k)| k.then(|| l.clone()))
+        .filter(|(_, k)| *k)
+        .map(|(l, _)| l.clone())
         .collect();
     for (i, l) in pending.iter().enumerate() {
         let Line::Grace { secret, .. } = l else {
