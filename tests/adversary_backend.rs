@@ -275,3 +275,49 @@ async fn workload_callers_get_no_openbao_text() {
     .await;
     assert!(logged, "detail logged:\n{}", sc.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_lock_record_cannot_stretch_grace() {
+    let bao = OpenBao::start();
+    bao.kv_put("app/lock", json!({ "value": "lock-v1" })).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tf = write_file(tmp.path(), "token", &bao.root_token);
+    let body = format!(
+        "{}[scheduler]\nlock_backend = \"bao\"\nlock_prefix = \"sidecred/locks\"\n\n{}{OPEN_POLICY}",
+        token_file_backend(&bao, &tf, "recheck_interval = \"200ms\""),
+        kv_secret("app/lock", "app/lock", "grace = \"2s\"")
+    );
+    let sc = Sidecar::start(&body);
+    let mut b = sc.broker().await;
+    let sid = open(&mut b).await;
+    assert_eq!(
+        get(&mut b, &sid, "app/lock", "").await.unwrap().version,
+        "1"
+    );
+    // Whoever can write the lock path claims a rotation to 2 whose grace ends in a year.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let year = now.as_millis() as u64 + 365 * 86_400_000;
+    bao.kv_put(
+        "sidecred/locks/app/lock",
+        json!({ "slot_ms": 0, "holder": "forger", "state": "done", "claimed_until_ms": 0,
+                "version": "2", "previous": "1", "retires_at_ms": year }),
+    )
+    .await;
+    bao.kv_put("app/lock", json!({ "value": "lock-v2" })).await;
+    assert!(
+        sc.audit_has("\"event\":\"rotation_applied\""),
+        "{}",
+        sc.logs()
+    );
+    let g = get(&mut b, &sid, "app/lock", "").await.unwrap();
+    assert_eq!(g.version, "2");
+    let limit = now.as_secs() as i64 + 2 + 5;
+    assert!(
+        g.previous_retires_at > 0 && g.previous_retires_at <= limit,
+        "grace stretched to {} (limit {limit})",
+        g.previous_retires_at
+    );
+    assert!(retired(&sc, "1"), "version 1 retires after its own grace");
+}
