@@ -82,6 +82,33 @@ impl ApiError {
         }
     }
 
+    /// A backend failure as a workload caller sees it: the kind and the names only. The text
+    /// a remote backend returned (IAM ARNs, OpenBao messages, URLs) goes to the log, not to
+    /// the caller; admin callers get [`ApiError::from_backend`].
+    pub fn for_workload(secret: &str, backend: &str, e: &BackendError) -> Self {
+        let see = "see sidecred's log";
+        match e {
+            BackendError::NotFound(_) => ApiError::NotFound(format!(
+                "secret `{secret}`: not found at backend `{backend}` ({see})"
+            )),
+            BackendError::Denied(_) => ApiError::Denied(format!(
+                "backend `{backend}` refused sidecred for secret `{secret}` ({see})"
+            )),
+            BackendError::Unavailable(_) => ApiError::Unavailable(format!(
+                "secret `{secret}`: backend `{backend}` unavailable"
+            )),
+            BackendError::Precondition(_) => ApiError::Precondition(format!(
+                "secret `{secret}`: backend `{backend}` cannot serve it as configured ({see})"
+            )),
+            BackendError::Invalid(_) => ApiError::InvalidArgument(format!(
+                "secret `{secret}`: backend `{backend}` rejected the request ({see})"
+            )),
+            BackendError::Internal(_) => ApiError::Internal(format!(
+                "secret `{secret}`: backend `{backend}` failed ({see})"
+            )),
+        }
+    }
+
     /// Only the session's owner learns that it was revoked or expired, and why; anyone else
     /// gets the same denial as for an id that never existed.
     pub fn from_session(id: &str, e: SessionError) -> Self {
@@ -219,5 +246,24 @@ mod tests {
             ApiError::from_backend("db", BackendError::Unavailable("sealed".into())).into();
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().contains("db"));
+    }
+
+    #[test]
+    fn workload_errors_carry_no_backend_text() {
+        let leak = "arn:aws:iam::123456789012:user/x https://bao.internal:8200";
+        for e in [
+            BackendError::NotFound(leak.into()),
+            BackendError::Denied(leak.into()),
+            BackendError::Unavailable(leak.into()),
+            BackendError::Precondition(leak.into()),
+            BackendError::Invalid(leak.into()),
+            BackendError::Internal(leak.into()),
+        ] {
+            let admin: Status = ApiError::from_backend("db", e.clone()).into();
+            let s: Status = ApiError::for_workload("db", "bao", &e).into();
+            assert_eq!(s.code(), admin.code(), "{e:?}");
+            assert!(!s.message().contains("arn:") && !s.message().contains("https:"));
+            assert!(s.message().contains("`db`") && s.message().contains("`bao`"));
+        }
     }
 }

@@ -9,7 +9,7 @@ use super::spiffe_pb::{self as wpb, spiffe_workload_api_server::SpiffeWorkloadAp
 use crate::audit::AuditEvent;
 use crate::backend::ca::{timing, Authority, Issued, View};
 use crate::engine::Engine;
-use crate::policy::SanPolicy;
+use crate::policy::{dns, SanPolicy};
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
@@ -85,11 +85,12 @@ pub(crate) async fn workload(
         });
     match rule {
         Ok((spiffe_id, sans)) => {
-            let SanPolicy { dns, ips } = sans;
+            let SanPolicy { dns, ips, .. } = sans;
             Ok(Workload {
                 caller,
                 spiffe_id,
-                dns: dns.into_iter().filter(|d| !d.contains('*')).collect(),
+                // Only the rule's literal host names; patterns and wildcards are for CSRs.
+                dns: dns.into_iter().filter(|d| dns::is_literal(d)).collect(),
                 ips,
                 ca,
             })
@@ -140,7 +141,11 @@ impl LeafSlot {
             let mut ev = AuditEvent::new(api, "ok").caller(&w.caller);
             ev.version = Some(&serial);
             ev.detail = Some(&detail);
-            let _ = engine.audit.record(ev).await;
+            // With `audit.fail_closed`, a leaf that cannot be recorded is dropped unsent.
+            if let Err(e) = engine.audit.record(ev).await {
+                tracing::error!(spiffe_id = %w.spiffe_id, error = %e, "SVID not issued: audit line not written");
+                return Err(ApiError::Unavailable(e.to_string()).into());
+            }
             tracing::debug!(spiffe_id = %w.spiffe_id, serial, "certificate issued for stream");
             self.issued = Some(issued);
         }
@@ -292,7 +297,11 @@ impl SpiffeWorkloadApi for SpiffeService {
         let detail = format!("spiffe_id={} aud={}", w.spiffe_id, r.audience.join(","));
         let mut ev = AuditEvent::new("svid_jwt", "ok").caller(&w.caller);
         ev.detail = Some(&detail);
-        let _ = self.engine.audit.record(ev).await;
+        // With `audit.fail_closed`, a token that cannot be recorded is never sent.
+        if let Err(e) = self.engine.audit.record(ev).await {
+            tracing::error!(spiffe_id = %w.spiffe_id, error = %e, "JWT-SVID not issued: audit line not written");
+            return Err(ApiError::Unavailable(e.to_string()).into());
+        }
         Ok(Response::new(wpb::JwtsvidResponse {
             svids: vec![wpb::Jwtsvid {
                 spiffe_id: w.spiffe_id,

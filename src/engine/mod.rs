@@ -365,6 +365,18 @@ impl Engine {
                 spec.name
             )));
         }
+        let retired = |v: &str| {
+            ApiError::NotFound(format!(
+                "secret `{}`: version `{v}` was retired and is no longer served",
+                spec.name
+            ))
+        };
+        if let Some(v) = req
+            .version
+            .filter(|v| self.rotation.is_retired(&spec.name, v))
+        {
+            return Err(retired(v));
+        }
         let key = CacheKey {
             secret: spec.name.clone(),
             version: req.version.map(str::to_string),
@@ -381,6 +393,12 @@ impl Engine {
                 (req.spiffe_id, req.sans, seen),
             )
             .await?;
+        // A pinned read that was in flight while its version retired is not served either.
+        // (Unpinned reads serve what the backend calls current: a backend that starts its
+        // numbering over, such as dev after a restart, reuses retired version ids.)
+        if req.version.is_some() && self.rotation.is_retired(&spec.name, &entry.version) {
+            return Err(retired(&entry.version));
+        }
 
         let owned = matches!(key.scope, ScopeKey::Call(..));
         let previous = if key.scope == ScopeKey::Shared && req.version.is_none() {
@@ -545,10 +563,20 @@ impl Engine {
                 crate::session::GateError::Closed,
             )),
             (Err(err), _) => {
-                if err.is_transient() && first_this_second(now) {
-                    tracing::warn!(secret = %spec.name, error = %err, "backend read failed");
+                if !err.is_transient() || first_this_second(now) {
+                    tracing::warn!(secret = %spec.name, backend = %spec.backend, error = %err, "backend read failed");
                 }
-                Err(ApiError::from_backend(&spec.name, err))
+                // Sidecred's own backends (CA, dev) speak for themselves; a remote backend's
+                // text stays in the log.
+                let local = cat
+                    .backends
+                    .get(&spec.backend)
+                    .is_some_and(|b| matches!(b.kind(), "ca" | "dev"));
+                Err(if local {
+                    ApiError::from_backend(&spec.name, err)
+                } else {
+                    ApiError::for_workload(&spec.name, &spec.backend, &err)
+                })
             }
         }
     }

@@ -2,7 +2,9 @@
 //! `state_dir/retirements.jsonl` (secret names, versions, lease ids and times; never values):
 //! a `grace` line when a previous version enters its window, a `retired` line when it leaves.
 //! At start the file is replayed (windows still open resume, overdue ones retire at once) and
-//! rewritten with only what is still pending.
+//! rewritten with what is still pending plus every retired version (the newest
+//! [`MAX_RETIRED_PER_SECRET`] per secret): a retired version is refused after a restart too,
+//! whatever the backend still keeps.
 
 use crate::appender::Appender;
 use serde::{Deserialize, Serialize};
@@ -32,26 +34,53 @@ pub(crate) enum Line {
     },
 }
 
-/// What replay finds: windows to resume (the newest per secret) and versions to retire now
-/// (older windows of a secret that rotated again before the journal saw them close).
+/// Retired versions remembered per secret; older ones are forgotten first.
+pub(crate) const MAX_RETIRED_PER_SECRET: usize = 1024;
+
+/// What replay finds: windows to resume (the newest per secret), versions to retire now
+/// (older windows of a secret that rotated again before the journal saw them close), and
+/// versions already retired (`Retired` lines, in file order).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Replayed {
     pub open: Vec<Line>,
     pub superseded: Vec<Line>,
+    pub retired: Vec<Line>,
 }
 
 /// Pure fold over journal lines in file order.
 pub(crate) fn replay(lines: impl IntoIterator<Item = Line>) -> Replayed {
     let mut pending: Vec<Line> = Vec::new();
+    let mut retired: Vec<Line> = Vec::new();
     for l in lines {
         match &l {
             Line::Grace { .. } => pending.push(l),
-            Line::Retired { secret, version } => pending.retain(|p| {
-                !matches!(p, Line::Grace { secret: s, version: v, .. } if s == secret && v == version)
-            }),
+            Line::Retired { secret, version } => {
+                pending.retain(|p| {
+                    !matches!(p, Line::Grace { secret: s, version: v, .. } if s == secret && v == version)
+                });
+                if !retired.contains(&l) {
+                    retired.push(l);
+                }
+            }
         }
     }
     let mut out = Replayed::default();
+    // Keep the newest retirements of each secret, in file order.
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut keep = vec![false; retired.len()];
+    for (i, l) in retired.iter().enumerate().rev() {
+        if let Line::Retired { secret, .. } = l {
+            let n = seen.entry(secret.as_str()).or_default();
+            *n += 1;
+            keep[i] = *n <= MAX_RETIRED_PER_SECRET;
+        }
+    }
+    out.retired = retired
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(l, _)| l.clone())
+        .collect();
     for (i, l) in pending.iter().enumerate() {
         let Line::Grace { secret, .. } = l else {
             continue;
@@ -96,7 +125,8 @@ pub(crate) async fn open(state_dir: &Path) -> std::io::Result<(Replayed, Appende
     }
     let r = replay(lines);
     let mut keep = String::new();
-    for l in r.open.iter().chain(&r.superseded) {
+    // Retired lines first: replayed again, they must not cancel a window that follows.
+    for l in r.retired.iter().chain(&r.open).chain(&r.superseded) {
         keep.push_str(&encode(l));
     }
     let tmp = p.with_extension("jsonl.tmp");
@@ -169,6 +199,31 @@ mod tests {
             assert_eq!(v(&r.open), open, "case {i}");
             assert_eq!(v(&r.superseded), sup, "case {i}");
         }
+    }
+
+    #[test]
+    fn retired_versions_survive_replay() {
+        let r = replay(vec![
+            grace("a", "1", 5),
+            retired("a", "1"),
+            retired("a", "1"),
+            grace("a", "2", 9),
+        ]);
+        assert_eq!(r.retired, vec![retired("a", "1")]);
+        // Compacted (retired first) and replayed again: the same state.
+        let again = replay(r.retired.iter().chain(&r.open).cloned());
+        assert_eq!(again, r);
+        let many: Vec<Line> = (0..MAX_RETIRED_PER_SECRET + 3)
+            .map(|i| retired("b", &i.to_string()))
+            .chain([retired("c", "x")])
+            .collect();
+        let r = replay(many);
+        assert_eq!(r.retired.len(), MAX_RETIRED_PER_SECRET + 1);
+        assert_eq!(
+            r.retired[0],
+            retired("b", "3"),
+            "the oldest are forgotten first"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::config::SecretSpec;
 use crate::lease::cache::{CacheKey, ScopeKey};
 use crate::secret::SecretBytes;
 use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +47,9 @@ struct Held {
 /// Rotation state beyond the per-secret grace windows (`Engine::rotations`).
 pub(crate) struct RotationCtl {
     held: Mutex<Vec<Held>>,
+    /// Versions retired per secret (from the journal across restarts): never served again,
+    /// whatever the backend still keeps.
+    retired: Mutex<HashMap<String, HashSet<String>>>,
     journal: Mutex<Option<Appender>>,
     /// This process's id in lock records.
     pub(crate) instance: String,
@@ -56,10 +60,29 @@ impl Default for RotationCtl {
     fn default() -> Self {
         Self {
             held: Mutex::new(Vec::new()),
+            retired: Mutex::new(HashMap::new()),
             journal: Mutex::new(None),
             instance: crate::session::new_id("sc"),
             scheduler: Default::default(),
         }
+    }
+}
+
+impl RotationCtl {
+    /// Whether `version` of `secret` was retired (here, or before a restart).
+    pub(crate) fn is_retired(&self, secret: &str, version: &str) -> bool {
+        self.retired
+            .lock()
+            .get(secret)
+            .is_some_and(|v| v.contains(version))
+    }
+
+    fn mark_retired(&self, secret: &str, version: &str) {
+        self.retired
+            .lock()
+            .entry(secret.to_string())
+            .or_default()
+            .insert(version.to_string());
     }
 }
 
@@ -139,7 +162,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// Takes over a rotation another sidecar made (from its rotation record).
+    /// Takes over a rotation another sidecar made (from its rotation record). The record is
+    /// shared storage another writer may forge: its end of grace never exceeds this secret's
+    /// own `grace` from now.
     pub(crate) async fn apply_remote(
         &self,
         spec: &SecretSpec,
@@ -147,6 +172,7 @@ impl Engine {
         previous: &str,
         retires_at: SystemTime,
     ) {
+        let retires_at = bounded_retirement(retires_at, self.now(), spec.grace);
         let old = if self
             .catalog()
             .backend(&spec.backend)
@@ -257,6 +283,8 @@ impl Engine {
 
     /// Retires a previous version: gone at the backend and from the cache, watchers told.
     pub(crate) async fn retire(&self, name: &str, version: &str) {
+        // Refused from now on, before the backend and the cache let go of it.
+        self.rotation.mark_retired(name, version);
         let held: Vec<Held> = {
             let mut h = self.rotation.held.lock();
             let (mine, rest) = std::mem::take(&mut *h)
@@ -329,6 +357,11 @@ impl Engine {
             .await
             .map_err(|e| format!("{}: {e}", retirements::path(state_dir).display()))?;
         *self.rotation.journal.lock() = Some(app);
+        for l in &r.retired {
+            if let Line::Retired { secret, version } = l {
+                self.rotation.mark_retired(secret, version);
+            }
+        }
         let now = self.now();
         let n = r.open.len() + r.superseded.len();
         for line in r.superseded.into_iter().chain(r.open) {
@@ -364,16 +397,44 @@ impl Engine {
                 .lock()
                 .entry(secret.clone())
                 .or_default()
-                .apply_until(
-                    Some(version),
-                    current,
-                    now,
-                    from_millis(retires_at_ms).max(now),
-                );
+                .apply_until(Some(version), current, now, {
+                    // A window never outlasts the secret's grace, whatever the file says.
+                    let at = from_millis(retires_at_ms).max(now);
+                    match self.catalog().secret(&secret) {
+                        Ok(spec) => bounded_retirement(at, now, spec.grace),
+                        Err(_) => now,
+                    }
+                });
             for v in applied.retire_now {
                 self.retire(&secret, &v).await;
             }
         }
         Ok(n)
+    }
+}
+
+/// The end of a grace window read from a record, bounded by the secret's configured grace.
+pub(crate) fn bounded_retirement(
+    retires_at: SystemTime,
+    now: SystemTime,
+    grace: Duration,
+) -> SystemTime {
+    retires_at.min(now + grace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded_retirement;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_record_cannot_extend_grace() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let g = Duration::from_secs(60);
+        let far = now + Duration::from_secs(365 * 86400);
+        assert_eq!(bounded_retirement(far, now, g), now + g);
+        let soon = now + Duration::from_secs(5);
+        assert_eq!(bounded_retirement(soon, now, g), soon);
+        assert_eq!(bounded_retirement(now, now, g), now);
     }
 }

@@ -108,15 +108,35 @@ pub async fn lookup_session(
 
 /// Writes the tombstone, appends it to the log, and (with `revoke_token`) revokes the
 /// session's token by the accessor in its session record. Idempotent: safe to repeat.
+///
+/// A tombstone already stored for the id is kept as it is (its `at` is when the session was
+/// first revoked); the log entry then repeats it.
 pub async fn publish(store: &dyn Store, t: &Tombstone, revoke_token: bool) -> Published {
     let mut out = Published::default();
-    let body = serde_json::to_value(t).unwrap_or(Value::Null);
     let id = &t.session_id;
-    if let Err(e) = store.put(&format!("tombstones/{id}"), body.clone()).await {
-        out.pending = Some((step("tombstone", 1, e.to_string()), e));
-        return out;
-    }
-    out.done.push(step("tombstone", 1, ""));
+    let key = format!("tombstones/{id}");
+    let first = match store.get(&key, None).await {
+        Ok(found) => found.and_then(|(_, v)| serde_json::from_value::<Tombstone>(v).ok()),
+        Err(e) => {
+            out.pending = Some((step("tombstone", 1, e.to_string()), e));
+            return out;
+        }
+    };
+    let body = match first.filter(|f| &f.session_id == id) {
+        Some(f) => {
+            out.done.push(step("tombstone", 1, "already recorded"));
+            serde_json::to_value(&f).unwrap_or(Value::Null)
+        }
+        None => {
+            let body = serde_json::to_value(t).unwrap_or(Value::Null);
+            if let Err(e) = store.put(&key, body.clone()).await {
+                out.pending = Some((step("tombstone", 1, e.to_string()), e));
+                return out;
+            }
+            out.done.push(step("tombstone", 1, ""));
+            body
+        }
+    };
     match store.put("log", body).await {
         Ok(v) => out.done.push(step("log", 1, format!("version {v}"))),
         Err(e) => {
@@ -178,5 +198,77 @@ impl Fleet {
 
     pub fn pending_count(&self) -> usize {
         self.retries.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// KV v2 in memory: every put is a new version.
+    #[derive(Default)]
+    struct Mem(Mutex<HashMap<String, Vec<Value>>>);
+
+    #[async_trait]
+    impl Store for Mem {
+        async fn put(&self, key: &str, data: Value) -> Result<u64, BackendError> {
+            let mut m = self.0.lock();
+            let v = m.entry(key.to_string()).or_default();
+            v.push(data);
+            Ok(v.len() as u64)
+        }
+        async fn get(
+            &self,
+            key: &str,
+            version: Option<u64>,
+        ) -> Result<Option<(u64, Value)>, BackendError> {
+            let m = self.0.lock();
+            let Some(v) = m.get(key) else { return Ok(None) };
+            let n = version.unwrap_or(v.len() as u64);
+            Ok(v.get(n as usize - 1).map(|d| (n, d.clone())))
+        }
+        async fn list(&self, _dir: &str) -> Result<Vec<String>, BackendError> {
+            Ok(Vec::new())
+        }
+        async fn remove(&self, key: &str) -> Result<(), BackendError> {
+            self.0.lock().remove(key);
+            Ok(())
+        }
+        async fn cap_versions(&self, _key: &str, _max: u64) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn revoke_accessor(&self, _accessor: &str) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    fn tomb(at_ms: u64, reason: &str) -> Tombstone {
+        Tombstone {
+            session_id: "s_1".into(),
+            at_ms,
+            reason: reason.into(),
+            origin: "a".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_tombstone_keeps_its_first_at() {
+        let store = Mem::default();
+        assert!(publish(&store, &tomb(1000, "first"), false)
+            .await
+            .pending
+            .is_none());
+        assert!(publish(&store, &tomb(9000, "again"), false)
+            .await
+            .pending
+            .is_none());
+        let (_, v) = store.get("tombstones/s_1", None).await.unwrap().unwrap();
+        let t: Tombstone = serde_json::from_value(v).unwrap();
+        assert_eq!((t.at_ms, t.reason.as_str()), (1000, "first"));
+        // The log repeats the first record, so watchers never see a later `at`.
+        let (n, v) = store.get("log", None).await.unwrap().unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(serde_json::from_value::<Tombstone>(v).unwrap().at_ms, 1000);
     }
 }

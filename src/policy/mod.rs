@@ -1,6 +1,7 @@
 //! Caller identity → what it may obtain. Rules match uid, gid and executable; they grant
 //! secret-name globs, zones and admin actions. Denials name the rule that failed.
 
+pub mod dns;
 mod glob;
 
 pub use glob::glob_match;
@@ -52,9 +53,13 @@ pub struct RawRule {
     /// SPIFFE ID this caller's certificates carry (used by the CA).
     #[serde(default)]
     spiffe_id: Option<String>,
-    /// DNS names (globs such as `*.svc.local`) this caller's certificates may carry.
+    /// DNS names (patterns such as `*.svc.local`, `*` within one label) this caller's
+    /// certificates may carry.
     #[serde(default)]
     dns_sans: Vec<String>,
+    /// Wildcard names (`*.svc.local`) a certificate may carry as such, matched exactly.
+    #[serde(default)]
+    wildcard_dns_sans: Vec<String>,
     /// IP addresses this caller's certificates may carry.
     #[serde(default)]
     ip_sans: Vec<String>,
@@ -64,15 +69,20 @@ pub struct RawRule {
 #[derive(Clone, Debug, Default)]
 pub struct SanPolicy {
     pub dns: Vec<String>,
+    /// Wildcard names allowed as such; a `dns` pattern never admits one.
+    pub wildcards: Vec<String>,
     pub ips: Vec<IpAddr>,
 }
 
 impl SanPolicy {
+    /// A wildcard name only if listed in `wildcards`; any other name only if it is a valid
+    /// host name that a `dns` pattern matches label by label.
     pub fn allows_dns(&self, name: &str) -> bool {
-        let name = name.to_ascii_lowercase();
-        self.dns
-            .iter()
-            .any(|g| glob_match(&g.to_ascii_lowercase(), &name))
+        if name.starts_with("*.") {
+            return dns::check_wildcard(name).is_ok()
+                && self.wildcards.iter().any(|w| w.eq_ignore_ascii_case(name));
+        }
+        self.dns.iter().any(|p| dns::pattern_match(p, name))
     }
 
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
@@ -207,6 +217,24 @@ impl Policy {
                     )
                 })?);
             }
+            for p in &r.dns_sans {
+                dns::check_pattern(p).map_err(|e| {
+                    loc.at(
+                        span.clone(),
+                        format!("{key}.dns_sans"),
+                        format!("`{p}` is not a DNS name pattern: {e}"),
+                    )
+                })?;
+            }
+            for w in &r.wildcard_dns_sans {
+                dns::check_wildcard(w).map_err(|e| {
+                    loc.at(
+                        span.clone(),
+                        format!("{key}.wildcard_dns_sans"),
+                        format!("`{w}` is not a wildcard DNS name: {e}"),
+                    )
+                })?;
+            }
             for g in &r.secrets {
                 if !secrets.keys().any(|s| glob_match(g, s)) {
                     tracing::warn!(rule = %name, glob = %g, "policy glob matches no configured secret");
@@ -227,6 +255,7 @@ impl Policy {
                 spiffe_id: r.spiffe_id,
                 sans: SanPolicy {
                     dns: r.dns_sans,
+                    wildcards: r.wildcard_dns_sans,
                     ips,
                 },
             });

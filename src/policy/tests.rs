@@ -117,3 +117,29 @@ secrets = ["*"]
         "{e}"
     );
 }
+
+#[test]
+fn san_patterns_and_wildcards_are_checked_at_load() {
+    let parse = |line: &str| {
+        let text = format!(
+            "[server]\nworkload_socket = \"/tmp/a/w.sock\"\nadmin_socket = \"/tmp/b/a.sock\"\n[[policy.workload]]\nname = \"r\"\nuids = [0]\n{line}\n"
+        );
+        Config::parse(Path::new("t.toml"), &text, &map_lookup(HashMap::new()))
+    };
+    assert!(parse("dns_sans = [\"*.svc.local\", \"web-?.svc.local\"]").is_ok());
+    assert!(parse("wildcard_dns_sans = [\"*.svc.local\"]").is_ok());
+    for (line, key) in [
+        ("dns_sans = [\"a b.svc.local\"]", "dns_sans"),
+        ("dns_sans = [\"a..local\"]", "dns_sans"),
+        ("wildcard_dns_sans = [\"*.local\"]", "wildcard_dns_sans"),
+        ("wildcard_dns_sans = [\"a.svc.local\"]", "wildcard_dns_sans"),
+        ("wildcard_dns_sans = [\"*.*.local\"]", "wildcard_dns_sans"),
+    ] {
+        let e = parse(line).unwrap_err().to_string();
+        assert!(e.contains(key), "{line}: {e}");
+    }
+    let c = parse("dns_sans = [\"*.svc.local\"]\nwildcard_dns_sans = [\"*.apps.local\"]").unwrap();
+    let r = c.workload_policy.caller_rule(&id(0, "/x")).unwrap();
+    assert!(r.sans.allows_dns("a.svc.local") && !r.sans.allows_dns("*.svc.local"));
+    assert!(r.sans.allows_dns("*.apps.local") && !r.sans.allows_dns("x.apps.local"));
+}

@@ -125,20 +125,21 @@ impl Sessions {
     }
 
     /// Marks a session revoked from now on; returns false if it already was. The owner comes
-    /// from the open session when there is one here.
+    /// from the open session when there is one here. The first tombstone stays as it was: its
+    /// `at` decides when it is pruned, so a later (or forged) one must not move it.
     pub fn tombstone(&self, id: &str, at: SystemTime, reason: &str) -> bool {
         let owner = self.find(id).map(|s| s.owner.clone());
-        self.revoked
-            .lock()
-            .insert(
-                id.to_string(),
-                Tombstone {
+        match self.revoked.lock().entry(id.to_string()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Tombstone {
                     at,
                     reason: reason.to_string(),
                     owner,
-                },
-            )
-            .is_none()
+                });
+                true
+            }
+        }
     }
 
     /// A backend's handle for an open session.
@@ -189,4 +190,22 @@ impl Sessions {
 pub fn new_id(prefix: &str) -> String {
     let bytes: [u8; 16] = rand::random();
     format!("{prefix}_{}", hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_tombstone_keeps_its_first_time() {
+        let s = Sessions::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert!(s.tombstone("s_1", t0, "first"));
+        assert!(!s.tombstone("s_1", t0 + Duration::from_secs(3600), "later"));
+        assert_eq!(s.revoked.lock()["s_1"].reason, "first");
+        // Pruned by its first time, not kept alive by the later insert.
+        s.prune_tombstones(t0 + Duration::from_secs(1));
+        assert!(!s.is_revoked("s_1"));
+    }
 }

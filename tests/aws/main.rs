@@ -8,6 +8,7 @@ mod fault_proxy;
 #[path = "../common/moto.rs"]
 mod moto;
 
+mod adversary;
 mod faults;
 mod reads;
 mod rotation;

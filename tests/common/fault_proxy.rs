@@ -18,6 +18,8 @@ pub enum Fault {
     Status(u16),
     /// HTTP 400 with this `__type`.
     Error(&'static str),
+    /// An AWS JSON error with this `__type` and message.
+    ErrorWith(&'static str, &'static str),
     /// Swallows the request and never answers (nothing reaches the upstream).
     Hang,
 }
@@ -171,6 +173,7 @@ async fn serve(mut conn: TcpStream, upstream: u16, st: Arc<ProxyState>) {
                 ),
                 Fault::Status(s) => (s, "{}".to_string()),
                 Fault::Error(t) => (400, format!(r#"{{"__type":"{t}","message":"injected"}}"#)),
+                Fault::ErrorWith(t, m) => (400, format!(r#"{{"__type":"{t}","message":"{m}"}}"#)),
             };
             let resp = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",

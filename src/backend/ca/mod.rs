@@ -173,6 +173,14 @@ fn requested_sans(spec: &SecretSpec) -> Result<(Vec<String>, Vec<IpAddr>), Strin
         }
     };
     let dns = list("dns_sans")?;
+    for d in &dns {
+        let ok = if d.starts_with("*.") {
+            crate::policy::dns::check_wildcard(d)
+        } else {
+            crate::policy::dns::check_name(d)
+        };
+        ok.map_err(|e| format!("dns_sans: `{d}` is not a DNS name: {e}"))?;
+    }
     let ips = list("ip_sans")?
         .iter()
         .map(|s| {
@@ -369,8 +377,23 @@ mod tests {
     fn san_policy_checks() {
         let p = SanPolicy {
             dns: vec!["*.svc.local".into(), "localhost".into()],
+            wildcards: vec!["*.apps.local".into()],
             ips: vec!["127.0.0.1".parse().unwrap()],
         };
+        // A pattern never admits a wildcard name, nor a name with more labels than it has.
+        for bad in [
+            "*.svc.local",
+            "a.b.svc.local",
+            "a\0.svc.local",
+            ".svc.local",
+            "*.x.apps.local",
+        ] {
+            let e = check_sans(Some(&p), &[bad.to_string()], &[]).unwrap_err();
+            assert!(e.contains("DNS SAN"), "{bad:?}: {e}");
+        }
+        // Wildcards only where the rule lists them, exactly.
+        assert!(check_sans(Some(&p), &["*.apps.local".into()], &[]).is_ok());
+        assert!(check_sans(Some(&p), &["*.APPS.local".into()], &[]).is_ok());
         let ok_dns = ["a.svc.local".to_string(), "localhost".into()];
         assert!(check_sans(Some(&p), &ok_dns, &["127.0.0.1".parse().unwrap()]).is_ok());
         let e = check_sans(Some(&p), &["evil.com".into()], &[]).unwrap_err();
