@@ -156,11 +156,8 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         m.abort();
     }
     signals.abort();
-    w_guard.remove();
-    a_guard.remove();
-    if let Some(g) = s_guard {
-        g.remove();
-    }
+    // Dropping the guards removes the sockets, through their held directories.
+    drop((w_guard, a_guard, s_guard));
     tracing::info!("sidecred stopped");
     served
 }

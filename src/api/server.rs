@@ -218,7 +218,7 @@ pub async fn spawn_metrics(
                     _ = stop.changed() => break,
                 }
             }
-            guard.remove();
+            drop(guard);
         })));
     }
     Ok(None)

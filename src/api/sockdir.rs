@@ -25,7 +25,8 @@ pub struct BoundSocket {
     pub guard: SocketGuard,
 }
 
-/// Removes the socket at shutdown through the held directory fd, only if it is still ours.
+/// Removes the socket when dropped (at shutdown, or when a later socket fails to bind) through
+/// the held directory fd, only if it is still ours.
 #[derive(Debug)]
 pub struct SocketGuard {
     dir: OwnedFd,
@@ -33,9 +34,9 @@ pub struct SocketGuard {
     ino: u64,
 }
 
-impl SocketGuard {
+impl Drop for SocketGuard {
     /// Unlinks the socket this process bound; anything else now at that name is left alone.
-    pub fn remove(&self) {
+    fn drop(&mut self) {
         if let Ok(st) = fstatat(
             &self.dir,
             self.name.as_os_str(),
@@ -326,7 +327,7 @@ mod tests {
         assert_eq!(m.permissions().mode() & 0o7777, 0o660);
         assert!(bind(&p, 0o660).unwrap_err().contains("running server"));
         drop(b.listener);
-        b.guard.remove();
+        drop(b.guard);
         assert!(!p.exists());
         let open = t.path().join("open");
         std::fs::create_dir(&open).unwrap();
