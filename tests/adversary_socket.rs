@@ -232,6 +232,12 @@ fn the_cli_sends_nothing_to_a_listener_of_another_uid() {
         outcomes.push((args[0].to_string(), run(&args)));
     }
     let got = attacker.captured();
+    assert!(
+        got.is_empty(),
+        "the attacker received {} bytes (value inside: {})",
+        got.len(),
+        got.windows(value.len()).any(|w| w == value.as_bytes())
+    );
     for (cmd, (code, err)) in &outcomes {
         assert_eq!(
             *code,
@@ -244,12 +250,6 @@ fn the_cli_sends_nothing_to_a_listener_of_another_uid() {
         );
         assert!(err.contains("nothing was sent"), "{cmd}: {err}");
     }
-    assert!(
-        got.is_empty(),
-        "the attacker received {} bytes (value inside: {})",
-        got.len(),
-        got.windows(value.len()).any(|w| w == value.as_bytes())
-    );
     // The real server, under the CLI's own uid, is still reached.
     assert!(ok_stdout(&sc.cli(&["status"])).contains("sidecred"));
 }
