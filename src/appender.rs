@@ -2,6 +2,7 @@
 //! file IO and never hold a lock across an await. Writers either wait for the write (and its
 //! fsync, when asked) or hand the line over and move on.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
@@ -14,13 +15,16 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Opens `path` for appending; with `sync`, every acknowledged line is fsynced.
+    /// Opens `path` for appending; with `sync`, every acknowledged line is fsynced. The file is
+    /// created 0600 whatever the umask, and an existing one is narrowed to 0600.
     pub async fn open(path: &Path, sync: bool) -> std::io::Result<Appender> {
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)
-            .await?;
+            .mode(0o600)
+            .open(path)?;
+        crate::fileperm::make_private(&file, path)?;
+        let mut file = tokio::fs::File::from_std(file);
         let (tx, mut rx) = mpsc::channel::<(String, Option<Ack>)>(4096);
         tokio::spawn(async move {
             // Lines that queued up meanwhile go out in one write.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod fileperm;
 pub mod fleet;
 pub mod harden;
 pub mod journal;

@@ -121,23 +121,29 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         let n = engine.resume_retirements(dir).await?;
         tracing::info!(pending = n, "retirement journal opened");
     }
-    let workload = server::bind(&server_cfg.workload_socket, server_cfg.workload_socket_mode)
-        .map_err(|e| {
-            format!(
-                "workload socket {}: {e}",
-                server_cfg.workload_socket.display()
-            )
-        })?;
-    let admin = server::bind(&server_cfg.admin_socket, server_cfg.admin_socket_mode)
+    let (workload, w_guard) =
+        server::bind(&server_cfg.workload_socket, server_cfg.workload_socket_mode).map_err(
+            |e| {
+                format!(
+                    "workload socket {}: {e}",
+                    server_cfg.workload_socket.display()
+                )
+            },
+        )?;
+    let (admin, a_guard) = server::bind(&server_cfg.admin_socket, server_cfg.admin_socket_mode)
         .map_err(|e| format!("admin socket {}: {e}", server_cfg.admin_socket.display()))?;
-    let spiffe = server_cfg
+    let (spiffe, s_guard) = match server_cfg
         .spiffe_socket
         .as_ref()
         .map(|p| {
             server::bind(p, server_cfg.workload_socket_mode)
                 .map_err(|e| format!("spiffe socket {}: {e}", p.display()))
         })
-        .transpose()?;
+        .transpose()?
+    {
+        Some((l, g)) => (Some(l), Some(g)),
+        None => (None, None),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = engine.spawn_sweeper(stop_rx.clone());
     let watcher = engine.spawn_fleet_watcher(stop_rx.clone());
@@ -162,11 +168,8 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         m.abort();
     }
     signals.abort();
-    let _ = std::fs::remove_file(&server_cfg.workload_socket);
-    let _ = std::fs::remove_file(&server_cfg.admin_socket);
-    if let Some(p) = &server_cfg.spiffe_socket {
-        let _ = std::fs::remove_file(p);
-    }
+    // Dropping the guards removes the sockets, through their held directories.
+    drop((w_guard, a_guard, s_guard));
     tracing::info!("sidecred stopped");
     served
 }

@@ -323,6 +323,8 @@ fn as_nobody(sc: &Sidecar, args: &[&str]) -> std::process::Output {
     std::process::Command::new(&bin)
         .args(args)
         .env("SIDECRED_SOCKET", &sc.workload)
+        // The attacker knows sidecred runs as root; it wants to reach it, not be protected.
+        .env("SIDECRED_SERVER_UID", "0")
         .stdin(std::process::Stdio::null())
         .uid(65534)
         .gid(65534)

@@ -167,6 +167,8 @@ fn another_uid_is_denied_with_the_rule_named_and_audited() {
     let out = Command::new(&bin)
         .args(["get", "app/a"])
         .env("SIDECRED_SOCKET", &sc.workload)
+        // This caller knows sidecred runs as root: without this it would refuse the socket.
+        .env("SIDECRED_SERVER_UID", "0")
         .uid(65534)
         .gid(65534)
         .output()
@@ -200,6 +202,7 @@ fn another_uid_is_denied_with_the_rule_named_and_audited() {
     let out = Command::new(&bin)
         .args(["status"])
         .env("SIDECRED_ADMIN_SOCKET", &sc.admin)
+        .env("SIDECRED_SERVER_UID", "0")
         .uid(65534)
         .gid(65534)
         .output()

@@ -55,6 +55,7 @@ async fn fleet(n: usize) -> Fleet {
     let proxy = fault_proxy::FaultProxy::start(bao.port);
     let tf = tmp.path().join("token");
     std::fs::write(&tf, &bao.root_token).unwrap();
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let scs = (0..n)
         .map(|i| {
             Sidecar::builder(&body(&bao, &proxy.endpoint(), &tf, &format!("sc-{i}")))

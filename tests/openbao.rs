@@ -347,7 +347,7 @@ async fn pki_issue_and_no_secret_in_logs_at_trace() {
 fn example_config_is_accepted() {
     let tmp = tempfile::tempdir().unwrap();
     for f in ["token", "secret-id", "sa-token", "ca.pem"] {
-        std::fs::write(tmp.path().join(f), "x").unwrap();
+        common::openbao::write_file(tmp.path(), f, "x");
     }
     let out = std::process::Command::new(BIN)
         .args([

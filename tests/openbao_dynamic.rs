@@ -24,6 +24,7 @@ async fn setup(ttl: u64, max: u64) -> (Env, OpenBao) {
     let tmp = tempfile::tempdir().unwrap();
     let tf = tmp.path().join("token");
     std::fs::write(&tf, &bao.root_token).unwrap();
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let body = format!(
         r#"{}
 [[secret]]

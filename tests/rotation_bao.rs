@@ -18,6 +18,7 @@ use tonic::Code;
 fn body(bao: &OpenBao, dir: &std::path::Path, rest: &str) -> String {
     let tf = dir.join("token");
     std::fs::write(&tf, &bao.root_token).unwrap();
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     format!(
         "{}\n{rest}\n{OPEN_POLICY}",
         token_file_backend(bao, &tf, "")

@@ -11,6 +11,7 @@ pub mod layer;
 pub mod peer;
 pub mod sds;
 pub mod server;
+pub mod sockdir;
 pub mod spiffe;
 
 pub use error::{validate_id, validate_name, ApiError};

@@ -6,7 +6,6 @@ use super::pb::{admin_server::AdminServer, broker_server::BrokerServer};
 use super::peer::{PeerIdentity, PeerStream};
 use crate::engine::Engine;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,34 +15,15 @@ use tokio::sync::watch;
 /// Largest request accepted; secret requests are small.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// Binds a Unix socket: refuses one held by a live server, removes a stale one, applies `mode`.
-pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-        }
-    }
-    if path.exists() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "{} is held by a running server; refusing to take it over",
-                        path.display()
-                    ),
-                ))
-            }
-            Err(_) => {
-                tracing::info!(socket = %path.display(), "removing stale socket");
-                std::fs::remove_file(path)?;
-            }
-        }
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(l)
+/// Binds a Unix socket in a verified directory (see [`super::sockdir`]): refuses one held by a
+/// live server, removes a stale one, applies `mode` through the held directory fd.
+pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, super::sockdir::SocketGuard), String> {
+    let b = super::sockdir::bind(path, mode)?;
+    b.listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let l = UnixListener::from_std(b.listener).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((l, b.guard))
 }
 
 /// Accepted connections tagged with their caller's identity. At most `max` are open at once
@@ -226,7 +206,7 @@ pub async fn spawn_metrics(
         })));
     }
     if let Some(path) = cfg.socket {
-        let l =
+        let (l, guard) =
             bind(&path, 0o660).map_err(|e| format!("metrics.socket {}: {e}", path.display()))?;
         return Ok(Some(tokio::spawn(async move {
             loop {
@@ -238,7 +218,7 @@ pub async fn spawn_metrics(
                     _ = stop.changed() => break,
                 }
             }
-            let _ = std::fs::remove_file(&path);
+            drop(guard);
         })));
     }
     Ok(None)

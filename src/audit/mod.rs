@@ -122,6 +122,17 @@ impl Audit {
         fail_closed: bool,
         key: Option<AuditKey>,
     ) -> std::io::Result<Self> {
+        // A missing directory is made owner-only, like the file itself.
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
         let out = Appender::open(path, false).await?;
         Ok(Self {
             out: Some(out),

@@ -6,8 +6,7 @@ use crate::config::{parse_duration, Config};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// A client failure with the exit code it maps to.
@@ -37,27 +36,24 @@ fn sockets(conn: &Conn) -> Result<(PathBuf, PathBuf), Fail> {
     }
 }
 
-async fn channel(path: &Path, timeout: u64) -> Result<Channel, Fail> {
-    let uri = format!("unix://{}", path.display());
-    Endpoint::from_shared(uri)
-        .map_err(|e| Fail(2, format!("bad socket path: {e}")))?
-        .timeout(Duration::from_secs(timeout))
-        .connect_timeout(Duration::from_secs(timeout))
-        .connect()
+async fn channel(path: &Path, conn: &Conn) -> Result<Channel, Fail> {
+    let expected = conn
+        .server_uid
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    super::connect::channel(path, expected, conn.timeout)
         .await
-        .map_err(|e| Fail(5, format!("cannot connect to {}: {e}", path.display())))
+        .map_err(|e| match e {
+            super::connect::ConnectError::WrongServer(m) => Fail(super::connect::WRONG_SERVER, m),
+            super::connect::ConnectError::Unreachable(m) => Fail(5, m),
+        })
 }
 
 async fn broker(conn: &Conn) -> Result<BrokerClient<Channel>, Fail> {
-    Ok(BrokerClient::new(
-        channel(&sockets(conn)?.0, conn.timeout).await?,
-    ))
+    Ok(BrokerClient::new(channel(&sockets(conn)?.0, conn).await?))
 }
 
 async fn admin(conn: &Conn) -> Result<AdminClient<Channel>, Fail> {
-    Ok(AdminClient::new(
-        channel(&sockets(conn)?.1, conn.timeout).await?,
-    ))
+    Ok(AdminClient::new(channel(&sockets(conn)?.1, conn).await?))
 }
 
 fn print_json(v: serde_json::Value) {
@@ -295,9 +291,8 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
         Cmd::Health { admin, conn } => {
             let (w, a) = sockets(&conn)?;
             let path = if admin { a } else { w };
-            let mut c = tonic_health::pb::health_client::HealthClient::new(
-                channel(&path, conn.timeout).await?,
-            );
+            let mut c =
+                tonic_health::pb::health_client::HealthClient::new(channel(&path, &conn).await?);
             let r = c
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: String::new(),

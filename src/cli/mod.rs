@@ -1,6 +1,7 @@
 //! Command line: `serve`, `check-config`, and thin gRPC clients of the two sockets.
 //! Exit codes: 0 ok, 1 other error, 2 usage or config, 3 denied, 4 not found, 5 unavailable,
-//! 6 failed precondition (revoked or expired session), 7 invalid argument.
+//! 6 failed precondition (revoked or expired session), 7 invalid argument, 8 the socket's
+//! server is not the expected uid (nothing was sent).
 
 /// Prints a line to stdout; a closed pipe (`sidecred get x | head -c 5`) is not an error.
 macro_rules! outln {
@@ -11,13 +12,31 @@ macro_rules! outln {
 }
 
 mod client;
+mod connect;
 mod direct;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-pub const DEFAULT_SOCKET: &str = "/tmp/sidecred/workload.sock";
-pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/sidecred-admin/admin.sock";
+/// The private runtime directory config/dev.toml uses when no socket is given:
+/// `$XDG_RUNTIME_DIR/sidecred-dev`, else `$HOME/.cache/sidecred-dev` (`/root` without a HOME).
+/// Kept in step with the defaults written in that file.
+pub fn dev_runtime_dir() -> PathBuf {
+    let set = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
+    let base = match set("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(set("HOME").unwrap_or_else(|| "/root".into())).join(".cache"),
+    };
+    base.join("sidecred-dev")
+}
+
+fn default_socket() -> PathBuf {
+    dev_runtime_dir().join("sock/workload.sock")
+}
+
+fn default_admin_socket() -> PathBuf {
+    dev_runtime_dir().join("admin/admin.sock")
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,11 +52,15 @@ pub struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
     /// Workload socket.
-    #[arg(long, env = "SIDECRED_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    #[arg(long, env = "SIDECRED_SOCKET", default_value_os_t = default_socket(), global = true)]
     socket: PathBuf,
     /// Admin socket.
-    #[arg(long, env = "SIDECRED_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET, global = true)]
+    #[arg(long, env = "SIDECRED_ADMIN_SOCKET", default_value_os_t = default_admin_socket(), global = true)]
     admin_socket: PathBuf,
+    /// The uid sidecred runs as: the CLI refuses a socket whose listener or file belongs to any
+    /// other uid (default: the CLI's own uid).
+    #[arg(long, env = "SIDECRED_SERVER_UID", global = true)]
+    server_uid: Option<u32>,
     /// Take the socket paths from this config file instead.
     #[arg(long, global = true)]
     config: Option<PathBuf>,

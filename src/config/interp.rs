@@ -57,28 +57,12 @@ pub fn interpolate(
                 column: col,
                 message,
             };
-            let close = chars[i + 2..].iter().position(|c| *c == '}' || *c == '\n');
-            let Some(len) = close.filter(|l| chars[i + 2 + l] == '}') else {
+            let Some(end) = matching_close(&chars, i + 2) else {
                 return Err(err("unterminated `${`".into()));
             };
-            let body: String = chars[i + 2..i + 2 + len].iter().collect();
-            let (name, default) = match body.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (body.as_str(), None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(err(format!("invalid variable name `{name}`")));
-            }
-            let value = match (lookup(name), default) {
-                (Some(v), None) => v,
-                (Some(v), Some(_)) if !v.is_empty() => v,
-                (_, Some(d)) => d.to_string(),
-                (None, None) => {
-                    return Err(err(format!(
-                        "environment variable `{name}` is not set and has no default (use ${{{name}:-default}})"
-                    )))
-                }
-            };
+            let len = end - (i + 2);
+            let (name, value) = expand(&chars[i + 2..end], lookup, true, 0).map_err(err)?;
+            let value = value.unwrap_or_default();
             match ctx {
                 Ctx::Basic | Ctx::MultiBasic => escape_into(&value, &mut out),
                 _ if value.contains(['\'', '\n', '\r']) => {
@@ -134,6 +118,84 @@ pub fn interpolate(
         i += take;
     }
     Ok(out)
+}
+
+/// Deepest `${A:-${B:-...}}` nesting accepted.
+const MAX_NESTING: usize = 8;
+
+/// The index of the `}` closing the `${` whose body starts at `from`, counting nested `${`;
+/// none before the end of the line.
+fn matching_close(chars: &[char], from: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut j = from;
+    while j < chars.len() {
+        match chars[j] {
+            '\n' => return None,
+            '$' if matches!(chars.get(j + 1), Some('$')) => j += 1,
+            '$' if matches!(chars.get(j + 1), Some('{')) => {
+                depth += 1;
+                j += 1;
+            }
+            '}' if depth == 0 => return Some(j),
+            '}' => depth -= 1,
+            _ => {}
+        }
+        j += 1;
+    }
+    None
+}
+
+/// Expands one `${...}` body: `NAME` or `NAME:-default`, where the default may itself hold
+/// `${...}` and `$$`. Returns the name (for messages) and the raw, unescaped value. With `eval`
+/// false (a default that is not used) the body is only checked, so an unused default never needs
+/// its variables set.
+fn expand(
+    body: &[char],
+    lookup: &dyn Fn(&str) -> Option<String>,
+    eval: bool,
+    depth: usize,
+) -> Result<(String, Option<String>), String> {
+    if depth > MAX_NESTING {
+        return Err(format!("`${{` nested more than {MAX_NESTING} deep"));
+    }
+    let text: String = body.iter().collect();
+    let (name, default) = match text.split_once(":-") {
+        Some((n, d)) => (n.to_string(), Some(d.chars().collect::<Vec<char>>())),
+        None => (text.clone(), None),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("invalid variable name `{name}`"));
+    }
+    let found = if eval { lookup(&name) } else { None };
+    let use_default = !matches!(&found, Some(v) if default.is_none() || !v.is_empty());
+    let mut value = String::new();
+    if let Some(d) = &default {
+        let mut k = 0;
+        while k < d.len() {
+            if d[k] == '$' && d.get(k + 1) == Some(&'$') {
+                value.push('$');
+                k += 2;
+            } else if d[k] == '$' && d.get(k + 1) == Some(&'{') {
+                let end = matching_close(d, k + 2).ok_or("unterminated `${`")?;
+                let (_, v) = expand(&d[k + 2..end], lookup, eval && use_default, depth + 1)?;
+                value.push_str(&v.unwrap_or_default());
+                k = end + 1;
+            } else {
+                value.push(d[k]);
+                k += 1;
+            }
+        }
+    }
+    if !eval {
+        return Ok((name, None));
+    }
+    match (found, default.is_some()) {
+        (Some(v), _) if !use_default => Ok((name, Some(v))),
+        (_, true) => Ok((name, Some(value))),
+        (_, false) => Err(format!(
+            "environment variable `{name}` is not set and has no default (use ${{{name}:-default}})"
+        )),
+    }
 }
 
 fn escape_into(value: &str, out: &mut String) {
@@ -194,6 +256,11 @@ mod tests {
             ("a = '${HOST}'", "a = '127.0.0.1'"),
             ("a = \"\\\"${HOST}\"", "a = \"\\\"127.0.0.1\""),
             ("a = \"\"\"\n${HOST}\"\"\"", "a = \"\"\"\n127.0.0.1\"\"\""),
+            ("a = \"${NOPE:-${HOST}/x}\"", "a = \"127.0.0.1/x\""),
+            ("a = \"${NOPE:-${NOPE2:-${EMPTY:-d}}/y}z\"", "a = \"d/yz\""),
+            ("a = \"${HOST:-${UNSET_BUT_UNUSED}}\"", "a = \"127.0.0.1\""),
+            ("a = \"${NOPE:-$${HOST}}\"", "a = \"${HOST}\""),
+            ("a = \"${NOPE:-${Q}}\"", "a = \"a\\\"b\""),
         ];
         for (input, want) in cases {
             assert_eq!(run(input).unwrap(), want, "{input}");
@@ -207,5 +274,8 @@ mod tests {
         assert!(e.message.contains("NOPE"));
         assert!(run("a = \"${bad name}\"").is_err());
         assert!(run("a = \"${OPEN").is_err());
+        assert!(run("a = \"${NOPE:-${OPEN}").is_err());
+        assert!(run("a = \"${NOPE:-${UNSET}}\"").is_err());
+        assert!(run("a = \"${HOST:-${bad name}}\"").is_err());
     }
 }

@@ -11,7 +11,8 @@ Correct by construction:
 - logs carry tool, zone, call id, lease id and version: never the credential. The header
   is unredirected, so a redirect cannot carry it to another host.
 
-Run against ``sidecred serve --config config/dev.toml`` (SIDECRED_SOCKET set):
+Run against ``sidecred serve --config config/dev.toml`` (SIDECRED_SOCKET set to its workload
+socket, ``${XDG_RUNTIME_DIR:-$HOME/.cache}/sidecred-dev/sock/workload.sock`` by default):
     python clients/python/examples/tool_router.py
 """
 

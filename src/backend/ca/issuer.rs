@@ -10,7 +10,6 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use time::OffsetDateTime;
@@ -147,16 +146,7 @@ pub fn generate(
 
 /// Refuses a key file that anyone but its owner may read or write.
 pub fn check_key_mode(path: &Path) -> Result<(), String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("key_file `{}`: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "key_file `{}` has mode {mode:04o}: group or world access to a CA key is refused (chmod 600)",
-            path.display()
-        ));
-    }
-    Ok(())
+    crate::fileperm::check_private(path, "key_file", "a CA key")
 }
 
 fn is_self_signed(der: &CertificateDer<'_>) -> Result<bool, String> {
@@ -373,6 +363,7 @@ pub fn pem_block(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn generated_ca_issues_a_leaf_and_round_trips_through_pem() {

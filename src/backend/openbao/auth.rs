@@ -76,7 +76,22 @@ impl AuthConfig {
                 file.display()
             ));
         }
+        // Checked here when the file is already there, so check-config and start refuse it;
+        // every later read checks again.
+        if file.exists() {
+            self.check_file_mode(file)?;
+        }
         Ok(())
+    }
+
+    /// The same owner-only rule as the CA key file.
+    fn check_file_mode(&self, file: &Path) -> Result<(), String> {
+        let setting = match self {
+            AuthConfig::TokenFile { .. } => "auth.path",
+            AuthConfig::Approle { .. } => "auth.secret_id_file",
+            AuthConfig::Jwt { .. } => "auth.jwt_file",
+        };
+        crate::fileperm::check_private(file, setting, "a credential")
     }
 }
 
@@ -94,6 +109,8 @@ pub struct OwnToken {
 
 /// Reads a small credential file, trimmed, into a secret.
 fn read_secret_file(path: &Path, method: &str) -> Result<SecretText, BackendError> {
+    crate::fileperm::check_private(path, &format!("auth ({method})"), "a credential")
+        .map_err(BackendError::Invalid)?;
     let mut raw = std::fs::read_to_string(path).map_err(|e| {
         BackendError::Invalid(format!(
             "auth ({method}): cannot read `{}`: {}",

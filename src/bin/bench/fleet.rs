@@ -176,6 +176,8 @@ pub async fn run(n: usize, rounds: usize) {
     let proxy = fault_proxy::FaultProxy::start(port);
     let token = dir.path().join("token");
     std::fs::write(&token, "root").expect("token file");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("token file mode");
     let mut socks = Vec::new();
     for i in 0..n {
         let cfg = sidecar_config(dir.path(), i, &proxy.endpoint(), &token);
