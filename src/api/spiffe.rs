@@ -177,9 +177,9 @@ fn crls(view: &View) -> Vec<Vec<u8>> {
 fn check_header<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
     match req.metadata().get("workload.spiffe.io") {
         Some(v) if v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("true")) => super::caller(req),
-        _ => Err(Status::invalid_argument(
-            "security header missing from request",
-        )),
+        _ => Err(Status::from(ApiError::InvalidArgument(
+            "security header missing from request".into(),
+        ))),
     }
 }
 
@@ -281,9 +281,9 @@ impl SpiffeWorkloadApi for SpiffeService {
         let w = workload(&self.engine, caller, "svid_jwt").await?;
         let r = req.into_inner();
         if r.audience.is_empty() || r.audience.iter().any(|a| a.is_empty() || a.len() > 256) {
-            return Err(Status::invalid_argument(
-                "audience: at least one, each 1-256 bytes",
-            ));
+            return Err(Status::from(ApiError::InvalidArgument(
+                "audience: at least one, each 1-256 bytes".into(),
+            )));
         }
         if !r.spiffe_id.is_empty() && r.spiffe_id != w.spiffe_id {
             return Err(
@@ -341,11 +341,17 @@ impl SpiffeWorkloadApi for SpiffeService {
         let w = workload(&self.engine, caller, "svid_jwt_validate").await?;
         let r = req.into_inner();
         if r.audience.is_empty() || r.svid.is_empty() {
-            return Err(Status::invalid_argument("audience and svid are required"));
+            return Err(Status::from(ApiError::InvalidArgument(
+                "audience and svid are required".into(),
+            )));
         }
         let v =
             w.ca.jwt_validate(&r.svid, &r.audience, SystemTime::now())
-                .map_err(|e| Status::invalid_argument(format!("JWT-SVID rejected: {e}")))?;
+                .map_err(|e| {
+                    Status::from(ApiError::InvalidArgument(
+                        format!("JWT-SVID rejected: {e}").into(),
+                    ))
+                })?;
         Ok(Response::new(wpb::ValidateJwtsvidResponse {
             spiffe_id: v.spiffe_id,
             claims: Some(to_struct(v.claims)),
