@@ -94,13 +94,10 @@ async fn resources(
 
 fn check_request(r: &DiscoveryRequest) -> Result<(), Status> {
     if !r.type_url.is_empty() && r.type_url != SECRET_TYPE {
-        return Err(Status::from(ApiError::InvalidArgument(
-            format!(
-                "type_url `{}` is not served here (only {SECRET_TYPE})",
-                r.type_url
-            )
-            .into(),
-        )));
+        return Err(Status::from(ApiError::InvalidArgument(format!(
+            "type_url `{}` is not served here (only {SECRET_TYPE})",
+            r.type_url
+        ))));
     }
     if r.resource_names.len() > MAX_NAMES || r.resource_names.iter().any(|n| n.len() > 256) {
         return Err(Status::from(ApiError::InvalidArgument(

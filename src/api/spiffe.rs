@@ -348,9 +348,7 @@ impl SpiffeWorkloadApi for SpiffeService {
         let v =
             w.ca.jwt_validate(&r.svid, &r.audience, SystemTime::now())
                 .map_err(|e| {
-                    Status::from(ApiError::InvalidArgument(
-                        format!("JWT-SVID rejected: {e}").into(),
-                    ))
+                    Status::from(ApiError::InvalidArgument(format!("JWT-SVID rejected: {e}")))
                 })?;
         Ok(Response::new(wpb::ValidateJwtsvidResponse {
             spiffe_id: v.spiffe_id,
