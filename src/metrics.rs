@@ -1,11 +1,14 @@
-//! Prometheus metrics, exposed as text on a loopback TCP address or a Unix socket.
-//! Labels carry RPC names, status codes, backend and secret names — never values.
+//! Prometheus metrics, kept in a `prometheus-client` registry and served as OpenMetrics text
+//! by hyper on a loopback TCP address or a Unix socket. Labels carry RPC names, status codes,
+//! backend and secret names — never values.
 
-use parking_lot::Mutex;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 /// RPCs counted by name; the index is the row in the request table.
@@ -26,67 +29,33 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    rpc: &'static str,
+    code: &'static str,
 }
 
-impl Histogram {
-    fn observe(&mut self, v: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; BUCKETS.len()];
-        }
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"{b}\"}} {}",
-                self.counts.get(i).copied().unwrap_or(0)
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+    op: &'static str,
 }
 
-pub struct Metrics {
-    requests: Vec<[AtomicU64; CODES]>,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub cache_stale: AtomicU64,
-    pub revocations: AtomicU64,
-    pub config_reload_errors: AtomicU64,
-    backend: Mutex<BTreeMap<(String, &'static str), Histogram>>,
-    rotations: Mutex<BTreeMap<String, u64>>,
-    propagation: Mutex<Histogram>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecretLabels {
+    secret: String,
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-    requests: RPCS
-        .iter()
-        .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-        .collect(),
-    cache_hits: AtomicU64::new(0),
-    cache_misses: AtomicU64::new(0),
-    cache_stale: AtomicU64::new(0),
-    revocations: AtomicU64::new(0),
-    config_reload_errors: AtomicU64::new(0),
-    backend: Mutex::new(BTreeMap::new()),
-    rotations: Mutex::new(BTreeMap::new()),
-    propagation: Mutex::new(Histogram::default()),
-});
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
+}
 
 /// Gauges read at scrape time from the engine.
 pub struct Gauges {
@@ -98,174 +67,273 @@ pub struct Gauges {
     pub config_generation: u64,
 }
 
+/// One gauge per [`Gauges`] field, set just before each scrape is encoded.
+#[derive(Default)]
+struct ScrapeGauges {
+    sessions: Gauge,
+    leases: Gauge,
+    cached_values: Gauge,
+    watches: Gauge,
+    journal_backlog: Gauge,
+    config_generation: Gauge,
+}
+
+pub struct Metrics {
+    /// The hot path's counters, one cell per (RPC, code), created on first use so a scrape
+    /// shows only pairs that happened; the increment itself is one atomic add.
+    requests: Vec<[OnceLock<Counter>; CODES]>,
+    request_family: Family<RequestLabels, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_stale: Counter,
+    pub revocations: Counter,
+    pub config_reload_errors: Counter,
+    backend: HistogramFamily<BackendLabels>,
+    rotations: Family<SecretLabels, Counter>,
+    /// The one series of the propagation family (`scope="fleet"`), observed directly.
+    propagation: Histogram,
+    propagation_family: HistogramFamily<ScopeLabels>,
+    gauges: ScrapeGauges,
+    /// The registry, behind a lock so concurrent scrapes set and read gauges in turn.
+    registry: parking_lot::Mutex<Registry>,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
 impl Metrics {
-    pub fn request(&self, rpc: &str, code: tonic::Code) {
-        if let Some(i) = RPCS.iter().position(|r| *r == rpc) {
-            self.requests[i][(code as usize).min(CODES - 1)].fetch_add(1, Ordering::Relaxed);
+    fn new() -> Self {
+        let propagation_family: HistogramFamily<ScopeLabels> =
+            Family::new_with_constructor(histogram as fn() -> Histogram);
+        let propagation = propagation_family
+            .get_or_create(&ScopeLabels { scope: "fleet" })
+            .clone();
+        let m = Metrics {
+            requests: RPCS
+                .iter()
+                .map(|_| std::array::from_fn(|_| OnceLock::new()))
+                .collect(),
+            request_family: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_stale: Counter::default(),
+            revocations: Counter::default(),
+            config_reload_errors: Counter::default(),
+            backend: Family::new_with_constructor(histogram as fn() -> Histogram),
+            rotations: Family::default(),
+            propagation,
+            propagation_family,
+            gauges: ScrapeGauges::default(),
+            registry: parking_lot::Mutex::new(Registry::default()),
+        };
+        m.register();
+        m
+    }
+
+    fn register(&self) {
+        let mut r = self.registry.lock();
+        // Counters are registered without `_total`: the encoder appends it.
+        r.register(
+            "sidecred_requests",
+            "gRPC requests by RPC and status code",
+            self.request_family.clone(),
+        );
+        for (name, help, c) in [
+            (
+                "sidecred_cache_hits",
+                "Requests served from the cache",
+                &self.cache_hits,
+            ),
+            (
+                "sidecred_cache_misses",
+                "Requests that went to a backend",
+                &self.cache_misses,
+            ),
+            (
+                "sidecred_cache_stale",
+                "Stale values served because a backend failed",
+                &self.cache_stale,
+            ),
+            (
+                "sidecred_revocations",
+                "Sessions revoked",
+                &self.revocations,
+            ),
+            (
+                "sidecred_config_reload_errors",
+                "Rejected config reloads",
+                &self.config_reload_errors,
+            ),
+        ] {
+            r.register(name, help, c.clone());
         }
+        r.register(
+            "sidecred_rotations",
+            "Rotations by secret",
+            self.rotations.clone(),
+        );
+        let g = &self.gauges;
+        for (name, help, gauge) in [
+            ("sidecred_sessions_active", "Open sessions", &g.sessions),
+            ("sidecred_leases_active", "Active leases", &g.leases),
+            (
+                "sidecred_cached_values",
+                "Values held in the cache",
+                &g.cached_values,
+            ),
+            (
+                "sidecred_watches_open",
+                "Open WatchSecret streams",
+                &g.watches,
+            ),
+            (
+                "sidecred_journal_backlog",
+                "Revocations and retirements not yet done",
+                &g.journal_backlog,
+            ),
+            (
+                "sidecred_config_generation",
+                "Config generation in force",
+                &g.config_generation,
+            ),
+        ] {
+            r.register(name, help, gauge.clone());
+        }
+        r.register(
+            "sidecred_backend_call_seconds",
+            "Backend call latency",
+            self.backend.clone(),
+        );
+        r.register(
+            "sidecred_revocation_propagation_seconds",
+            "Lag from a revocation to this sidecar enforcing it",
+            self.propagation_family.clone(),
+        );
+    }
+
+    pub fn request(&self, rpc: &str, code: tonic::Code) {
+        let Some(i) = RPCS.iter().position(|r| *r == rpc) else {
+            return;
+        };
+        let c = (code as usize).min(CODES - 1);
+        self.requests[i][c]
+            .get_or_init(|| {
+                let labels = RequestLabels {
+                    rpc: RPCS[i],
+                    code: code_name(c),
+                };
+                self.request_family.get_or_create(&labels).clone()
+            })
+            .inc();
     }
 
     pub fn backend_call(&self, backend: &str, op: &'static str, took: Duration) {
-        let mut m = self.backend.lock();
-        m.entry((backend.to_string(), op))
-            .or_default()
+        self.backend
+            .get_or_create(&BackendLabels {
+                backend: backend.to_string(),
+                op,
+            })
             .observe(took.as_secs_f64());
     }
 
     pub fn rotation(&self, secret: &str) {
-        *self.rotations.lock().entry(secret.to_string()).or_default() += 1;
+        self.rotations
+            .get_or_create(&SecretLabels {
+                secret: secret.to_string(),
+            })
+            .inc();
     }
 
     /// Time from a revocation's start to this sidecar acting on it.
     pub fn propagation(&self, lag: Duration) {
-        self.propagation.lock().observe(lag.as_secs_f64());
+        self.propagation.observe(lag.as_secs_f64());
     }
 
+    /// The OpenMetrics text of every metric, with the engine's gauges as of now.
     pub fn render(&self, g: &Gauges) -> String {
+        let r = self.registry.lock();
+        let s = &self.gauges;
+        for (gauge, v) in [
+            (&s.sessions, g.sessions),
+            (&s.leases, g.leases),
+            (&s.cached_values, g.cached_values),
+            (&s.watches, g.watches),
+            (&s.journal_backlog, g.journal_backlog),
+            (&s.config_generation, g.config_generation),
+        ] {
+            gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
         let mut out = String::with_capacity(8192);
-        out.push_str("# HELP sidecred_requests_total gRPC requests by RPC and status code.\n# TYPE sidecred_requests_total counter\n");
-        for (i, rpc) in RPCS.iter().enumerate() {
-            for (c, n) in self.requests[i].iter().enumerate() {
-                let n = n.load(Ordering::Relaxed);
-                if n > 0 {
-                    let code = format!("{:?}", tonic::Code::from(c as i32));
-                    let _ = writeln!(
-                        out,
-                        "sidecred_requests_total{{rpc=\"{rpc}\",code=\"{code}\"}} {n}"
-                    );
-                }
-            }
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
+            tracing::warn!(error = %e, "metrics encoding failed");
         }
-        let counters = [
-            (
-                "sidecred_cache_hits_total",
-                "Requests served from the cache.",
-                &self.cache_hits,
-            ),
-            (
-                "sidecred_cache_misses_total",
-                "Requests that went to a backend.",
-                &self.cache_misses,
-            ),
-            (
-                "sidecred_cache_stale_total",
-                "Stale values served because a backend failed.",
-                &self.cache_stale,
-            ),
-            (
-                "sidecred_revocations_total",
-                "Sessions revoked.",
-                &self.revocations,
-            ),
-            (
-                "sidecred_config_reload_errors_total",
-                "Rejected config reloads.",
-                &self.config_reload_errors,
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP sidecred_rotations_total Rotations by secret.\n# TYPE sidecred_rotations_total counter\n");
-        for (s, n) in self.rotations.lock().iter() {
-            let _ = writeln!(
-                out,
-                "sidecred_rotations_total{{secret=\"{}\"}} {n}",
-                escape(s)
-            );
-        }
-        let gauges = [
-            ("sidecred_sessions_active", "Open sessions.", g.sessions),
-            ("sidecred_leases_active", "Active leases.", g.leases),
-            (
-                "sidecred_cached_values",
-                "Values held in the cache.",
-                g.cached_values,
-            ),
-            (
-                "sidecred_watches_open",
-                "Open WatchSecret streams.",
-                g.watches,
-            ),
-            (
-                "sidecred_journal_backlog",
-                "Revocations and retirements not yet done.",
-                g.journal_backlog,
-            ),
-            (
-                "sidecred_config_generation",
-                "Config generation in force.",
-                g.config_generation,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
-        out.push_str("# HELP sidecred_backend_call_seconds Backend call latency.\n# TYPE sidecred_backend_call_seconds histogram\n");
-        for ((b, op), h) in self.backend.lock().iter() {
-            h.render(
-                &mut out,
-                "sidecred_backend_call_seconds",
-                &format!("backend=\"{}\",op=\"{op}\"", escape(b)),
-            );
-        }
-        out.push_str("# HELP sidecred_revocation_propagation_seconds Lag from a revocation to this sidecar enforcing it.\n# TYPE sidecred_revocation_propagation_seconds histogram\n");
-        self.propagation.lock().render(
-            &mut out,
-            "sidecred_revocation_propagation_seconds",
-            "scope=\"fleet\"",
-        );
         out
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Status code names as tonic's `Debug` prints them, without allocating per request.
+fn code_name(c: usize) -> &'static str {
+    const NAMES: [&str; CODES] = [
+        "Ok",
+        "Cancelled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    NAMES[c.min(CODES - 1)]
 }
 
-/// Serves `GET /metrics` over HTTP/1.1 with a bounded request read; anything else is 404.
-pub async fn serve_http<S>(mut stream: S, body: impl FnOnce() -> String)
+/// Serves `GET /metrics` (and `GET /`) over HTTP/1.1 with hyper, one response per connection;
+/// anything else is 404 or 405. The header read is bounded in time.
+pub async fn serve_http<S>(stream: S, body: impl Fn() -> String + Send + Sync + 'static)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 4096];
-    let mut n = 0;
-    let read = tokio::time::timeout(Duration::from_secs(2), async {
-        while n < buf.len() {
-            let k = stream.read(&mut buf[n..]).await?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
+    use http_body_util::Full;
+    use hyper::{body::Bytes, Method, Response, StatusCode};
+    let body = std::sync::Arc::new(body);
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let body = body.clone();
+        async move {
+            let (status, ctype, text) = match (req.method(), req.uri().path()) {
+                (&Method::GET, "/metrics" | "/") => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body(),
+                ),
+                (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+                _ => (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "text/plain",
+                    "only GET\n".into(),
+                ),
+            };
+            Response::builder()
+                .status(status)
+                .header("content-type", ctype)
+                .body(Full::new(Bytes::from(text)))
         }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return;
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .header_read_timeout(Duration::from_secs(2))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_buf_size(16 * 1024)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "metrics connection ended with an error");
     }
-    let ok = buf[..n].starts_with(b"GET /metrics ") || buf[..n].starts_with(b"GET / ");
-    let (status, text) = if ok {
-        ("200 OK", body())
-    } else {
-        ("404 Not Found", "not found\n".to_string())
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    let _ = stream.write_all(resp.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]
@@ -273,17 +341,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut h = Histogram::default();
+    fn encodes_counters_gauges_and_cumulative_buckets() {
+        let m = Metrics::new();
+        m.request("GetSecret", tonic::Code::Ok);
+        m.request("GetSecret", tonic::Code::Ok);
+        m.request("GetSecret", tonic::Code::NotFound);
         for v in [0.0001, 0.003, 0.2, 20.0] {
-            h.observe(v);
+            m.backend_call("dev", "fetch", Duration::from_secs_f64(v));
         }
-        let mut out = String::new();
-        h.render(&mut out, "x", "a=\"b\"");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.0005\"} 1"));
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.005\"} 2"));
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.25\"} 3"));
-        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 4"));
-        assert!(out.contains("x_count{a=\"b\"} 4"));
+        let g = Gauges {
+            sessions: 3,
+            leases: 0,
+            cached_values: 0,
+            watches: 0,
+            journal_backlog: 0,
+            config_generation: 7,
+        };
+        let out = m.render(&g);
+        assert!(
+            out.contains("sidecred_requests_total{rpc=\"GetSecret\",code=\"Ok\"} 2"),
+            "{out}"
+        );
+        assert!(out.contains("sidecred_requests_total{rpc=\"GetSecret\",code=\"NotFound\"} 1"));
+        assert!(
+            !out.contains("code=\"Internal\""),
+            "only codes that happened"
+        );
+        assert!(out.contains("sidecred_sessions_active 3"));
+        assert!(out.contains("sidecred_config_generation 7"));
+        assert!(out.contains("sidecred_backend_call_seconds_bucket{le=\"0.0005\",backend=\"dev\",op=\"fetch\"} 1")
+            || out.contains("sidecred_backend_call_seconds_bucket{backend=\"dev\",op=\"fetch\",le=\"0.0005\"} 1"), "{out}");
+        assert!(
+            out.contains("sidecred_backend_call_seconds_count{backend=\"dev\",op=\"fetch\"} 4"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sidecred_revocation_propagation_seconds_count{scope=\"fleet\"} 0"),
+            "{out}"
+        );
+        assert!(out.ends_with("# EOF\n"));
     }
 }

@@ -529,7 +529,7 @@ impl Engine {
         let window = cat.config.server.stale_window;
         let stale = match self.cache.lookup(key, now, window) {
             Lookup::Fresh(e) => {
-                METRICS.cache_hits.fetch_add(1, Ordering::Relaxed);
+                METRICS.cache_hits.inc();
                 if key.scope == ScopeKey::Shared
                     && e.backend_lease.is_none()
                     && e.claim_refresh(now, spec.ttl / 4)
@@ -541,7 +541,7 @@ impl Engine {
             Lookup::Stale(e) => Some(e),
             Lookup::Miss => None,
         };
-        METRICS.cache_misses.fetch_add(1, Ordering::Relaxed);
+        METRICS.cache_misses.inc();
         let fetch = self.fetch_future(cat, spec, session, caller, key, ident)?;
         // Values owned by a session or call are stored by the fetch itself, through the gate.
         let store = key.scope == ScopeKey::Shared;
@@ -552,7 +552,7 @@ impl Engine {
                 if first_this_second(now) {
                     tracing::warn!(secret = %spec.name, version = %old.version, error = %err, "serving stale value: backend unavailable");
                 }
-                METRICS.cache_stale.fetch_add(1, Ordering::Relaxed);
+                METRICS.cache_stale.inc();
                 Ok((old, true))
             }
             (Err(BackendError::Precondition(m)), _) if m == GATE_RELEASED => Err(

@@ -14,7 +14,6 @@ use crate::metrics::METRICS;
 use crate::session::Session;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -228,7 +227,7 @@ impl Engine {
             report.done.extend(done);
             report.pending.extend(pending);
         }
-        METRICS.revocations.fetch_add(1, Ordering::Relaxed);
+        METRICS.revocations.inc();
         let detail = format!(
             "reason={reason} done={} pending={}",
             report.done.len(),
@@ -343,7 +342,7 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let report = engine.teardown(&s, "revoked").await;
-            METRICS.revocations.fetch_add(1, Ordering::Relaxed);
+            METRICS.revocations.inc();
             let detail = format!(
                 "reason={} origin={} via=fleet lag_ms={} done={} pending={}",
                 t.reason,
