@@ -207,7 +207,64 @@ fn another_uid_is_denied_with_the_rule_named_and_audited() {
         .gid(65534)
         .output()
         .unwrap();
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The CLI says why: the mode and owner that refuse it, who it is, and what to change.
+    assert!(
+        err.contains("permission denied on")
+            && err.contains("uid 65534 gid 65534")
+            && (err.contains("mode 0600, owner uid 0") || err.contains("mode 0700, owner uid 0"))
+            && (err.contains("admin_socket_mode") || err.contains("search (x) permission")),
+        "{err}"
+    );
+}
+
+/// A socket that is missing or has no server behind it: the CLI names the path, where it came
+/// from, and which of the two it is.
+#[test]
+fn cli_says_why_it_cannot_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.sock");
+    let out = Command::new(BIN)
+        .args(["get", "app/a"])
+        .env("SIDECRED_SOCKET", &missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("SIDECRED_SOCKET variable"),
+        "{err}"
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nworkload_socket = \"{}\"\nadmin_socket = \"{}\"\n",
+            missing.display(),
+            dir.path().join("admin/a.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["status", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("server.admin_socket in {}", cfg.display())),
+        "the config key is named: {err}"
+    );
+    // A socket file with nothing listening (a server that died without cleaning up).
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let out = Command::new(BIN)
+        .args(["get", "app/a", "--socket", stale.to_str().unwrap()])
+        .env_remove("SIDECRED_SOCKET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing is listening on"), "{err}");
 }
 
 #[test]

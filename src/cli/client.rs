@@ -5,7 +5,7 @@ use crate::api::pb::{self, admin_client::AdminClient, broker_client::BrokerClien
 use crate::config::{parse_duration, Config};
 use serde_json::json;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -26,21 +26,43 @@ impl From<Status> for Fail {
     }
 }
 
-fn sockets(conn: &Conn) -> Result<(PathBuf, PathBuf), Fail> {
+/// A socket path and where it came from (for errors).
+type Sock = (PathBuf, String);
+
+fn sockets(conn: &Conn) -> Result<(Sock, Sock), Fail> {
     match &conn.config {
         Some(p) => {
             let c = Config::load(p).map_err(|e| Fail(2, e.to_string()))?;
-            Ok((c.server.workload_socket, c.server.admin_socket))
+            let at = |k: &str| format!("{k} in {}", p.display());
+            Ok((
+                (c.server.workload_socket, at("server.workload_socket")),
+                (c.server.admin_socket, at("server.admin_socket")),
+            ))
         }
-        None => Ok((conn.socket.clone(), conn.admin_socket.clone())),
+        None => {
+            let from = |var: &str, flag: &str| {
+                if std::env::var_os(var).is_some() {
+                    format!("the {var} variable")
+                } else {
+                    format!("{flag} or the default; set {flag}, {var} or --config")
+                }
+            };
+            Ok((
+                (conn.socket.clone(), from("SIDECRED_SOCKET", "--socket")),
+                (
+                    conn.admin_socket.clone(),
+                    from("SIDECRED_ADMIN_SOCKET", "--admin-socket"),
+                ),
+            ))
+        }
     }
 }
 
-async fn channel(path: &Path, conn: &Conn) -> Result<Channel, Fail> {
+async fn channel((path, origin): &Sock, conn: &Conn) -> Result<Channel, Fail> {
     let expected = conn
         .server_uid
         .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
-    super::connect::channel(path, expected, conn.timeout)
+    super::connect::channel(path, expected, conn.timeout, origin)
         .await
         .map_err(|e| match e {
             super::connect::ConnectError::WrongServer(m) => Fail(super::connect::WRONG_SERVER, m),
@@ -302,11 +324,11 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             let serving =
                 r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
             if conn.json {
-                print_json(json!({"socket": path.display().to_string(), "serving": serving}));
+                print_json(json!({"socket": path.0.display().to_string(), "serving": serving}));
             } else {
                 outln!(
                     "{}: {}",
-                    path.display(),
+                    path.0.display(),
                     if serving { "SERVING" } else { "NOT_SERVING" }
                 );
             }
