@@ -5,7 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wkt = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure().compile_protos(&["proto/bench/echo.proto"], &["proto"])?;
     // The SPIFFE Workload API and Envoy SDS: public wire formats, served on the SPIFFE socket.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("spiffe_descriptor.bin"))
         .skip_debug([".X509SVID", ".JWTSVID", ".envoy.config.core.v3.DataSource"])
         .compile_protos(
             &[

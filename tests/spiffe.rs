@@ -178,3 +178,49 @@ async fn stream_pushes_a_renewed_svid_before_the_old_one_expires() {
     }
     panic!("no renewed SVID on the stream");
 }
+
+/// grpcurl with no flags beyond the socket: the SPIFFE socket answers reflection and health
+/// like the other sockets (the socket path is accepted as `:authority`), and a JWT-SVID call
+/// works with nothing but the spec's security header.
+#[test]
+fn grpcurl_lists_describes_and_calls_the_spiffe_socket_without_flags() {
+    let ca = start("", "");
+    let grpcurl = std::env::var("SIDECRED_GRPCURL")
+        .expect("SIDECRED_GRPCURL: run through scripts/test, which installs grpcurl");
+    let sock = ca.spiffe.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&grpcurl)
+            .args(["-plaintext", "-unix"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "grpcurl {args:?}: {text}");
+        text
+    };
+    let list = run(&[sock, "list"]);
+    for svc in [
+        "SpiffeWorkloadAPI",
+        "envoy.service.secret.v3.SecretDiscoveryService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(list.lines().any(|l| l.trim() == svc), "{svc} missing:\n{list}");
+    }
+    let desc = run(&[sock, "describe", "SpiffeWorkloadAPI"]);
+    assert!(desc.contains("FetchJWTSVID") && desc.contains("FetchX509SVID"), "{desc}");
+    let health = run(&[sock, "grpc.health.v1.Health/Check"]);
+    assert!(health.contains("SERVING"), "{health}");
+    let jwt = run(&[
+        "-H",
+        "workload.spiffe.io: true",
+        "-d",
+        r#"{"audience":["svc-b"]}"#,
+        sock,
+        "SpiffeWorkloadAPI/FetchJWTSVID",
+    ]);
+    assert!(jwt.contains(ROOT_ID) && jwt.contains("\"svid\""), "{jwt}");
+}

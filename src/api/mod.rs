@@ -22,6 +22,11 @@ pub mod pb {
 }
 
 /// The SPIFFE Workload API (the public spec's proto has no package).
+/// The SPIFFE Workload API's and Envoy SDS's encoded descriptors (with their imports), for
+/// reflection on the SPIFFE socket.
+pub const SPIFFE_FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("spiffe_descriptor");
+
 pub mod spiffe_pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("_");

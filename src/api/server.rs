@@ -243,6 +243,26 @@ async fn serve_spiffe(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let sds = SecretDiscoveryServiceServer::new(super::sds::SdsService { engine })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Health and reflection here too, so grpcurl and probes work on every socket alike.
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SpiffeWorkloadApiServer<super::spiffe::SpiffeService>>()
+        .await;
+    health
+        .set_serving::<SecretDiscoveryServiceServer<super::sds::SdsService>>()
+        .await;
+    let reflect = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(super::SPIFFE_FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("SpiffeWorkloadAPI")
+            .with_service_name("envoy.service.secret.v3.SecretDiscoveryService")
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let (r1, r1a) = (
+        reflect().build_v1().expect("descriptor set is valid"),
+        reflect().build_v1alpha().expect("descriptor set is valid"),
+    );
     // Long-lived streams: no per-request timeout here.
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
@@ -251,6 +271,9 @@ async fn serve_spiffe(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(spiffe)
         .add_service(sds)
+        .add_service(health_svc)
+        .add_service(r1)
+        .add_service(r1a)
         .serve_with_incoming_shutdown(
             tokio_stream::StreamExt::map(incoming(listener, max, handshake), |c| {
                 c.map(super::h2fix::AuthorityFix::new)
