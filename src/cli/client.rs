@@ -23,8 +23,24 @@ impl From<Status> for Fail {
             Code::InvalidArgument => 7,
             _ => 1,
         };
-        Fail(code, format!("{:?}: {}", s.code(), s.message()))
+        let mut msg = format!("{:?}: {}", s.code(), s.message());
+        if let Some(why) = goaway(&s) {
+            msg = format!("{msg}: {why}");
+        }
+        Fail(code, msg)
     }
+}
+
+/// A connection refused at accept carries the server's reason in its GOAWAY.
+fn goaway(e: &dyn std::error::Error) -> Option<String> {
+    let mut src = e.source();
+    while let Some(e) = src {
+        if let Some(h) = e.downcast_ref::<h2::Error>().filter(|h| h.is_go_away()) {
+            return Some(h.to_string());
+        }
+        src = e.source();
+    }
+    None
 }
 
 fn sockets(conn: &Conn) -> Result<(PathBuf, PathBuf), Fail> {
@@ -45,7 +61,10 @@ async fn channel(path: &Path, timeout: u64) -> Result<Channel, Fail> {
         .connect_timeout(Duration::from_secs(timeout))
         .connect()
         .await
-        .map_err(|e| Fail(5, format!("cannot connect to {}: {e}", path.display())))
+        .map_err(|e| {
+            let why = goaway(&e).map(|w| format!(": {w}")).unwrap_or_default();
+            Fail(5, format!("cannot connect to {}: {e}{why}", path.display()))
+        })
 }
 
 async fn broker(conn: &Conn) -> Result<BrokerClient<Channel>, Fail> {
