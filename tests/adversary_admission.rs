@@ -189,7 +189,11 @@ fn an_unadmitted_uid_is_closed_at_accept_with_one_audit_line() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(text.trim(), "closed 200 of 200", "closed at accept");
     assert!(sc.audit_has("connection_refused"));
     std::thread::sleep(Duration::from_millis(500));
@@ -200,7 +204,10 @@ fn an_unadmitted_uid_is_closed_at_accept_with_one_audit_line() {
         sc.audit_text()
     );
     let ev = sc.audit_events();
-    let line = ev.iter().find(|e| e["event"] == "connection_refused").unwrap();
+    let line = ev
+        .iter()
+        .find(|e| e["event"] == "connection_refused")
+        .unwrap();
     assert!(line["detail"]
         .as_str()
         .unwrap()
@@ -209,7 +216,8 @@ fn an_unadmitted_uid_is_closed_at_accept_with_one_audit_line() {
 
 #[test]
 fn per_uid_cap_refuses_one_uid_and_serves_another() {
-    let body = body_with("[[policy.workload]]\nname = \"nobody\"\nuids = [65534]\nsecrets = [\"app/*\"]");
+    let body =
+        body_with("[[policy.workload]]\nname = \"nobody\"\nuids = [65534]\nsecrets = [\"app/*\"]");
     let sc = Sidecar::builder(&body)
         .server("max_connections_per_uid = 3")
         .start();
@@ -295,7 +303,10 @@ async fn a_flood_from_an_unadmitted_uid_leaves_a_legitimate_caller_served() {
         let tail: Vec<&str> = logs.lines().rev().take(30).collect();
         println!("{}", tail.join("\n"));
     }
-    assert_eq!(failed, 0, "every legitimate call is served during the flood");
+    assert_eq!(
+        failed, 0,
+        "every legitimate call is served during the flood"
+    );
     let p99 = *p(0.99).unwrap();
     assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
     assert_eq!(audit_count(&sc, "grant", 65534), 0);
@@ -345,7 +356,10 @@ async fn oversized_bodies_are_refused_before_policy_and_memory_stays_bounded() {
         .await
         .expect("an oversized request is answered at once")
         .unwrap();
-    let status = resp.headers().get("grpc-status").map(|v| v.to_str().unwrap());
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap());
     assert_eq!(status, Some("8"), "RESOURCE_EXHAUSTED: {resp:?}");
     let msg = resp.headers()["grpc-message"].to_str().unwrap().to_string();
     assert!(msg.contains("larger%20than%2065536"), "{msg}");
@@ -373,7 +387,8 @@ async fn oversized_bodies_are_refused_before_policy_and_memory_stays_bounded() {
     drop(keep);
     let ev = sc.audit_events();
     assert!(
-        !ev.iter().any(|e| e["event"] == "grant" || e["outcome"] == "denied"),
+        !ev.iter()
+            .any(|e| e["event"] == "grant" || e["outcome"] == "denied"),
         "refused before policy: {}",
         sc.audit_text()
     );
@@ -405,10 +420,7 @@ secrets = ["*"]
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("exe.toml:6:"), "line and column: {err}");
-    assert!(
-        err.contains("exe is not an identity across uids"),
-        "{err}"
-    );
+    assert!(err.contains("exe is not an identity across uids"), "{err}");
     // Restricted by uid (or gid), the same rule is fine.
     std::fs::write(
         &f,
@@ -417,6 +429,10 @@ secrets = ["*"]
             .replace("uids = [\"*\"]", "gids = [1000]"),
     )
     .unwrap();
-    let o = Command::new(BIN).arg("check-config").arg(&f).output().unwrap();
+    let o = Command::new(BIN)
+        .arg("check-config")
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -21,6 +21,7 @@ use sidecred::audit::Audit;
 use sidecred::clock::SystemClock;
 use sidecred::config::{Config, SecretSpec};
 use sidecred::engine::{Catalog, Engine, GetRequest};
+use sidecred::session::Owner;
 use std::sync::{Arc, OnceLock};
 use tower::Service;
 
@@ -229,8 +230,14 @@ async fn run(data: &[u8]) {
     let cat = Catalog::build(config(), 1).await.expect("catalog");
     let engine = Engine::new(cat, Arc::new(SystemClock), Audit::disabled());
     let root = caller(0);
+    // The identity the broker binds root's sessions to (rule "root" names no exe).
+    let owner = Owner {
+        uid: 0,
+        rule: "root".into(),
+        process: None,
+    };
     let session = engine
-        .open_session(&root, None, Default::default())
+        .open_session(&root, owner.clone(), None, Default::default())
         .await
         .expect("session");
     let sid = session.meta.id.clone();
@@ -242,6 +249,7 @@ async fn run(data: &[u8]) {
             spec,
             &root,
             GetRequest {
+                owner: &owner,
                 session_id: &sid,
                 call_id: Some("c1"),
                 version: None,

@@ -274,7 +274,11 @@ mod tests {
     #[test]
     fn goaway_frames() {
         let b = goaway(Refusal::PerUid, b"why");
-        assert_eq!(&b[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0], "empty SETTINGS first");
+        assert_eq!(
+            &b[..9],
+            &[0, 0, 0, 4, 0, 0, 0, 0, 0],
+            "empty SETTINGS first"
+        );
         assert_eq!(&b[9..15], &[0, 0, 11, 7, 0, 0], "GOAWAY of 8 + 3 bytes");
         assert_eq!(&b[18..26], &[0, 0, 0, 0, 0, 0, 0, 0xb]);
         assert_eq!(&b[26..], b"why");

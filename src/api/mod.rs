@@ -71,7 +71,9 @@ pub fn caller<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
         .extensions()
         .get::<PeerIdentity>()
         .cloned()
-        .ok_or_else(|| Status::from(ApiError::Internal("connection has no peer identity".into())))?;
+        .ok_or_else(|| {
+            Status::from(ApiError::Internal("connection has no peer identity".into()))
+        })?;
     id.still_bound().map_err(|why| {
         tracing::info!(caller = %id, reason = %why, "identity no longer bound; refused");
         Status::from(ApiError::Denied(why))

@@ -1,10 +1,10 @@
 //! Binds the two sockets and serves them until shutdown.
 
 use super::admin::AdminService;
-use super::broker::BrokerService;
-use super::pb::{admin_server::AdminServer, broker_server::BrokerServer};
 use super::admission::{Gate, Socket};
+use super::broker::BrokerService;
 use super::limits::Limits;
+use super::pb::{admin_server::AdminServer, broker_server::BrokerServer};
 use super::peer::{PeerIdentity, PeerStream};
 use crate::engine::Engine;
 use std::io;

@@ -12,9 +12,9 @@
 
 use super::broker::BrokerService;
 use super::layer::{finish, rpc_span};
+use super::limits::Limits;
 use super::pb::broker_server::Broker;
 use super::peer::{PeerIdentity, PeerStream};
-use super::limits::Limits;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
