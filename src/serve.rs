@@ -200,7 +200,7 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
     let (a, b) = (&old.server, &new.server);
     let same =
         |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") == format!("{y:?}");
-    let checks: [(&'static str, bool); 14] = [
+    let checks: [(&'static str, bool); 15] = [
         (
             "server.workload_socket",
             a.workload_socket == b.workload_socket,
@@ -221,6 +221,10 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
         (
             "server.max_connections",
             a.max_connections == b.max_connections,
+        ),
+        (
+            "server.max_connections_per_uid",
+            a.max_connections_per_uid == b.max_connections_per_uid,
         ),
         (
             "server.handshake_timeout",

@@ -208,10 +208,16 @@ fn grpcurl_lists_describes_and_calls_the_spiffe_socket_without_flags() {
         "envoy.service.secret.v3.SecretDiscoveryService",
         "grpc.health.v1.Health",
     ] {
-        assert!(list.lines().any(|l| l.trim() == svc), "{svc} missing:\n{list}");
+        assert!(
+            list.lines().any(|l| l.trim() == svc),
+            "{svc} missing:\n{list}"
+        );
     }
     let desc = run(&[sock, "describe", "SpiffeWorkloadAPI"]);
-    assert!(desc.contains("FetchJWTSVID") && desc.contains("FetchX509SVID"), "{desc}");
+    assert!(
+        desc.contains("FetchJWTSVID") && desc.contains("FetchX509SVID"),
+        "{desc}"
+    );
     let health = run(&[sock, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
     let jwt = run(&[

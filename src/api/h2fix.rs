@@ -100,9 +100,10 @@ pub fn rewrite_block(b: &[u8]) -> Option<Vec<u8>> {
         let (huff, len, _) = string(b, &mut i)?;
         out.extend_from_slice(&b[start..name_end]);
         if authority {
-            // Never longer than the decoded original (Huffman: at least 8 bits per 30).
+            // Never longer than the decoded original (Huffman: at least 8 bits per 30), even
+            // when that is empty, so the server's HPACK table never outgrows the client's.
             let decoded_min = if huff { len * 8 / 30 } else { len };
-            let host = &b"localhost"[..decoded_min.clamp(1, 9)];
+            let host = &b"localhost"[..decoded_min.min(9)];
             put_int(&mut out, 0, 7, host.len());
             out.extend_from_slice(host);
         } else {

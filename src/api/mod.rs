@@ -2,12 +2,14 @@
 //! and on the SPIFFE socket the SPIFFE Workload API and Envoy SDS.
 
 pub mod admin;
+pub mod admission;
 pub mod broker;
 mod certs;
 pub mod error;
-mod h2fix;
+pub mod h2fix;
 pub mod h2serve;
 pub mod layer;
+pub mod limits;
 pub mod peer;
 pub mod sds;
 pub mod server;
@@ -68,10 +70,19 @@ pub mod envoy {
 use peer::PeerIdentity;
 use tonic::{Request, Status};
 
-/// The caller of a request, as the kernel reported it at accept.
+/// The caller of a request, as the kernel reported it at accept, provided the process that
+/// connected is still the one it named (see [`PeerIdentity::still_bound`]).
 pub fn caller<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
-    req.extensions()
+    let id = req
+        .extensions()
         .get::<PeerIdentity>()
         .cloned()
-        .ok_or_else(|| ApiError::Internal("connection has no peer identity".into()).into())
+        .ok_or_else(|| {
+            Status::from(ApiError::Internal("connection has no peer identity".into()))
+        })?;
+    id.still_bound().map_err(|why| {
+        tracing::info!(caller = %id, reason = %why, "identity no longer bound; refused");
+        Status::from(ApiError::Denied(why))
+    })?;
+    Ok(id)
 }

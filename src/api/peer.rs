@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
@@ -72,6 +71,37 @@ impl PeerIdentity {
     }
 }
 
+impl PeerIdentity {
+    /// Checks, at use, that the identity read at accept still names the process behind `pid`:
+    /// same start time (not a new process reusing the pid) and same executable (no exec since).
+    /// A caller whose executable was unknown at accept has nothing to re-check.
+    pub fn still_bound(&self) -> Result<(), String> {
+        let Some(exe) = &self.exe else {
+            return Ok(());
+        };
+        let pid = self.pid;
+        let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| stat_start_time(&s));
+        if start.is_none() || start != self.start_time {
+            return Err(format!(
+                "the process that opened this connection (pid {pid}) has exited; reconnect"
+            ));
+        }
+        match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(now) if *now == **exe => Ok(()),
+            Ok(_) => Err(format!(
+                "the process that opened this connection (pid {pid}) has executed another \
+                 program since; reconnect"
+            )),
+            Err(_) => Err(format!(
+                "the executable of the process that opened this connection (pid {pid}) can no \
+                 longer be read; reconnect"
+            )),
+        }
+    }
+}
+
 /// Field 22 (starttime) of a `/proc/PID/stat` line. The command name (field 2) may hold spaces
 /// and parentheses, so fields are counted from the last `)`.
 pub fn stat_start_time(stat: &str) -> Option<u64> {
@@ -87,13 +117,13 @@ const PREFACE_LEN: usize = 24;
 ///
 /// Until the client has sent the bytes of an HTTP/2 preface, reads fail once the handshake
 /// deadline passes, so a caller that connects and sits (or trickles bytes) loses its
-/// descriptor instead of holding it forever. It also holds its socket's connection permit.
+/// descriptor instead of holding it forever. It also holds its place in the connection caps.
 pub struct PeerStream {
     inner: UnixStream,
     id: PeerIdentity,
     preface_left: usize,
     deadline: Option<Pin<Box<Sleep>>>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _slot: Option<super::admission::Slot>,
 }
 
 impl PeerStream {
@@ -103,7 +133,7 @@ impl PeerStream {
             id,
             preface_left: PREFACE_LEN,
             deadline: None,
-            _permit: None,
+            _slot: None,
         }
     }
 
@@ -118,9 +148,9 @@ impl PeerStream {
         &self.id
     }
 
-    /// Keeps `permit` until the connection closes.
-    pub fn with_permit(mut self, permit: OwnedSemaphorePermit) -> Self {
-        self._permit = Some(permit);
+    /// Keeps the connection's admission slot until it closes.
+    pub fn with_slot(mut self, slot: super::admission::Slot) -> Self {
+        self._slot = Some(slot);
         self
     }
 }

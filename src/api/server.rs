@@ -1,7 +1,9 @@
 //! Binds the two sockets and serves them until shutdown.
 
 use super::admin::AdminService;
+use super::admission::{Gate, Socket};
 use super::broker::BrokerService;
+use super::limits::Limits;
 use super::pb::{admin_server::AdminServer, broker_server::BrokerServer};
 use super::peer::{PeerIdentity, PeerStream};
 use crate::engine::Engine;
@@ -12,8 +14,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-/// Largest request accepted; secret requests are small.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub use super::limits::MAX_REQUEST_BYTES;
 
 /// Binds a Unix socket in a verified directory (see [`super::sockdir`]): refuses one held by a
 /// live server, removes a stale one, applies `mode` through the held directory fd.
@@ -26,26 +27,27 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, super::sockdir::Soc
     Ok((l, b.guard))
 }
 
-/// Accepted connections tagged with their caller's identity. At most `max` are open at once
-/// (further callers wait in the listen backlog), and each must send its HTTP/2 preface
-/// within `handshake`. Accept errors (such as running out of descriptors) pause briefly
-/// instead of ending the server.
+/// Accepted connections tagged with their caller's identity. Each is accepted as soon as it
+/// arrives and identified at once, before anything can wait: the pid behind SO_PEERCRED is then
+/// still running what it connected with. Only then does the gate refuse a uid no rule admits or
+/// a connection over a cap (see api/admission.rs). Each must send its HTTP/2 preface within the
+/// handshake timeout. Accept errors (such as running out of descriptors) pause briefly instead
+/// of ending the server.
 fn incoming(
     listener: UnixListener,
-    max: usize,
-    handshake: Duration,
+    gate: Arc<Gate>,
 ) -> impl tokio_stream::Stream<Item = io::Result<PeerStream>> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let handshake = gate.limits().handshake_timeout;
     async_stream::stream! {
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
             match listener.accept().await {
                 Ok((s, _)) => match PeerIdentity::of(&s) {
-                    Ok(id) => yield Ok(PeerStream::new(s, id)
-                        .with_handshake_deadline(handshake)
-                        .with_permit(permit)),
+                    Ok(id) => match gate.admit(&id) {
+                        Ok(slot) => yield Ok(PeerStream::new(s, id)
+                            .with_handshake_deadline(handshake)
+                            .with_slot(slot)),
+                        Err(r) => gate.refuse(s, &id, r),
+                    },
                     Err(e) => tracing::warn!(error = %e, "cannot identify peer; connection dropped"),
                 },
                 Err(e) => {
@@ -115,8 +117,7 @@ pub async fn serve(
         engine: engine.clone(),
     })
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let server_cfg = engine.catalog().config.server.clone();
-    let (max, handshake) = (server_cfg.max_connections, server_cfg.handshake_timeout);
+    let limits = Limits::from_config(&engine.catalog().config.server);
     let (r1, r1a) = reflection("sidecred.v1.Broker");
     let (r2, r2a) = reflection("sidecred.v1.Admin");
     let shutdown2 = shutdown.clone();
@@ -143,10 +144,12 @@ pub async fn serve(
             &super::layer::ObserveLayer,
             routes,
         )),
+        limits: limits.clone(),
     });
     let w_stop = wait(shutdown.clone());
+    let gate = Gate::new(Socket::Workload, engine.clone(), limits.clone());
     let w = async move {
-        super::h2serve::serve(incoming(workload, max, handshake), workload_svc, w_stop).await;
+        super::h2serve::serve(incoming(workload, gate), workload_svc, w_stop).await;
         Ok::<(), tonic::transport::Error>(())
     };
     let a = builder()
@@ -154,7 +157,10 @@ pub async fn serve(
         .add_service(health_svc)
         .add_service(r2)
         .add_service(r2a)
-        .serve_with_incoming_shutdown(incoming(admin, max, handshake), wait(shutdown));
+        .serve_with_incoming_shutdown(
+            incoming(admin, Gate::new(Socket::Admin, engine.clone(), limits)),
+            wait(shutdown),
+        );
     let s = serve_spiffe(engine.clone(), spiffe, wait(shutdown2));
     // Idle client connections (a long-lived orchestrator's channel, an open watch) would
     // hold a graceful shutdown forever: give in-flight requests DRAIN, then stop anyway.
@@ -235,8 +241,11 @@ async fn serve_spiffe(
     let Some(listener) = listener else {
         return Ok(());
     };
-    let server_cfg = engine.catalog().config.server.clone();
-    let (max, handshake) = (server_cfg.max_connections, server_cfg.handshake_timeout);
+    let gate = Gate::new(
+        Socket::Spiffe,
+        engine.clone(),
+        Limits::from_config(&engine.catalog().config.server),
+    );
     let spiffe = SpiffeWorkloadApiServer::new(super::spiffe::SpiffeService {
         engine: engine.clone(),
     })
@@ -275,7 +284,7 @@ async fn serve_spiffe(
         .add_service(r1)
         .add_service(r1a)
         .serve_with_incoming_shutdown(
-            tokio_stream::StreamExt::map(incoming(listener, max, handshake), |c| {
+            tokio_stream::StreamExt::map(incoming(listener, gate), |c| {
                 c.map(super::h2fix::AuthorityFix::new)
             }),
             stop,

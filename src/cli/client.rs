@@ -22,7 +22,11 @@ impl From<Status> for Fail {
             Code::InvalidArgument => 7,
             _ => 1,
         };
-        Fail(code, format!("{:?}: {}", s.code(), s.message()))
+        let mut msg = format!("{:?}: {}", s.code(), s.message());
+        if let Some(why) = super::connect::goaway(&s) {
+            msg = format!("{msg}: {why}");
+        }
+        Fail(code, msg)
     }
 }
 

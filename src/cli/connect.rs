@@ -88,7 +88,22 @@ pub async fn channel(
         .connect_timeout(Duration::from_secs(timeout))
         .connect_with_connector(connector)
         .await
-        .map_err(|e| ConnectError::Unreachable(format!("cannot connect to {shown}: {e}")))
+        .map_err(|e| {
+            let why = goaway(&e).map(|w| format!(": {w}")).unwrap_or_default();
+            ConnectError::Unreachable(format!("cannot connect to {shown}: {e}{why}"))
+        })
+}
+
+/// A connection refused at accept carries the server's reason in its GOAWAY.
+pub fn goaway(e: &dyn std::error::Error) -> Option<String> {
+    let mut src = e.source();
+    while let Some(e) = src {
+        if let Some(h) = e.downcast_ref::<h2::Error>().filter(|h| h.is_go_away()) {
+            return Some(h.to_string());
+        }
+        src = e.source();
+    }
+    None
 }
 
 /// Turns a failed connect into what to do about it: a missing socket names where its path came

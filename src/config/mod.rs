@@ -92,9 +92,12 @@ struct RawServer {
     /// How long a new connection may take to send its HTTP/2 preface before it is dropped.
     #[serde(default = "default_handshake_timeout")]
     handshake_timeout: Dur,
-    /// Open connections per socket; further callers wait in the listen backlog.
+    /// Open connections per socket; a caller beyond it is accepted, identified and refused.
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    /// Open connections per socket from one uid (see api/limits.rs).
+    #[serde(default = "default_max_connections_per_uid")]
+    max_connections_per_uid: usize,
     /// Where the revocation and retirement journal lives (ids only, never values).
     #[serde(default)]
     state_dir: Option<String>,
@@ -136,6 +139,7 @@ impl Default for RawServer {
             backend_timeout: default_backend_timeout(),
             handshake_timeout: default_handshake_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_uid: default_max_connections_per_uid(),
             state_dir: None,
             mlockall: false,
             spiffe_socket: None,
@@ -178,6 +182,9 @@ fn default_backend_timeout() -> Dur {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_uid() -> usize {
+    256
 }
 fn default_handshake_timeout() -> Dur {
     Dur(Duration::from_secs(10))
@@ -358,6 +365,7 @@ pub struct ServerConfig {
     pub backend_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_uid: usize,
     pub state_dir: Option<PathBuf>,
     pub mlockall: bool,
     pub spiffe_socket: Option<PathBuf>,
@@ -569,6 +577,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         backend_timeout: s.backend_timeout.0,
         handshake_timeout: s.handshake_timeout.0,
         max_connections: s.max_connections,
+        max_connections_per_uid: s.max_connections_per_uid,
         state_dir: s.state_dir.as_ref().map(PathBuf::from),
         mlockall: s.mlockall,
         spiffe_socket: s
@@ -588,6 +597,10 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             "server.max_sessions_per_identity",
         ),
         (server.max_calls_per_session, "server.max_calls_per_session"),
+        (
+            server.max_connections_per_uid,
+            "server.max_connections_per_uid",
+        ),
         (
             server.max_watches_per_session,
             "server.max_watches_per_session",

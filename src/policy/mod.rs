@@ -111,18 +111,22 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, id: &PeerIdentity) -> bool {
+    /// Whether the rule's uid and gid part admits a caller (its exe is not looked at).
+    fn admits(&self, uid: u32, gid: u32) -> bool {
         let uid_ok = match &self.uids {
             UidMatch::Any => true,
-            UidMatch::Set(u) => u.contains(&id.uid),
+            UidMatch::Set(u) => u.contains(&uid),
         };
-        let gid_ok = self.gids.is_empty() || self.gids.contains(&id.gid);
+        uid_ok && (self.gids.is_empty() || self.gids.contains(&gid))
+    }
+
+    fn matches(&self, id: &PeerIdentity) -> bool {
         let exe_ok = match (&self.exe, &id.exe) {
             (None, _) => true,
             (Some(pat), Some(exe)) => glob_match(pat, &exe.to_string_lossy()),
             (Some(_), None) => false,
         };
-        uid_ok && gid_ok && exe_ok
+        exe_ok && self.admits(id.uid, id.gid)
     }
 
     /// Whether this rule names an executable: then a session it admits belongs to one process.
@@ -198,6 +202,18 @@ impl Policy {
                     },
                 }
             }
+            // Any uid can run a given executable (or one at the same path in its own mount
+            // namespace): an exe glob only narrows down callers already known by uid or gid.
+            if r.exe.is_some() && (any || set.is_empty()) && r.gids.is_empty() {
+                return Err(loc.at(
+                    span,
+                    format!("{key}.exe"),
+                    format!(
+                        "rule `{name}` matches on exe but admits every uid: exe is not an \
+                         identity across uids; add uids (or gids) naming who may run it"
+                    ),
+                ));
+            }
             if let Some(id) = &r.spiffe_id {
                 if let Err(e) = spiffe::SpiffeId::new(id) {
                     return Err(loc.at(
@@ -242,7 +258,8 @@ impl Policy {
             }
             rules.push(Rule {
                 name,
-                uids: if any {
+                // No uids but gids: the gids decide.
+                uids: if any || set.is_empty() {
                     UidMatch::Any
                 } else {
                     UidMatch::Set(set)
@@ -272,6 +289,12 @@ impl Policy {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Whether some rule admits this uid and gid, whatever its executable: a connection
+    /// from anyone else is closed at accept.
+    pub fn admits_uid(&self, uid: u32, gid: u32) -> bool {
+        self.rules.iter().any(|r| r.admits(uid, gid))
     }
 
     fn matching<'a, 'b>(

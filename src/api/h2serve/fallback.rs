@@ -12,33 +12,70 @@ use std::task::{Context, Poll};
 use tower::ServiceExt;
 
 /// An h2 request body as an `http_body::Body`, releasing flow-control credit as it is read.
+/// It follows the gRPC message framing and fails the stream as soon as a prefix declares a
+/// message over the limit, so the service behind never buffers more than one allowed message.
 struct RecvBody {
     recv: h2::RecvStream,
     data_done: bool,
+    max: usize,
+    /// Bytes of the current message prefix seen so far, and what is left of its message.
+    prefix: Vec<u8>,
+    left: usize,
+}
+
+impl RecvBody {
+    /// Walks the framing of `d`; Err when a message declares more than `max` bytes.
+    fn check(&mut self, mut d: &[u8]) -> Result<(), tonic::Status> {
+        while !d.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(d.len());
+                self.left -= n;
+                d = &d[n..];
+                continue;
+            }
+            let n = (5 - self.prefix.len()).min(d.len());
+            self.prefix.extend_from_slice(&d[..n]);
+            d = &d[n..];
+            if self.prefix.len() == 5 {
+                let len = (&self.prefix[1..5]).get_u32() as usize;
+                if len > self.max {
+                    return Err(tonic::Status::resource_exhausted(format!(
+                        "request larger than {} bytes",
+                        self.max
+                    )));
+                }
+                self.left = len;
+                self.prefix.clear();
+            }
+        }
+        Ok(())
+    }
 }
 
 impl http_body::Body for RecvBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = tonic::Status;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let h2err = |e: h2::Error| tonic::Status::cancelled(format!("request stream: {e}"));
         if !self.data_done {
             match std::task::ready!(self.recv.poll_data(cx)) {
                 Some(Ok(d)) => {
+                    self.check(&d)?;
                     let _ = self.recv.flow_control().release_capacity(d.len());
                     return Poll::Ready(Some(Ok(http_body::Frame::data(d))));
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(h2err(e)))),
                 None => self.data_done = true,
             }
         }
         match std::task::ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(t)) => Poll::Ready(Some(Ok(http_body::Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
+            Err(e) => Poll::Ready(Some(Err(h2err(e)))),
         }
     }
 
@@ -60,6 +97,9 @@ pub(super) async fn generic(
     let body = tonic::body::Body::new(RecvBody {
         recv,
         data_done: false,
+        max: svc.limits.max_request_bytes,
+        prefix: Vec::with_capacity(5),
+        left: 0,
     });
     let Ok(resp) = svc
         .fallback

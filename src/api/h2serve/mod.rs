@@ -4,15 +4,17 @@
 //! one task that runs its streams inline (no task per request, no cross-thread wake-ups), and
 //! the unary `Broker` calls are decoded, run and answered without a router or a tower stack.
 //! Streams that need more (WatchSecret, health, reflection, unknown paths) go to the regular
-//! tonic services through a small body adapter. Limits match the other sockets: streams per
-//! connection capped by HTTP/2 settings, request size, a per-request deadline (the caller's
-//! `grpc-timeout`, at most [`REQUEST_TIMEOUT`]) and keep-alive pings that drop dead peers.
+//! tonic services through a small body adapter. Limits come from [`Limits`]: HTTP/2 settings that
+//! bound what one connection can make the server hold (streams, windows, frame and header list
+//! sizes, send buffer), request size enforced as DATA arrives (a unary body is not credited back
+//! to the client until it is whole, so flow control bounds it too), a per-request deadline (the
+//! caller's `grpc-timeout`, at most [`REQUEST_TIMEOUT`]) and keep-alive pings that drop dead peers.
 
 use super::broker::BrokerService;
 use super::layer::{finish, rpc_span};
+use super::limits::Limits;
 use super::pb::broker_server::Broker;
 use super::peer::{PeerIdentity, PeerStream};
-use super::server::MAX_REQUEST_BYTES;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
@@ -31,7 +33,6 @@ use fallback::generic;
 
 /// Longest a request may run when the caller sets no shorter `grpc-timeout`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_STREAMS: u32 = 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +47,7 @@ pub type Fallback = tower::util::BoxCloneSyncService<
 pub struct Services {
     pub broker: BrokerService,
     pub fallback: Fallback,
+    pub limits: Limits,
 }
 
 /// Serves connections from `incoming` until `stop` resolves, then lets open connections finish
@@ -78,15 +80,14 @@ pub async fn serve(
 
 async fn connection(io: PeerStream, svc: Arc<Services>, mut stop: watch::Receiver<bool>) {
     let peer = io.identity().clone();
+    let l = &svc.limits;
     let Ok(mut conn) = h2::server::Builder::new()
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(16 * 1024)
-        // Clients such as tonic send each request's message in a DATA frame of its own, ended
-        // by an empty one; h2 lets half the connection window's worth of such small frames sit
-        // unread before it calls the peer abusive. A 1 MiB window (hyper's default) covers a
-        // burst of every stream at once; requests are at most 64 KiB each.
-        .initial_connection_window_size(1 << 20)
-        .initial_window_size(256 * 1024)
+        .max_concurrent_streams(l.max_concurrent_streams)
+        .max_header_list_size(l.max_header_list_size)
+        .max_frame_size(l.max_frame_size)
+        .max_send_buffer_size(l.max_send_buffer)
+        .initial_connection_window_size(l.initial_connection_window)
+        .initial_window_size(l.initial_stream_window)
         .handshake::<_, Bytes>(io)
         .await
     else {
@@ -219,7 +220,7 @@ async fn stream(
             let limit = deadline(req.headers());
             let work = async {
                 let (parts, body) = req.into_parts();
-                let msg = read_message(body).await?;
+                let msg = read_message(body, svc.limits.max_request_bytes).await?;
                 call(&svc.broker, m, peer, parts.headers, msg).await
             }
             .instrument(span.clone());
@@ -271,19 +272,35 @@ async fn bounded<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
     tokio::time::timeout(limit, f).await.ok()
 }
 
-/// Reads one length-prefixed gRPC message, refusing compression and oversized bodies.
-async fn read_message(mut body: h2::RecvStream) -> Result<Bytes, Status> {
+/// Reads one length-prefixed gRPC message, refusing compression and oversized bodies as the
+/// DATA arrives: at once when the prefix declares more than `max`, or when more bytes than it
+/// declared arrive. Nothing is credited back to the client until the body is whole, so the
+/// stream and connection windows bound what it can make the server hold meanwhile.
+async fn read_message(mut body: h2::RecvStream, max: usize) -> Result<Bytes, Status> {
+    let too_large = || Status::resource_exhausted(format!("request larger than {max} bytes"));
     let mut buf = BytesMut::new();
+    let mut want = None;
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| Status::cancelled(format!("request stream: {e}")))?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if buf.len() + chunk.len() > MAX_REQUEST_BYTES + 5 {
-            return Err(Status::resource_exhausted(format!(
-                "request larger than {MAX_REQUEST_BYTES} bytes"
-            )));
+        if buf.len() + chunk.len() > max + 5 {
+            return Err(too_large());
         }
         buf.extend_from_slice(&chunk);
+        if want.is_none() && buf.len() >= 5 {
+            let len = (&buf[1..5]).get_u32() as usize;
+            if len > max {
+                return Err(too_large());
+            }
+            want = Some(len + 5);
+        }
+        if want.is_some_and(|w| buf.len() > w) {
+            return Err(Status::invalid_argument(
+                "request body is not exactly one gRPC message",
+            ));
+        }
     }
+    // Whole: give the window back before the handler runs.
+    let _ = body.flow_control().release_capacity(buf.len());
     unframe(buf.freeze())
 }
 
