@@ -27,7 +27,11 @@ fn script(sc: &Sidecar, name: &str, text: &str) -> PathBuf {
 /// A command run as uid/gid 65534.
 fn nobody(prog: &str) -> Command {
     let mut c = Command::new(prog);
-    c.uid(65534).gid(65534).stdin(Stdio::null());
+    // The CLI run as nobody knows the sidecar under test runs as root (it checks the server's uid).
+    c.uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .env("SIDECRED_SERVER_UID", "0");
     c
 }
 
