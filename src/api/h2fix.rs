@@ -100,9 +100,15 @@ pub fn rewrite_block(b: &[u8]) -> Option<Vec<u8>> {
         let (huff, len, _) = string(b, &mut i)?;
         out.extend_from_slice(&b[start..name_end]);
         if authority {
-            // Never longer than the decoded original (Huffman: at least 8 bits per 30), even
-            // when that is empty, so the server's HPACK table never outgrows the client's.
-            let decoded_min = if huff { len * 8 / 30 } else { len };
+            // Never longer than the decoded original, even when that is empty, so the server's
+            // HPACK table never outgrows the client's. Huffman: symbols take at most 30 bits and
+            // padding under 8, so `len` bytes hold at least ceil((8 len - 7) / 30) symbols (one
+            // or more whenever len > 0: a short name such as a cluster's stays non-empty).
+            let decoded_min = if huff {
+                (len * 8).saturating_sub(7).div_ceil(30)
+            } else {
+                len
+            };
             let host = &b"localhost"[..decoded_min.min(9)];
             put_int(&mut out, 0, 7, host.len());
             out.extend_from_slice(host);
@@ -306,6 +312,14 @@ mod tests {
             rewrite_block(&[0x41, 0x84, 1, 2, 3, 4]).unwrap(),
             vec![0x41, 1, b'l']
         );
+        // A Huffman value of 1-3 bytes still decodes to at least one character: it must not
+        // become an empty authority, which the server would reject.
+        for n in 1..=3u8 {
+            let mut b = vec![0x41, 0x80 | n];
+            b.extend(std::iter::repeat_n(0xff, n as usize));
+            assert_eq!(rewrite_block(&b).unwrap(), vec![0x41, 1, b'l'], "{n} bytes");
+        }
+        assert_eq!(rewrite_block(&[0x41, 0x80]).unwrap(), vec![0x41, 0]);
         assert!(rewrite_block(&[0x41, 20, b'a']).is_none());
         let mut i = 0;
         assert_eq!(int(&[0x1f, 0x9a, 0x0a], &mut i, 5), Some(1337));

@@ -299,8 +299,12 @@ impl Engine {
         let now = self.now();
         let due: Vec<Retry> = {
             let mut q = f.retries.lock();
-            let (due, later) = q.drain(..).partition(|r| r.next_at <= now);
+            let (due, later): (Vec<Retry>, Vec<Retry>) =
+                q.drain(..).partition(|r| r.next_at <= now);
             *q = later;
+            // Counted as pending while attempted, so status never shows a gap mid-retry.
+            f.retrying
+                .fetch_add(due.len(), std::sync::atomic::Ordering::AcqRel);
             due
         };
         for mut r in due {
@@ -315,9 +319,14 @@ impl Engine {
                     r.attempts += 1;
                     r.next_at = self.now() + backoff(r.attempts).min(Duration::from_secs(10));
                     tracing::warn!(session = %r.tomb.session_id, attempts = r.attempts, error = %e, "fleet revocation still pending");
-                    f.retries.lock().push(r);
+                    // Back on the queue before leaving the in-flight count, under the queue's lock.
+                    let mut q = f.retries.lock();
+                    q.push(r);
+                    f.retrying.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    continue;
                 }
             }
+            f.retrying.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 

@@ -186,6 +186,8 @@ pub(crate) struct Retry {
 pub struct Fleet {
     pub cfg: FleetConfig,
     pub(crate) retries: Mutex<Vec<Retry>>,
+    /// Retries taken off the queue and being attempted: still pending until they succeed.
+    pub(crate) retrying: std::sync::atomic::AtomicUsize,
 }
 
 impl Fleet {
@@ -193,11 +195,13 @@ impl Fleet {
         Fleet {
             cfg,
             retries: Mutex::new(Vec::new()),
+            retrying: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     pub fn pending_count(&self) -> usize {
-        self.retries.lock().len()
+        let q = self.retries.lock();
+        q.len() + self.retrying.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
