@@ -103,7 +103,16 @@ impl Journal {
         let owed = outstanding(&text);
         let tmp = dir.join("journal.jsonl.tmp");
         {
-            let mut f = std::fs::File::create(&tmp)?;
+            // Owner-only from creation: the rename must not publish a umask-wide file.
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+                0o600,
+            )
+            .open(&tmp)?;
             for r in &owed {
                 writeln!(f, "{}", line(r))?;
             }

@@ -282,7 +282,9 @@ fn the_audit_file_is_owner_only_under_umask_000() {
             "umask 000; exec {BIN} serve --config '{}'",
             cfg.display()
         ))
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(t.path().join("serve.log")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let w = t.path().join("w/workload.sock");
@@ -302,6 +304,9 @@ fn the_audit_file_is_owner_only_under_umask_000() {
     assert!(up.is_some(), "served");
     assert_eq!(audit, Some(0o600), "audit file mode");
     assert_eq!(journal, Some(0o600), "journal mode");
+    // Created owner-only (the journals are rewritten at start), not created wide and narrowed.
+    let log = std::fs::read_to_string(t.path().join("serve.log")).unwrap_or_default();
+    assert!(!log.contains("narrowed to 0600"), "{log}");
     // Socket directories are created private, whatever the umask; the admin socket is 0600.
     assert_eq!(
         wdir,

@@ -130,7 +130,20 @@ pub(crate) async fn open(state_dir: &Path) -> std::io::Result<(Replayed, Appende
         keep.push_str(&encode(l));
     }
     let tmp = p.with_extension("jsonl.tmp");
-    tokio::fs::write(&tmp, keep).await?;
+    {
+        use tokio::io::AsyncWriteExt;
+        // Owner-only from creation, like the file it replaces.
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await?;
+        f.write_all(keep.as_bytes()).await?;
+        f.sync_all().await?;
+    }
     tokio::fs::rename(&tmp, &p).await?;
     let app = Appender::open(&p, true).await?;
     Ok((r, app))
