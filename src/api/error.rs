@@ -26,9 +26,15 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     DeadlineExceeded(String),
-    /// A per-identity or per-session limit.
+    /// A per-identity or per-session limit, or a request over a size limit.
     #[error("{0}")]
     Exhausted(String),
+    /// The caller's stream ended or broke before its request was whole.
+    #[error("{0}")]
+    Cancelled(String),
+    /// A request form the server does not take (e.g. a compressed message).
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl ApiError {
@@ -44,6 +50,8 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::DeadlineExceeded(_) => "deadline-exceeded",
             ApiError::Exhausted(_) => "resource-exhausted",
+            ApiError::Cancelled(_) => "cancelled",
+            ApiError::Unimplemented(_) => "unimplemented",
         }
     }
 
@@ -59,6 +67,8 @@ impl ApiError {
             ApiError::Internal(_) => Code::Internal,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Exhausted(_) => Code::ResourceExhausted,
+            ApiError::Cancelled(_) => Code::Cancelled,
+            ApiError::Unimplemented(_) => Code::Unimplemented,
         }
     }
 

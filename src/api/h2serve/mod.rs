@@ -15,6 +15,7 @@ use super::layer::{finish, rpc_span};
 use super::limits::Limits;
 use super::pb::broker_server::Broker;
 use super::peer::{PeerIdentity, PeerStream};
+use crate::api::error::ApiError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
@@ -225,9 +226,9 @@ async fn stream(
             }
             .instrument(span.clone());
             let out = bounded(limit, work).await.unwrap_or_else(|| {
-                Err(Status::deadline_exceeded(
-                    "request did not finish within its deadline",
-                ))
+                Err(Status::from(ApiError::DeadlineExceeded(
+                    "request did not finish within its deadline".into(),
+                )))
             });
             finish(
                 rpc,
@@ -277,11 +278,16 @@ async fn bounded<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
 /// declared arrive. Nothing is credited back to the client until the body is whole, so the
 /// stream and connection windows bound what it can make the server hold meanwhile.
 async fn read_message(mut body: h2::RecvStream, max: usize) -> Result<Bytes, Status> {
-    let too_large = || Status::resource_exhausted(format!("request larger than {max} bytes"));
+    let too_large = || {
+        Status::from(ApiError::Exhausted(format!(
+            "request larger than {max} bytes"
+        )))
+    };
     let mut buf = BytesMut::new();
     let mut want = None;
     while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|e| Status::cancelled(format!("request stream: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| Status::from(ApiError::Cancelled(format!("request stream: {e}"))))?;
         if buf.len() + chunk.len() > max + 5 {
             return Err(too_large());
         }
@@ -294,9 +300,9 @@ async fn read_message(mut body: h2::RecvStream, max: usize) -> Result<Bytes, Sta
             want = Some(len + 5);
         }
         if want.is_some_and(|w| buf.len() > w) {
-            return Err(Status::invalid_argument(
-                "request body is not exactly one gRPC message",
-            ));
+            return Err(Status::from(ApiError::InvalidArgument(
+                "request body is not exactly one gRPC message".into(),
+            )));
         }
     }
     // Whole: give the window back before the handler runs.
@@ -307,18 +313,20 @@ async fn read_message(mut body: h2::RecvStream, max: usize) -> Result<Bytes, Sta
 /// The one length-prefixed gRPC message of a whole unary request body.
 pub fn unframe(mut buf: Bytes) -> Result<Bytes, Status> {
     if buf.len() < 5 {
-        return Err(Status::invalid_argument("request has no gRPC message"));
+        return Err(Status::from(ApiError::InvalidArgument(
+            "request has no gRPC message".into(),
+        )));
     }
     if buf[0] != 0 {
-        return Err(Status::unimplemented(
-            "compressed requests are not accepted",
-        ));
+        return Err(Status::from(ApiError::Unimplemented(
+            "compressed requests are not accepted".into(),
+        )));
     }
     let len = (&buf[1..5]).get_u32() as usize;
     if buf.len() - 5 != len {
-        return Err(Status::invalid_argument(
-            "request body is not exactly one gRPC message",
-        ));
+        return Err(Status::from(ApiError::InvalidArgument(
+            "request body is not exactly one gRPC message".into(),
+        )));
     }
     buf.advance(5);
     Ok(buf)
@@ -370,8 +378,11 @@ where
     Req: prost::Message + Default,
     Resp: prost::Message,
 {
-    let req = Req::decode(msg)
-        .map_err(|e| Status::invalid_argument(format!("malformed request message: {e}")))?;
+    let req = Req::decode(msg).map_err(|e| {
+        Status::from(ApiError::InvalidArgument(format!(
+            "malformed request message: {e}"
+        )))
+    })?;
     let mut ext = http::Extensions::new();
     ext.insert(peer);
     let resp = handler(tonic::Request::from_parts(md, ext, req)).await?;
