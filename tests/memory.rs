@@ -38,6 +38,30 @@ fn scan(pid: u32, needle: &[u8]) -> (usize, usize) {
     (hits, bytes)
 }
 
+/// Rotates `name` to a new value with a 1 s grace, lets the grace end, revokes `sid`, and waits
+/// for teardown: after this, nothing should still hold the old value.
+async fn retire_and_revoke(sc: &Sidecar, name: &str, replacement: &[u8], sid: &str) {
+    let mut admin = sc.admin().await;
+    admin
+        .rotate(pb::RotateRequest {
+            name: name.into(),
+            grace_seconds: 1,
+            value: replacement.to_vec(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    admin
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: sid.to_string(),
+            reason: "residue test".into(),
+        })
+        .await
+        .unwrap();
+    drop(admin);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 #[tokio::test]
 async fn no_canary_residue_after_rotation_and_revocation() {
     let canary = format!("RESIDUE-CANARY-{:016x}", rand::random::<u64>());
@@ -78,25 +102,9 @@ async fn no_canary_residue_after_rotation_and_revocation() {
     );
 
     // Rotate it away with no grace, then revoke the session that read it.
-    admin
-        .rotate(pb::RotateRequest {
-            name: "app/a".into(),
-            grace_seconds: 1,
-            value: b"replacement-value".to_vec(),
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    admin
-        .revoke_session(pb::RevokeSessionRequest {
-            session_id: sid.clone(),
-            reason: "residue test".into(),
-        })
-        .await
-        .unwrap();
     drop(b);
     drop(admin);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    retire_and_revoke(&sc, "app/a", b"replacement-value", &sid).await;
     let (after, scanned) = scan(sc.pid(), canary.as_bytes());
     eprintln!("memory residue: {after} canary copies in {scanned} readable bytes (live: {live})");
     #[allow(clippy::absurd_extreme_comparisons)]
@@ -171,26 +179,8 @@ async fn a_config_seed_value_leaves_no_residue_once_retired() {
     assert_eq!(r.value, canary.as_bytes());
     let (live, _) = scan(sc.pid(), canary.as_bytes());
     assert!(live >= 1, "the scan sees the seed while it is current");
-    let mut admin = sc.admin().await;
-    admin
-        .rotate(pb::RotateRequest {
-            name: "app/seed".into(),
-            grace_seconds: 1,
-            value: b"replacement-seed".to_vec(),
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    admin
-        .revoke_session(pb::RevokeSessionRequest {
-            session_id: sid,
-            reason: "residue test".into(),
-        })
-        .await
-        .unwrap();
     drop(b);
-    drop(admin);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    retire_and_revoke(&sc, "app/seed", b"replacement-seed", &sid).await;
     let (after, scanned) = scan(sc.pid(), canary.as_bytes());
     eprintln!("config seed residue: {after} copies in {scanned} bytes (live: {live})");
     assert_eq!(after, 0, "the config's seed value is still in memory");
