@@ -4,6 +4,7 @@
 //! admission, limits and audit as the gRPC sockets, and every request goes through the
 //! `Broker` handlers (api/broker.rs): one policy, one session and lease model.
 
+pub mod aws_agent;
 pub mod listen;
 
 pub use listen::{Endpoint, HttpLimits, Listener};

@@ -70,6 +70,8 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     fleet: Option<Spanned<crate::fleet::RawFleet>>,
+    #[serde(default)]
+    aws_agent_api: Option<Spanned<crate::compat::aws_agent::config::RawAwsAgentApi>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +394,8 @@ pub struct Config {
     pub admin_policy: Policy,
     /// Fleet-wide revocation, when `[fleet]` is set.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// The AWS-Secrets-Manager-Agent-compatible endpoint, when `[aws_agent_api]` is set.
+    pub aws_agent_api: Option<crate::compat::aws_agent::config::AwsAgentApiConfig>,
 }
 
 /// A config problem with its position, printed as `file:line:col: key: message`.
@@ -690,6 +694,17 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let aws_agent_api = match raw.aws_agent_api {
+        Some(a) => {
+            let span = a.span();
+            Some(
+                a.into_inner()
+                    .validate()
+                    .map_err(|(k, m)| loc.at(span, k, m))?,
+            )
+        }
+        None => None,
+    };
     let mut server = server;
     if server.spiffe_socket.is_some() {
         let cas: Vec<&String> = backends
@@ -784,6 +799,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         workload_policy,
         admin_policy,
         fleet,
+        aws_agent_api,
     })
 }
 

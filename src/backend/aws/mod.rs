@@ -7,7 +7,7 @@
 mod client;
 mod value;
 
-use super::{check_options, Backend, BackendError, FetchRequest, Fetched, Rotated};
+use super::{check_options, Backend, BackendError, FetchRequest, Fetched, Rotated, VersionInfo};
 use crate::config::{Dur, SecretSpec};
 use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
@@ -16,7 +16,8 @@ use aws_sdk_secretsmanager::Client;
 use client::{classify, describe_error};
 use parking_lot::Mutex;
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 const CURRENT: &str = "AWSCURRENT";
@@ -116,7 +117,15 @@ pub struct AwsBackend {
     remove_previous_label: bool,
     /// Version ids sidecred retired, per secret path: never served again by id.
     retired: Mutex<HashMap<String, HashSet<String>>>,
+    /// ARN, name, creation date and labels of the versions read last, per path (no values).
+    infos: Mutex<HashMap<String, Infos>>,
 }
+
+/// Details of a path's versions read last, oldest first.
+type Infos = VecDeque<(String, Arc<VersionInfo>)>;
+
+/// Versions whose details are kept per secret path.
+const INFOS_PER_PATH: usize = 8;
 
 fn stage(spec: &SecretSpec) -> &str {
     spec.options
@@ -133,6 +142,7 @@ impl AwsBackend {
             recheck: cfg.recheck_interval.map(|d| d.0),
             remove_previous_label: cfg.retire_removes_previous_label,
             retired: Mutex::new(HashMap::new()),
+            infos: Mutex::new(HashMap::new()),
         })
     }
 
@@ -183,6 +193,7 @@ impl AwsBackend {
             }
         };
         let version = out.version_id.clone().unwrap_or_default();
+        self.remember(path, &version, &out);
         let bytes = match (out.secret_string, out.secret_binary) {
             (Some(s), _) => SecretBytes::from_string(s),
             (None, Some(b)) => SecretBytes::new(b.into_inner()),
@@ -216,6 +227,29 @@ impl AwsBackend {
                     .map_err(|m| BackendError::Precondition(format!("`{}`: {m}", spec.path)))
             }
         }
+    }
+
+    /// Keeps what GetSecretValue said about the version besides its value.
+    fn remember(
+        &self,
+        path: &str,
+        version: &str,
+        out: &aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput,
+    ) {
+        let info = Arc::new(VersionInfo {
+            arn: out.arn.clone(),
+            name: out.name.clone(),
+            created: out.created_date.map(|d| (d.secs(), d.subsec_nanos())),
+            stages: out.version_stages.clone().unwrap_or_default(),
+            binary: out.secret_string.is_none() && out.secret_binary.is_some(),
+        });
+        let mut infos = self.infos.lock();
+        let list = infos.entry(path.to_string()).or_default();
+        list.retain(|(v, _)| v != version);
+        if list.len() >= INFOS_PER_PATH {
+            list.pop_front();
+        }
+        list.push_back((version.to_string(), info));
     }
 
     /// Best-effort label removal; failures are logged, never fatal.
@@ -280,6 +314,12 @@ impl Backend for AwsBackend {
             version,
             lease: None,
         })
+    }
+
+    fn version_info(&self, spec: &SecretSpec, version: &str) -> Option<Arc<VersionInfo>> {
+        let infos = self.infos.lock();
+        let (_, info) = infos.get(&spec.path)?.iter().find(|(v, _)| v == version)?;
+        Some(info.clone())
     }
 
     async fn rotate(
