@@ -129,11 +129,18 @@ impl AwsAgentApi {
         }
         let cat = self.engine.catalog();
         let Ok(spec) = cat.secret(name) else {
-            return response::error(400, "ResourceNotFoundException", response::NO_SUCH_SECRET);
+            return response::error(404, "ResourceNotFoundException", response::NO_SUCH_SECRET);
         };
         let version = q.version_id.as_deref();
         let r = match self.read(caller, name, version).await {
             Ok(r) => r,
+            Err(ApiError::NotFound(_)) if version.is_some() => {
+                let why = format!(
+                    "Secrets Manager can't find the specified secret value for VersionId: {}",
+                    version.unwrap_or_default()
+                );
+                return response::error(404, "ResourceNotFoundException", &why);
+            }
             Err(e) => return response::from_api(&e),
         };
         let backend = cat.backends.get(&spec.backend);
@@ -145,17 +152,15 @@ impl AwsAgentApi {
                         "Secrets Manager can't find the specified secret value for staging \
                          label: {PREVIOUS}"
                     );
-                    return response::error(400, "ResourceNotFoundException", &why);
+                    return response::error(404, "ResourceNotFoundException", &why);
                 }
             },
             (_, Some(v)) => {
                 let stages = self.pinned_stages(&cat, spec, v).await;
-                if let Some(s) = stage.filter(|s| !stages.contains(s)) {
-                    let why = format!(
-                        "Secrets Manager can't find the specified secret value for VersionId: \
-                         {v} and staging label: {s}"
-                    );
-                    return response::error(400, "ResourceNotFoundException", &why);
+                if stage.is_some_and(|s| !stages.contains(&s)) {
+                    let why = "You provided a VersionStage that is not associated to the \
+                               provided VersionId.";
+                    return response::error(400, "InvalidRequestException", why);
                 }
                 (r.version.as_str(), r.value.as_slice(), stages)
             }

@@ -17,12 +17,12 @@ pub fn error(status: u16, kind: &str, message: &str) -> (u16, String) {
     (status, body)
 }
 
-/// sidecred's error kinds as the agent's status and exception names. A denial or revocation is
-/// 403: the agent relays AWS's 400 for AccessDenied, but a 403 says at once that retrying
-/// will not help.
+/// sidecred's error kinds as the agent's status and exception names. Not found is 404, as the
+/// agent answers when its service does; a denial or revocation is 403, which says at once that
+/// retrying will not help.
 pub fn from_api(e: &ApiError) -> (u16, String) {
     let (status, kind) = match e {
-        ApiError::NotFound(_) => (400, "ResourceNotFoundException"),
+        ApiError::NotFound(_) => (404, "ResourceNotFoundException"),
         ApiError::InvalidArgument(_) => (400, "InvalidParameterException"),
         ApiError::Precondition(_) => (400, "InvalidRequestException"),
         ApiError::Denied(_) | ApiError::SessionRevoked(_) => (403, "AccessDeniedException"),
