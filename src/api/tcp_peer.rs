@@ -332,6 +332,21 @@ mod tests {
         assert_eq!(status_egid(""), None);
     }
 
+    /// A 4-tuple no socket has, and a non-loopback peer, are not identified.
+    #[test]
+    fn unidentifiable_peers_are_errors() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = l.local_addr().unwrap();
+        let ghost: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(identify(local, ghost)
+            .unwrap_err()
+            .contains("no such socket"));
+        let far: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        assert!(identify(local, far)
+            .unwrap_err()
+            .contains("not on loopback"));
+    }
+
     /// A real connection from this very process: both lookups name it.
     #[test]
     fn identifies_own_connection() {

@@ -16,6 +16,7 @@
 //!   echo=SOCKET                   bare tonic unary echo over a Unix socket
 //!   http-unix=SOCKET,PATH[,H:V]   HTTP/1.1 keep-alive GET over a Unix socket (bao proxy)
 //!   http-tcp=HOST:PORT,PATH[,H:V] HTTP/1.1 keep-alive GET over loopback TCP (AWS SM Agent)
+//!   sidecred-http-tcp=HOST:PORT,PATH[,H:V]  the same, labelled as sidecred's AWS agent API
 #![forbid(unsafe_code)]
 
 mod extra;
