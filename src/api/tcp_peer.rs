@@ -5,7 +5,7 @@
 //! inode. Only loopback connections are identified; anything that cannot be fully identified
 //! (socket gone, no process holds it, /proc unreadable) is an error, and its connection refused.
 
-use super::peer::{stat_start_time, PeerIdentity};
+use super::peer::{proc_start_time, PeerIdentity};
 use nix::sys::socket::{
     recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
@@ -244,11 +244,7 @@ fn status_egid(status: &str) -> Option<u32> {
 fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
     let holders = pids_holding(inode, uid)?;
     let pid = holders[0];
-    let start = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| stat_start_time(&s))
-    };
+    let start = proc_start_time;
     let before = start(pid).ok_or("its process exited")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
