@@ -124,7 +124,7 @@ mod tests {
         for (e, status, kind) in [
             (
                 ApiError::NotFound("x".into()),
-                400,
+                404,
                 "ResourceNotFoundException",
             ),
             (ApiError::Denied("x".into()), 403, "AccessDeniedException"),
