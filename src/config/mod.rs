@@ -8,7 +8,7 @@ mod interp;
 pub use duration::{parse_duration, Dur, MAX_DURATION};
 pub use interp::{env_lookup, interpolate, map_lookup, InterpError};
 
-use crate::backend::BackendConfig;
+use crate::backend::{BackendConfig, CompiledOptions, RawOptions, SecretField, SecretShape};
 use crate::policy::{Policy, RawRule};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -277,13 +277,14 @@ struct RawSecret {
     #[serde(default)]
     grace: Option<Dur>,
     #[serde(default)]
-    scope: Scope,
+    scope: Option<Spanned<Scope>>,
     /// Select one field of a JSON value.
     #[serde(default)]
     key: Option<String>,
-    /// Backend-specific settings, validated by the backend.
+    /// Backend-specific settings, compiled by the backend from the spanned document (see
+    /// `secret_options`); only their presence is read here.
     #[serde(default)]
-    options: toml::Table,
+    options: Option<serde::de::IgnoredAny>,
     /// Scheduled rotation: a fixed interval, or a cron expression (UTC).
     #[serde(default)]
     rotate_every: Option<Dur>,
@@ -349,7 +350,8 @@ pub struct SecretSpec {
     pub grace: Duration,
     pub scope: Scope,
     pub key: Option<String>,
-    pub options: toml::Table,
+    /// Backend options, compiled at load: backends never see TOML.
+    pub options: CompiledOptions,
     pub schedule: Option<crate::schedule::Schedule>,
 }
 
@@ -718,6 +720,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     }
 
     let mut secrets = BTreeMap::new();
+    let mut doc = None;
     for (i, rs) in raw.secrets.into_iter().enumerate() {
         let key = |f: &str| format!("secret[{i}].{f}");
         let name = rs.name.get_ref().clone();
@@ -744,28 +747,49 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         if rs.path.get_ref().is_empty() {
             return Err(loc.at(rs.path.span(), key("path"), "must not be empty"));
         }
+        let ttl = rs.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(300));
+        if ttl.is_zero() {
+            return Err(loc.at(rs.name.span(), key("ttl"), "must be greater than 0"));
+        }
+        let scope = rs.scope.as_ref().map(|s| *s.get_ref()).unwrap_or_default();
+        let shape = SecretShape {
+            name: &name,
+            path: rs.path.get_ref(),
+            scope,
+        };
+        let raw_options = match rs.options {
+            Some(_) => secret_options(&mut doc, i, loc)?,
+            None => None,
+        };
+        let options = backend
+            .prepare(&shape, RawOptions::new(raw_options))
+            .map_err(|e| match (&e, e.span()) {
+                (_, Some(at)) => loc.at(at, key("options"), e.to_string()),
+                (crate::backend::OptionError::Secret { field, .. }, None) => {
+                    let at = match (field, &rs.scope) {
+                        (SecretField::Scope, Some(s)) => s.span(),
+                        _ => rs.path.span(),
+                    };
+                    loc.at(at, key(field.as_str()), e.to_string())
+                }
+                _ => loc.at(rs.path.span(), key("options"), e.to_string()),
+            })?;
         let spec = SecretSpec {
             name: name.clone(),
             backend: rs.backend.get_ref().clone(),
             path: rs.path.get_ref().clone(),
             zone: rs.zone,
-            ttl: rs.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+            ttl,
             grace: rs.grace.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
-            scope: rs.scope,
+            scope,
             key: rs.key,
-            options: rs.options,
+            options,
             schedule: crate::schedule::from_config(
                 rs.rotate_every.map(|d| d.0),
                 rs.rotate_cron.as_deref(),
             )
             .map_err(|m| loc.at(rs.name.span(), key("rotate_every"), m))?,
         };
-        if spec.ttl.is_zero() {
-            return Err(loc.at(rs.name.span(), key("ttl"), "must be greater than 0"));
-        }
-        backend
-            .validate_secret(&spec)
-            .map_err(|m| loc.at(rs.path.span(), key("options"), m))?;
         secrets.insert(name, spec);
     }
 
@@ -785,6 +809,28 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         admin_policy,
         fleet,
     })
+}
+
+/// The `options` of the i-th `[[secret]]`, with positions, from the document parsed once more
+/// with spans kept (on the first secret that has options).
+fn secret_options<'t>(
+    doc: &mut Option<toml::Spanned<toml::de::DeTable<'t>>>,
+    i: usize,
+    loc: &Locator<'t>,
+) -> Result<Option<toml::Spanned<toml::de::DeValue<'t>>>, ConfigError> {
+    if doc.is_none() {
+        let parsed = toml::de::DeTable::parse(loc.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            loc.at(span, "", e.message().trim_end().to_string())
+        })?;
+        *doc = Some(parsed);
+    }
+    Ok(doc
+        .as_ref()
+        .and_then(|d| d.get_ref().get("secret"))
+        .and_then(|s| s.get_ref().get(i))
+        .and_then(|s| s.get_ref().get("options"))
+        .cloned())
 }
 
 fn check_scheduler(

@@ -11,9 +11,9 @@ pub mod timing;
 
 pub use authority::{Authority, Issued, View};
 
+use super::options::{CompiledOptions, OptionError, RawOptions, SecretField, SecretShape};
 use super::{
-    check_options, Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated,
-    SessionHandle, SessionMeta,
+    Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
 use crate::config::{Dur, Scope, SecretSpec};
 use crate::policy::SanPolicy;
@@ -111,16 +111,49 @@ impl CaConfig {
         Ok(())
     }
 
-    pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
-        check_options(spec, &["dns_sans", "ip_sans"])?;
-        if spec.scope == Scope::Shared {
-            return Err(
-                "a CA-backed secret holds a private key per caller: set scope = \"session\" or \"call\""
-                    .into(),
-            );
+    /// Compiles one secret's options: the SANs its certificates ask for.
+    pub fn prepare(
+        &self,
+        secret: &SecretShape<'_>,
+        raw: RawOptions<'_>,
+    ) -> Result<CaOptions, OptionError> {
+        let r: RawCaOptions = raw.decode()?;
+        if secret.scope == Scope::Shared {
+            return Err(OptionError::secret(
+                SecretField::Scope,
+                "a CA-backed secret holds a private key per caller: set scope = \"session\" or \"call\"",
+            ));
         }
-        requested_sans(spec)?;
-        Ok(())
+        let mut dns_sans = Vec::with_capacity(r.dns_sans.len());
+        for d in r.dns_sans {
+            let ok = if d.get_ref().starts_with("*.") {
+                crate::policy::dns::check_wildcard(d.get_ref())
+            } else {
+                crate::policy::dns::check_name(d.get_ref())
+            };
+            ok.map_err(|e| {
+                OptionError::value(
+                    "dns_sans",
+                    Some(d.span()),
+                    format!("`{}` is not a DNS name: {e}", d.get_ref()),
+                )
+            })?;
+            dns_sans.push(d.into_inner());
+        }
+        let ip_sans = r
+            .ip_sans
+            .iter()
+            .map(|s| {
+                s.get_ref().parse::<IpAddr>().map_err(|_| {
+                    OptionError::value(
+                        "ip_sans",
+                        Some(s.span()),
+                        format!("`{}` is not an IP address", s.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CaOptions { dns_sans, ip_sans })
     }
 
     fn settings(&self, name: &str) -> authority::Settings {
@@ -157,38 +190,21 @@ impl CaConfig {
     }
 }
 
-/// The SANs a secret's options ask for.
-fn requested_sans(spec: &SecretSpec) -> Result<(Vec<String>, Vec<IpAddr>), String> {
-    let list = |key: &str| -> Result<Vec<String>, String> {
-        match spec.options.get(key) {
-            None => Ok(Vec::new()),
-            Some(v) => v
-                .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|x| x.as_str().map(str::to_string))
-                        .collect::<Option<Vec<_>>>()
-                })
-                .ok_or_else(|| format!("option `{key}` must be an array of strings")),
-        }
-    };
-    let dns = list("dns_sans")?;
-    for d in &dns {
-        let ok = if d.starts_with("*.") {
-            crate::policy::dns::check_wildcard(d)
-        } else {
-            crate::policy::dns::check_name(d)
-        };
-        ok.map_err(|e| format!("dns_sans: `{d}` is not a DNS name: {e}"))?;
-    }
-    let ips = list("ip_sans")?
-        .iter()
-        .map(|s| {
-            s.parse::<IpAddr>()
-                .map_err(|_| format!("ip_sans: `{s}` is not an IP address"))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((dns, ips))
+/// A CA secret's `options`: the SANs its certificates carry besides the caller's SPIFFE ID.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaOptions {
+    pub dns_sans: Vec<String>,
+    pub ip_sans: Vec<IpAddr>,
+}
+
+/// `options` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of ca options")]
+struct RawCaOptions {
+    #[serde(default)]
+    dns_sans: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    ip_sans: Vec<toml::Spanned<String>>,
 }
 
 /// Refuses SANs the caller's policy rule does not allow, naming the first one.
@@ -251,13 +267,17 @@ impl Backend for CaBackend {
                 req.spec.name
             ))
         })?;
-        let (dns, ips) = requested_sans(req.spec).map_err(BackendError::Invalid)?;
-        check_sans(req.sans, &dns, &ips).map_err(BackendError::Denied)?;
+        let o = match &req.spec.options {
+            CompiledOptions::Ca(o) => o,
+            other => return Err(other.mismatch(&req.spec.name, "ca")),
+        };
+        let (dns, ips) = (&o.dns_sans, &o.ip_sans);
+        check_sans(req.sans, dns, ips).map_err(BackendError::Denied)?;
         let ttl = req.spec.ttl;
         let issued = self.authority.issue(
             spiffe,
-            &dns,
-            &ips,
+            dns,
+            ips,
             Some(ttl),
             Some(&req.session.id),
             SystemTime::now(),
@@ -371,6 +391,68 @@ mod tests {
         ] {
             assert_eq!(valid_trust_domain(td), ok, "{td}");
         }
+    }
+
+    fn prepare(scope: Scope, text: &str) -> Result<CaOptions, OptionError> {
+        let cfg: CaConfig =
+            toml::from_str("trust_domain = \"example.org\"\ngenerate = true").unwrap();
+        let shape = SecretShape {
+            name: "mtls",
+            path: "mtls",
+            scope,
+        };
+        cfg.prepare(&shape, RawOptions::parse(text).unwrap())
+    }
+
+    #[test]
+    fn prepare_table() {
+        let o = prepare(
+            Scope::Session,
+            "{ dns_sans = [\"a.svc.local\", \"*.apps.local\"], ip_sans = [\"127.0.0.1\", \"::1\"] }",
+        )
+        .unwrap();
+        assert_eq!(o.dns_sans, ["a.svc.local", "*.apps.local"]);
+        assert_eq!(o.ip_sans.len(), 2);
+        assert_eq!(prepare(Scope::Call, "{}").unwrap(), CaOptions::default());
+        let cases = [
+            ("{ dns_san = [] }", "unknown field `dns_san`", Some(2)),
+            (
+                "{ dns_sans = \"a.local\" }",
+                "expected a sequence",
+                Some(13),
+            ),
+            (
+                "{ dns_sans = [\"a.local\", \"bad name\"] }",
+                "option `dns_sans`: `bad name` is not a DNS name",
+                Some(25),
+            ),
+            (
+                "{ ip_sans = [\"10.0.0.300\"] }",
+                "option `ip_sans`: `10.0.0.300` is not an IP address",
+                Some(13),
+            ),
+            (
+                "{ ip_sans = [1] }",
+                "invalid type: integer `1`, expected a string",
+                Some(13),
+            ),
+        ];
+        for (text, want, at) in cases {
+            let e = prepare(Scope::Session, text).unwrap_err();
+            assert!(e.to_string().contains(want), "{text}: {e}");
+            assert_eq!(e.span().map(|s| s.start), at, "{text}: {e}");
+        }
+        let e = prepare(Scope::Shared, "{}").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OptionError::Secret {
+                    field: SecretField::Scope,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
