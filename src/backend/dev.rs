@@ -2,6 +2,7 @@
 //! so every RPC works with no external service. Optionally seeded from a TOML file.
 
 use super::options::{CompiledOptions, OptionError, RawOptions, SecretShape};
+use super::setup::SetupError;
 use super::{Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated};
 use crate::config::SecretSpec;
 use crate::secret::SecretBytes;
@@ -69,10 +70,13 @@ pub struct DevConfig {
 }
 
 impl DevConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         if let Some(p) = &self.seed_file {
             if !p.exists() {
-                return Err(format!("seed_file `{}` does not exist", p.display()));
+                return Err(SetupError::setting(
+                    "seed_file",
+                    format!("`{}` does not exist", p.display()),
+                ));
             }
         }
         Ok(())
@@ -115,19 +119,19 @@ pub struct DevBackend {
 }
 
 impl DevBackend {
-    pub fn new(name: &str, cfg: &DevConfig) -> Result<Self, String> {
+    pub fn new(name: &str, cfg: &DevConfig) -> Result<Self, SetupError> {
         let mut store = HashMap::new();
         if let Some(path) = &cfg.seed_file {
-            let mut text = std::fs::read_to_string(path)
-                .map_err(|e| format!("backends.{name}.seed_file `{}`: {e}", path.display()))?;
+            let mut text = std::fs::read_to_string(path).map_err(|source| SetupError::File {
+                setting: "seed_file",
+                path: path.clone(),
+                source,
+            })?;
             let parsed: Result<BTreeMap<String, String>, _> = toml::from_str(&text);
             text.zeroize();
-            let mut table = parsed.map_err(|e| {
-                format!(
-                    "backends.{name}.seed_file `{}`: {}",
-                    path.display(),
-                    e.message()
-                )
+            let mut table = parsed.map_err(|e| SetupError::SeedFile {
+                path: path.clone(),
+                message: e.message().to_string(),
             })?;
             for (k, v) in std::mem::take(&mut table) {
                 store.insert(

@@ -8,8 +8,10 @@ pub mod ca;
 pub mod dev;
 pub mod openbao;
 pub mod options;
+mod setup;
 
 pub use options::{CompiledOptions, OptionError, RawOptions, SecretField, SecretShape};
+pub use setup::SetupError;
 
 use crate::api::peer::PeerIdentity;
 use crate::config::SecretSpec;
@@ -237,7 +239,7 @@ impl BackendConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         match self {
             BackendConfig::Dev(c) => c.validate(),
             BackendConfig::OpenBao(c) => c.validate(),
@@ -261,7 +263,11 @@ impl BackendConfig {
         })
     }
 
-    pub async fn build(&self, name: &str, timeout: Duration) -> Result<Arc<dyn Backend>, String> {
+    pub async fn build(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Arc<dyn Backend>, SetupError> {
         match self {
             BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),
             BackendConfig::OpenBao(c) => Ok(Arc::new(

@@ -1,4 +1,5 @@
 use super::*;
+use crate::backend::CompiledOptions;
 use std::collections::HashMap;
 
 const BASE: &str = r#"

@@ -11,6 +11,7 @@ mod value;
 pub use options::AwsOptions;
 
 use super::options::CompiledOptions;
+use super::setup::SetupError;
 use super::{Backend, BackendError, FetchRequest, Fetched, Rotated};
 use crate::config::{Dur, SecretSpec};
 use crate::secret::{SecretBytes, SecretText};
@@ -60,25 +61,38 @@ fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretTe
 }
 
 impl AwsConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            return Err("set both access_key_id and secret_access_key, or neither".into());
+            return Err(SetupError::setting(
+                "access_key_id",
+                "set both access_key_id and secret_access_key, or neither",
+            ));
         }
         if self.session_token.is_some() && self.access_key_id.is_none() {
-            return Err("session_token needs access_key_id and secret_access_key".into());
+            return Err(SetupError::setting(
+                "session_token",
+                "needs access_key_id and secret_access_key",
+            ));
         }
         if let Some(e) = self.endpoint.as_deref().filter(|e| !e.is_empty()) {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(format!(
-                    "endpoint `{e}` must start with http:// or https://"
+                return Err(SetupError::setting(
+                    "endpoint",
+                    format!("`{e}` must start with http:// or https://"),
                 ));
             }
         }
         if matches!(self.max_attempts, Some(0) | Some(11..)) {
-            return Err("max_attempts must be between 1 and 10".into());
+            return Err(SetupError::setting(
+                "max_attempts",
+                "must be between 1 and 10",
+            ));
         }
         if self.recheck_interval.is_some_and(|d| d.0.is_zero()) {
-            return Err("recheck_interval must be greater than 0 (omit it to disable)".into());
+            return Err(SetupError::setting(
+                "recheck_interval",
+                "must be greater than 0 (omit it to disable)",
+            ));
         }
         Ok(())
     }
@@ -103,7 +117,7 @@ fn opts(spec: &SecretSpec) -> Result<&AwsOptions, BackendError> {
 }
 
 impl AwsBackend {
-    pub async fn new(name: &str, cfg: &AwsConfig, timeout: Duration) -> Result<Self, String> {
+    pub async fn new(name: &str, cfg: &AwsConfig, timeout: Duration) -> Result<Self, SetupError> {
         Ok(Self {
             name: name.to_string(),
             client: client::build(cfg, timeout).await?,

@@ -5,13 +5,16 @@
 
 pub mod authority;
 pub mod crl;
+mod error;
 pub mod issuer;
 pub mod jwt;
 pub mod timing;
 
 pub use authority::{Authority, Issued, View};
+pub use error::CaError;
 
 use super::options::{CompiledOptions, OptionError, RawOptions, SecretField, SecretShape};
+use super::setup::SetupError;
 use super::{
     Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
@@ -89,24 +92,40 @@ impl CaConfig {
             .unwrap_or(Duration::from_secs(900))
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         if !valid_trust_domain(&self.trust_domain) {
-            return Err(format!(
-                "trust_domain `{}`: lowercase letters, digits, `.`, `-`, `_` only",
-                self.trust_domain
+            return Err(SetupError::setting(
+                "trust_domain",
+                format!(
+                    "`{}`: lowercase letters, digits, `.`, `-`, `_` only",
+                    self.trust_domain
+                ),
             ));
         }
         match (self.generate, &self.cert_file, &self.key_file) {
             (true, None, None) => {}
             (false, Some(_), Some(k)) => issuer::check_key_mode(k)?,
-            (true, _, _) => return Err("generate = true takes no cert_file/key_file".into()),
-            _ => return Err("set cert_file and key_file, or generate = true (dev)".into()),
+            (true, _, _) => {
+                return Err(SetupError::setting(
+                    "generate",
+                    "generate = true takes no cert_file/key_file",
+                ))
+            }
+            _ => {
+                return Err(SetupError::setting(
+                    "cert_file",
+                    "set cert_file and key_file, or generate = true (dev)",
+                ))
+            }
         }
         if self.leaf_ttl().is_zero() || self.leaf_ttl() > Duration::from_secs(7 * 86400) {
-            return Err("leaf_ttl must be between 1s and 7d".into());
+            return Err(SetupError::setting("leaf_ttl", "must be between 1s and 7d"));
         }
         if self.sds_certificate.is_empty() || self.sds_certificate == self.sds_validation {
-            return Err("sds_certificate and sds_validation must be distinct, non-empty".into());
+            return Err(SetupError::setting(
+                "sds_certificate",
+                "sds_certificate and sds_validation must be distinct, non-empty",
+            ));
         }
         Ok(())
     }
@@ -241,7 +260,7 @@ pub struct CaBackend {
 }
 
 impl CaBackend {
-    pub fn new(name: &str, cfg: &CaConfig) -> Result<Self, String> {
+    pub fn new(name: &str, cfg: &CaConfig) -> Result<Self, SetupError> {
         let authority = Authority::new(cfg.settings(name), SystemTime::now())?;
         Ok(Self {
             authority: Arc::new(authority),

@@ -14,6 +14,7 @@ pub use auth::AuthConfig;
 pub use options::{Kind, Opts, PkiRequest};
 
 use super::options::CompiledOptions;
+use super::setup::SetupError;
 use super::{
     Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
@@ -59,16 +60,19 @@ fn yes() -> bool {
 }
 
 impl OpenBaoConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
-            return Err(format!(
-                "address `{}` must start with http:// or https://",
-                self.address
+            return Err(SetupError::setting(
+                "address",
+                format!("`{}` must start with http:// or https://", self.address),
             ));
         }
         if let Some(ca) = &self.ca_file {
             if !ca.exists() {
-                return Err(format!("ca_file `{}` does not exist", ca.display()));
+                return Err(SetupError::setting(
+                    "ca_file",
+                    format!("`{}` does not exist", ca.display()),
+                ));
             }
         }
         self.auth.validate()
@@ -118,7 +122,11 @@ impl Drop for OpenBaoBackend {
 
 impl OpenBaoBackend {
     /// Connects and logs in. A rejected login is fatal; an unreachable server is retried later.
-    pub async fn new(name: &str, cfg: &OpenBaoConfig, timeout: Duration) -> Result<Self, String> {
+    pub async fn new(
+        name: &str,
+        cfg: &OpenBaoConfig,
+        timeout: Duration,
+    ) -> Result<Self, SetupError> {
         let timeout = cfg.timeout.map(|d| d.0).unwrap_or(timeout);
         let ca = cfg.ca_file.as_ref().map(|p| p.display().to_string());
         let bao = Bao::new(&cfg.address, ca.as_deref(), cfg.namespace.clone(), timeout)?;
@@ -135,7 +143,12 @@ impl OpenBaoBackend {
                     obtained: std::time::Instant::now(),
                 }
             }
-            Err(e) => return Err(format!("auth method `{}`: {e}", cfg.auth.method())),
+            Err(source) => {
+                return Err(SetupError::Login {
+                    method: cfg.auth.method(),
+                    source,
+                })
+            }
         };
         tracing::info!(backend = %name, method = cfg.auth.method(), accessor = %token.accessor, ttl = token.ttl.as_secs(), "OpenBao backend ready");
         let inner = Arc::new(Inner {

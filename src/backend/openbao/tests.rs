@@ -238,10 +238,10 @@ fn config_shape() {
     let e = parse("address = \"https://b\"\n[auth]\nmethod = \"kerberos\"\n").unwrap_err();
     assert!(e.to_string().contains("kerberos"), "{e}");
     let c = parse("address = \"b:8200\"\n[auth]\nmethod = \"token_file\"\npath = \"t\"\n").unwrap();
-    assert!(c.validate().unwrap_err().contains("http"));
+    assert!(c.validate().unwrap_err().to_string().contains("http"));
     let c = parse(
         "address = \"http://b\"\n[auth]\nmethod = \"jwt\"\nrole = \"r\"\njwt_file = \"rel\"\n",
     )
     .unwrap();
-    assert!(c.validate().unwrap_err().contains("absolute"));
+    assert!(c.validate().unwrap_err().to_string().contains("absolute"));
 }
