@@ -13,7 +13,7 @@ admin_socket = "/tmp/sidecred-opts/a/a.sock"
 
 [backends.dev]
 kind = "dev"
-values = { "a" = "v" }
+values = { "a" = "seed-canary-5150" }
 
 [backends.bao]
 kind = "openbao"
@@ -150,7 +150,30 @@ fn check_config_points_at_a_bad_option_of_every_kind() {
             "expected a sequence",
         ),
     ];
-    for (backend, scope, options, column, needle) in cases {
+    for (backend, scope, options, column, needle) in cases.into_iter().chain([
+        // Malformed shapes: a nested table, an array of tables, a value too large for its type.
+        (
+            "dev",
+            "shared",
+            "options = { dynamic = { on = true } }",
+            23,
+            "expected a boolean",
+        ),
+        (
+            "aws",
+            "shared",
+            "options = { password_length = 99999999999999999999 }",
+            31,
+            "integer",
+        ),
+        (
+            "ca",
+            "session",
+            "options = { dns_sans = [{ a = 1 }] }",
+            25,
+            "expected a string",
+        ),
+    ]) {
         let text = config(backend, scope, options);
         let (code, err, file) = run(&["check-config"], &text);
         assert_eq!(code, Some(2), "{options}: {err}");
@@ -158,6 +181,7 @@ fn check_config_points_at_a_bad_option_of_every_kind() {
         assert!(err.starts_with(&at), "{options}: want `{at}`, got {err}");
         assert!(err.contains(needle), "{options}: {err}");
         assert_eq!(err.lines().count(), 1, "one line, no TOML snippet: {err}");
+        assert!(!err.contains("seed-canary"), "{err}");
     }
 }
 

@@ -326,7 +326,6 @@ mod tests {
 
     fn prepare(text: &str) -> Result<DevOptions, OptionError> {
         let shape = SecretShape {
-            name: "s",
             path: "p",
             scope: Scope::Session,
         };
@@ -341,7 +340,6 @@ mod tests {
             DevOptions { dynamic: true }
         );
         let shape = SecretShape {
-            name: "s",
             path: "p",
             scope: Scope::Shared,
         };

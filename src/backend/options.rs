@@ -42,7 +42,6 @@ impl CompiledOptions {
 /// The parts of a catalog entry, besides its options, that options are checked against.
 #[derive(Clone, Copy, Debug)]
 pub struct SecretShape<'a> {
-    pub name: &'a str,
     pub path: &'a str,
     pub scope: Scope,
 }

@@ -94,7 +94,6 @@ pub(super) fn build(
         }
         let scope = rs.scope.as_ref().map(|s| *s.get_ref()).unwrap_or_default();
         let shape = SecretShape {
-            name: &name,
             path: rs.path.get_ref(),
             scope,
         };

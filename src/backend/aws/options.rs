@@ -131,7 +131,6 @@ mod tests {
 
     fn prepare(text: &str) -> Result<AwsOptions, OptionError> {
         let shape = SecretShape {
-            name: "s",
             path: "app/s",
             scope: Scope::Shared,
         };
@@ -149,7 +148,6 @@ mod tests {
         let absent = AwsConfig::default()
             .prepare(
                 &SecretShape {
-                    name: "s",
                     path: "p",
                     scope: Scope::Shared,
                 },

@@ -79,7 +79,6 @@ mod tests {
         let cfg: CaConfig =
             toml::from_str("trust_domain = \"example.org\"\ngenerate = true").unwrap();
         let shape = SecretShape {
-            name: "mtls",
             path: "mtls",
             scope,
         };

@@ -15,11 +15,7 @@ fn cfg(session_tokens: bool) -> OpenBaoConfig {
 }
 
 fn prepare(path: &str, scope: Scope, options: &str) -> Result<Opts, OptionError> {
-    let shape = SecretShape {
-        name: "s",
-        path,
-        scope,
-    };
+    let shape = SecretShape { path, scope };
     cfg(true).prepare(&shape, RawOptions::parse(options).unwrap())
 }
 
@@ -156,7 +152,6 @@ fn options_table() {
     ));
     // Without session tokens, only shared secrets may be dynamic.
     let shape = |scope| SecretShape {
-        name: "s",
         path: "database/creds/ro",
         scope,
     };
