@@ -63,7 +63,11 @@ fn owner() -> Owner {
 
 /// One second past a 10 s boundary, so the first slot is 9 s away.
 async fn engine() -> (Arc<Engine>, Arc<ManualClock>) {
-    let cfg = Config::parse(std::path::Path::new("/t/sidecred.toml"), CONFIG, &|_| None).unwrap();
+    engine_with(CONFIG).await
+}
+
+async fn engine_with(config: &str) -> (Arc<Engine>, Arc<ManualClock>) {
+    let cfg = Config::parse(std::path::Path::new("/t/sidecred.toml"), config, &|_| None).unwrap();
     let cat = Catalog::build(cfg, 1).await.unwrap();
     let clock = Arc::new(ManualClock::new(
         UNIX_EPOCH + Duration::from_secs(1_800_000_001),
@@ -209,6 +213,44 @@ async fn a_backend_lease_is_renewed_before_expiry_and_outlives_its_first_ttl() {
     );
     assert_eq!(e.backend_fetches("dev"), fetches, "renewed, not refetched");
     assert_eq!(live_leases(&e).await, 1);
+}
+
+#[tokio::test]
+async fn a_failed_revocation_is_retried_at_1_2_4_s_backoff_and_not_earlier() {
+    let config = CONFIG.replace(
+        "dynamic_ttl = \"60s\"",
+        "dynamic_ttl = \"60s\"\nrevoke_failures = 3",
+    );
+    let (e, clock) = engine_with(&config).await;
+    let s = session(&e).await;
+    read(&e, &s, "db/dyn", None).await.unwrap();
+    e.close_session(&ROOT, &owner(), &s.meta.id).await.unwrap();
+    assert_eq!((e.pending_count(), live_leases(&e).await), (1, 1));
+    // Failures at 0 s, 1 s and 3 s; the retry at 7 s succeeds. A retry any earlier would
+    // spend the failures sooner and revoke before 7 s.
+    for (at_ms, done) in [(999, false), (1_000, false), (2_999, false), (3_000, false)] {
+        clock.advance(Duration::from_millis(at_ms) - elapsed(&clock));
+        e.tick().await;
+        assert_eq!(e.pending_count(), 1, "at {at_ms} ms");
+        assert_eq!(live_leases(&e).await == 0, done, "at {at_ms} ms");
+    }
+    clock.advance(Duration::from_millis(6_999) - elapsed(&clock));
+    e.tick().await;
+    assert_eq!(live_leases(&e).await, 1, "still pending at 6.999 s");
+    clock.advance(Duration::from_millis(1));
+    e.tick().await;
+    assert_eq!(
+        (e.pending_count(), live_leases(&e).await),
+        (0, 0),
+        "revoked at 7 s"
+    );
+}
+
+/// Time since the engine's start.
+fn elapsed(c: &ManualClock) -> Duration {
+    clock_now(c)
+        .duration_since(UNIX_EPOCH + Duration::from_secs(1_800_000_001))
+        .unwrap()
 }
 
 fn clock_now(c: &ManualClock) -> std::time::SystemTime {
