@@ -100,7 +100,8 @@ async fn read(
                 session_id: &s.meta.id,
                 call_id: None,
                 version,
-                spiffe_id: None,
+                // Only certificate secrets look at it; the CA test's rule carries it.
+                spiffe_id: Some("spiffe://test.example/root"),
                 sans: None,
             },
         )
@@ -256,4 +257,77 @@ fn elapsed(c: &ManualClock) -> Duration {
 fn clock_now(c: &ManualClock) -> std::time::SystemTime {
     use sidecred::clock::Clock;
     c.now()
+}
+
+const CA_CONFIG: &str = r#"
+[server]
+workload_socket = "/unused/w/workload.sock"
+admin_socket = "/unused/a/admin.sock"
+
+[backends.ca]
+kind = "ca"
+generate = true
+trust_domain = "test.example"
+rotation_stage = "0s"
+
+[[secret]]
+name = "mtls/router"
+backend = "ca"
+path = "router"
+zone = "internal"
+scope = "session"
+ttl = "10m"
+grace = "60s"
+
+[[policy.workload]]
+name = "root"
+uids = [0]
+secrets = ["*"]
+spiffe_id = "spiffe://test.example/root"
+"#;
+
+#[tokio::test]
+async fn the_old_ca_stays_trusted_exactly_the_rotation_grace() {
+    // The CA signs on wall-clock time, so the manual clock starts at it.
+    let cfg = Config::parse(std::path::Path::new("/t/sidecred.toml"), CA_CONFIG, &|_| {
+        None
+    })
+    .unwrap();
+    let cat = Catalog::build(cfg, 1).await.unwrap();
+    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+    let e = Engine::new(cat, clock.clone(), Audit::disabled());
+    let bundle = || {
+        let ca = e.catalog().backends["ca"].authority().unwrap();
+        ca.view(clock_now(&clock)).bundle.len()
+    };
+    let s = session(&e).await;
+    assert_eq!(read(&e, &s, "mtls/router", None).await.unwrap(), "1");
+    let r = e
+        .rotate(&ROOT, "mtls/router", Some(Duration::from_secs(30)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.version.as_str(), r.previous_version.as_deref()),
+        ("2", Some("1"))
+    );
+    assert_eq!(bundle(), 2, "old and new CA trusted during grace");
+    let fresh = session(&e).await;
+    assert_eq!(
+        read(&e, &fresh, "mtls/router", None).await.unwrap(),
+        "2",
+        "a new session gets a leaf of the new CA"
+    );
+    step(&e, &clock, 29).await;
+    assert_eq!(
+        read(&e, &s, "mtls/router", None).await.unwrap(),
+        "2",
+        "sessions are reissued a leaf of the new CA"
+    );
+    assert_eq!(
+        bundle(),
+        2,
+        "the old CA is still trusted 29 s into a 30 s grace"
+    );
+    step(&e, &clock, 1).await;
+    assert_eq!(bundle(), 1, "old CA left the bundle at 30 s");
 }
