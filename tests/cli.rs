@@ -64,18 +64,13 @@ fn cli_get_and_exit_codes() {
 }
 
 #[test]
+/// grpcurl exactly as a new user types it: no `-authority`, so the socket path arrives as
+/// `:authority` on the workload and admin sockets alike.
 fn grpcurl_lists_services_by_reflection_and_calls_get_secret() {
     let sc = Sidecar::start(&dev_body("", ""));
     let sock = sc.workload.to_str().unwrap();
     let list = Command::new(grpcurl())
-        .args([
-            "-plaintext",
-            "-authority",
-            "localhost",
-            "-unix",
-            sock,
-            "list",
-        ])
+        .args(["-plaintext", "-unix", sock, "list"])
         .output()
         .unwrap();
     let list = ok_stdout(&list);
@@ -90,8 +85,6 @@ fn grpcurl_lists_services_by_reflection_and_calls_get_secret() {
         &Command::new(grpcurl())
             .args([
                 "-plaintext",
-                "-authority",
-                "localhost",
                 "-unix",
                 "-d",
                 "{\"labels\":{\"agent_id\":\"g\"}}",
@@ -110,8 +103,6 @@ fn grpcurl_lists_services_by_reflection_and_calls_get_secret() {
         &Command::new(grpcurl())
             .args([
                 "-plaintext",
-                "-authority",
-                "localhost",
                 "-unix",
                 "-d",
                 &req,
@@ -125,28 +116,14 @@ fn grpcurl_lists_services_by_reflection_and_calls_get_secret() {
     assert_eq!(v["value"], "dmFsdWUtYS0x", "base64 of value-a-1: {got}");
     let health = ok_stdout(
         &Command::new(grpcurl())
-            .args([
-                "-plaintext",
-                "-authority",
-                "localhost",
-                "-unix",
-                sock,
-                "grpc.health.v1.Health/Check",
-            ])
+            .args(["-plaintext", "-unix", sock, "grpc.health.v1.Health/Check"])
             .output()
             .unwrap(),
     );
     assert!(health.contains("SERVING"), "{health}");
     let admin = ok_stdout(
         &Command::new(grpcurl())
-            .args([
-                "-plaintext",
-                "-authority",
-                "localhost",
-                "-unix",
-                sc.admin.to_str().unwrap(),
-                "list",
-            ])
+            .args(["-plaintext", "-unix", sc.admin.to_str().unwrap(), "list"])
             .output()
             .unwrap(),
     );
@@ -154,6 +131,30 @@ fn grpcurl_lists_services_by_reflection_and_calls_get_secret() {
         admin.contains("sidecred.v1.Admin") && !admin.contains("sidecred.v1.Broker"),
         "{admin}"
     );
+    for (socket, svc) in [
+        (sock, "sidecred.v1.Broker"),
+        (sc.admin.to_str().unwrap(), "sidecred.v1.Admin"),
+    ] {
+        let described = ok_stdout(
+            &Command::new(grpcurl())
+                .args(["-plaintext", "-unix", socket, "describe", svc])
+                .output()
+                .unwrap(),
+        );
+        assert!(described.contains("rpc "), "{svc}: {described}");
+    }
+    let status = ok_stdout(
+        &Command::new(grpcurl())
+            .args([
+                "-plaintext",
+                "-unix",
+                sc.admin.to_str().unwrap(),
+                "sidecred.v1.Admin/Status",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert!(status.contains("configGeneration"), "{status}");
 }
 
 #[test]

@@ -175,16 +175,10 @@ async fn call(engine: &Arc<Engine>, method: usize, uid: u32, body: Vec<u8>) {
     let broker = BrokerService {
         engine: engine.clone(),
     };
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        "content-type",
-        http::HeaderValue::from_static("application/grpc"),
-    );
     if let Some(out) = h2serve::unary_call(
         &broker,
         METHODS[method],
         caller(uid),
-        headers,
         Bytes::from(body.clone()),
     )
     .await

@@ -49,14 +49,14 @@ impl BrokerService {
         session: &str,
         secret: &str,
         why: String,
-    ) -> Status {
+    ) -> ApiError {
         let mut ev = AuditEvent::new(event, "denied").caller(caller);
         ev.session = opt(session);
         ev.secret = opt(secret);
         ev.detail = Some(&why);
         let _ = self.engine.audit.record(ev).await;
         tracing::info!(caller = %caller, secret, reason = %why, "denied");
-        ApiError::Denied(why).into()
+        ApiError::Denied(why)
     }
 
     /// Checks that some rule admits the caller at all (every RPC passes this); returns the
@@ -67,7 +67,7 @@ impl BrokerService {
         caller: &PeerIdentity,
         event: &str,
         session: &str,
-    ) -> Result<Owner, Status> {
+    ) -> Result<Owner, ApiError> {
         match cat.config.workload_policy.caller_rule(caller) {
             Ok(rule) => Ok(owner_of(caller, rule)),
             Err(why) => Err(self.deny(caller, event, session, "", why).await),
@@ -83,7 +83,7 @@ impl BrokerService {
         event: &str,
         session: &str,
         name: &str,
-    ) -> Result<(Owner, &'c Rule, &'c SecretSpec), Status> {
+    ) -> Result<(Owner, &'c Rule, &'c SecretSpec), ApiError> {
         validate_name(name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
         validate_id("session_id", session)?;
         let policy = &cat.config.workload_policy;
@@ -96,56 +96,57 @@ impl BrokerService {
     }
 }
 
-#[tonic::async_trait]
-impl Broker for BrokerService {
-    async fn open_session(
+/// The unary handlers as plain functions from (caller, request) to (response | error): tonic's
+/// service below and the workload socket's HTTP/2 fast path both call these, as do the
+/// HTTP-compatible endpoints. Each re-checks that the caller's process is still the one that
+/// connected.
+impl BrokerService {
+    pub async fn open_session(
         &self,
-        req: Request<pb::OpenSessionRequest>,
-    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
-        let caller = super::caller(&req)?;
+        caller: &PeerIdentity,
+        r: pb::OpenSessionRequest,
+    ) -> Result<pb::OpenSessionResponse, ApiError> {
+        bound(caller)?;
         let cat = self.engine.catalog();
-        let owner = self.admit(&cat, &caller, "session_open", "").await?;
-        let r = req.into_inner();
+        let owner = self.admit(&cat, caller, "session_open", "").await?;
         let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
         let s = self
             .engine
-            .open_session(&caller, owner, ttl, r.labels.into_iter().collect())
+            .open_session(caller, owner, ttl, r.labels.into_iter().collect())
             .await?;
-        Ok(Response::new(pb::OpenSessionResponse {
+        Ok(pb::OpenSessionResponse {
             session_id: s.meta.id.clone(),
             expires_at: unix_secs(s.expires_at),
-        }))
+        })
     }
 
-    async fn close_session(
+    pub async fn close_session(
         &self,
-        req: Request<pb::CloseSessionRequest>,
-    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let caller = super::caller(&req)?;
-        let r = req.into_inner();
+        caller: &PeerIdentity,
+        r: pb::CloseSessionRequest,
+    ) -> Result<pb::CloseSessionResponse, ApiError> {
+        bound(caller)?;
         validate_id("session_id", &r.session_id)?;
         let cat = self.engine.catalog();
         let owner = self
-            .admit(&cat, &caller, "session_close", &r.session_id)
+            .admit(&cat, caller, "session_close", &r.session_id)
             .await?;
         let n = self
             .engine
-            .close_session(&caller, &owner, &r.session_id)
+            .close_session(caller, &owner, &r.session_id)
             .await?;
-        Ok(Response::new(pb::CloseSessionResponse {
-            leases_released: n,
-        }))
+        Ok(pb::CloseSessionResponse { leases_released: n })
     }
 
-    async fn get_secret(
+    pub async fn get_secret(
         &self,
-        req: Request<pb::GetSecretRequest>,
-    ) -> Result<Response<pb::GetSecretResponse>, Status> {
-        let caller = super::caller(&req)?;
-        let r = req.into_inner();
+        caller: &PeerIdentity,
+        r: pb::GetSecretRequest,
+    ) -> Result<pb::GetSecretResponse, ApiError> {
+        bound(caller)?;
         let cat = self.engine.catalog();
         let (owner, rule, spec) = self
-            .authorize(&cat, &caller, "grant", &r.session_id, &r.name)
+            .authorize(&cat, caller, "grant", &r.session_id, &r.name)
             .await?;
         if let Some(c) = opt(&r.call_id) {
             validate_id("call_id", c)?;
@@ -161,7 +162,7 @@ impl Broker for BrokerService {
             spiffe_id: rule.spiffe_id.as_deref(),
             sans: Some(&rule.sans),
         };
-        let g = self.engine.get_secret(&cat, spec, &caller, req).await?;
+        let g = self.engine.get_secret(&cat, spec, caller, req).await?;
         tracing::debug!(secret = %r.name, version = %g.entry.version, lease = %g.lease_id, stale = g.stale, "granted");
         let (previous, retires) = match &g.previous {
             Some((e, at)) => (
@@ -173,7 +174,7 @@ impl Broker for BrokerService {
             ),
             None => (None, 0),
         };
-        Ok(Response::new(pb::GetSecretResponse {
+        Ok(pb::GetSecretResponse {
             name: r.name,
             value: g.entry.value.expose().to_vec(),
             version: g.entry.version.clone(),
@@ -183,56 +184,119 @@ impl Broker for BrokerService {
             previous,
             previous_retires_at: retires,
             stale: g.stale,
-        }))
+        })
     }
 
-    async fn release_lease(
+    pub async fn release_lease(
         &self,
-        req: Request<pb::ReleaseLeaseRequest>,
-    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
-        let caller = super::caller(&req)?;
-        let r = req.into_inner();
+        caller: &PeerIdentity,
+        r: pb::ReleaseLeaseRequest,
+    ) -> Result<pb::ReleaseLeaseResponse, ApiError> {
+        bound(caller)?;
         validate_id("lease_id", &r.lease_id)?;
         validate_id("session_id", &r.session_id)?;
         let cat = self.engine.catalog();
         let owner = self
-            .admit(&cat, &caller, "lease_release", &r.session_id)
+            .admit(&cat, caller, "lease_release", &r.session_id)
             .await?;
         self.engine
-            .release_lease(&caller, &owner, &r.session_id, &r.lease_id)
+            .release_lease(caller, &owner, &r.session_id, &r.lease_id)
             .await?;
-        Ok(Response::new(pb::ReleaseLeaseResponse {}))
+        Ok(pb::ReleaseLeaseResponse {})
     }
 
-    async fn sign_csr(
+    pub async fn sign_csr(
         &self,
-        req: Request<pb::SignCsrRequest>,
-    ) -> Result<Response<pb::SignCsrResponse>, Status> {
-        let caller = super::caller(&req)?;
-        let r = req.into_inner();
+        caller: &PeerIdentity,
+        r: pb::SignCsrRequest,
+    ) -> Result<pb::SignCsrResponse, ApiError> {
+        bound(caller)?;
         let cat = self.engine.catalog();
         let (owner, rule, _) = self
-            .authorize(&cat, &caller, "csr_sign", &r.session_id, &r.name)
+            .authorize(&cat, caller, "csr_sign", &r.session_id, &r.name)
             .await?;
         let out = super::certs::sign_csr(
             &self.engine,
-            &caller,
+            caller,
             &owner,
             &r,
             rule.spiffe_id.as_deref(),
             &rule.sans,
         )
         .await;
-        if let Err(s) = &out {
-            if s.code() == tonic::Code::PermissionDenied {
-                let mut ev = AuditEvent::new("csr_sign", "denied").caller(&caller);
-                ev.session = opt(&r.session_id);
-                ev.secret = opt(&r.name);
-                ev.detail = Some(s.message());
-                let _ = self.engine.audit.record(ev).await;
-            }
+        if let Err(ApiError::Denied(why)) = &out {
+            let mut ev = AuditEvent::new("csr_sign", "denied").caller(caller);
+            ev.session = opt(&r.session_id);
+            ev.secret = opt(&r.name);
+            ev.detail = Some(why);
+            let _ = self.engine.audit.record(ev).await;
         }
-        out.map(Response::new)
+        out
+    }
+}
+
+/// Refuses a caller whose process is no longer the one that connected.
+fn bound(caller: &PeerIdentity) -> Result<(), ApiError> {
+    caller.still_bound().map_err(|why| {
+        tracing::info!(caller = %caller, reason = %why, "identity no longer bound; refused");
+        ApiError::Denied(why)
+    })
+}
+
+/// The connection's identity as the transport attached it.
+fn peer_of<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
+    req.extensions()
+        .get::<PeerIdentity>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("connection has no peer identity".into()).into())
+}
+
+/// Runs a plain handler for tonic.
+macro_rules! via_tonic {
+    ($self:ident, $req:ident, $handler:ident) => {{
+        let caller = peer_of(&$req)?;
+        BrokerService::$handler($self, &caller, $req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }};
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        via_tonic!(self, req, open_session)
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        via_tonic!(self, req, close_session)
+    }
+
+    async fn get_secret(
+        &self,
+        req: Request<pb::GetSecretRequest>,
+    ) -> Result<Response<pb::GetSecretResponse>, Status> {
+        via_tonic!(self, req, get_secret)
+    }
+
+    async fn release_lease(
+        &self,
+        req: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        via_tonic!(self, req, release_lease)
+    }
+
+    async fn sign_csr(
+        &self,
+        req: Request<pb::SignCsrRequest>,
+    ) -> Result<Response<pb::SignCsrResponse>, Status> {
+        via_tonic!(self, req, sign_csr)
     }
 
     type WatchSecretStream =

@@ -37,7 +37,7 @@ pub(crate) async fn sign_csr(
     r: &pb::SignCsrRequest,
     spiffe_id: Option<&str>,
     sans: &SanPolicy,
-) -> Result<pb::SignCsrResponse, tonic::Status> {
+) -> Result<pb::SignCsrResponse, ApiError> {
     validate_id("session_id", &r.session_id)?;
     let session = engine
         .sessions
@@ -48,8 +48,7 @@ pub(crate) async fn sign_csr(
     if r.csr_pem.is_empty() || r.csr_pem.len() > MAX_CSR_BYTES {
         return Err(ApiError::InvalidArgument(format!(
             "csr_pem: 1 to {MAX_CSR_BYTES} bytes of PEM"
-        ))
-        .into());
+        )));
     }
     let spiffe = spiffe_id.ok_or_else(|| {
         ApiError::Denied(format!(
@@ -61,8 +60,7 @@ pub(crate) async fn sign_csr(
     if let Some(u) = ask.uris.iter().find(|u| u.as_str() != spiffe) {
         return Err(ApiError::Denied(format!(
             "policy does not allow URI SAN `{u}` (this caller is `{spiffe}`)"
-        ))
-        .into());
+        )));
     }
     check_sans(Some(sans), &ask.dns, &ask.ips).map_err(ApiError::Denied)?;
     // Never longer than the secret's ttl (nor the CA's leaf ttl, which the CA applies).
@@ -81,7 +79,7 @@ pub(crate) async fn sign_csr(
         Ok(g) => g,
         Err(e) => {
             let _ = ca.revoke_serial(&issued.leaf.serial, engine.now());
-            return Err(ApiError::from_gate(&session.meta.id, e).into());
+            return Err(ApiError::from_gate(&session.meta.id, e));
         }
     };
     let serial = hex::encode(&issued.leaf.serial);

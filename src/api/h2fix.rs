@@ -1,6 +1,6 @@
-//! Interop shim for gRPC C-core clients (py-spiffe, grpcio) on Unix sockets: they send the
-//! percent-encoded socket path as `:authority`, which the HTTP/2 server rejects with
-//! PROTOCOL_ERROR. This reader rewrites the value of every literal `:authority` field in the
+//! Interop shim, on every socket, for gRPC clients on Unix sockets (grpcurl, py-spiffe, grpcio):
+//! they send the socket path (grpcurl) or its percent-encoded form (C-core) as `:authority`,
+//! which the HTTP/2 server rejects with PROTOCOL_ERROR. This reader rewrites the value of every literal `:authority` field in the
 //! client's header blocks to a valid host ("localhost", or a shorter prefix of it) before the
 //! server parses them. Nothing else changes, and no Huffman decoding is needed: only the field
 //! boundaries are parsed.
@@ -9,6 +9,7 @@
 //! table evicts no earlier than the client's and every index the client uses still names the
 //! same entry on the server.
 
+use bytes::{Buf, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -122,8 +123,8 @@ pub fn rewrite_block(b: &[u8]) -> Option<Vec<u8>> {
 /// Client-to-server bytes with header blocks rewritten.
 pub struct AuthorityFix<S> {
     inner: S,
-    raw: Vec<u8>,
-    ready: Vec<u8>,
+    raw: BytesMut,
+    ready: BytesMut,
     preface_left: usize,
     /// A header block spanning HEADERS + CONTINUATION: (flags, stream id, priority, block).
     pending: Option<(u8, u32, Vec<u8>, Vec<u8>)>,
@@ -133,8 +134,8 @@ impl<S> AuthorityFix<S> {
     pub fn new(inner: S) -> Self {
         Self {
             inner,
-            raw: Vec::new(),
-            ready: Vec::new(),
+            raw: BytesMut::new(),
+            ready: BytesMut::new(),
             preface_left: PREFACE_LEN,
             pending: None,
         }
@@ -161,7 +162,8 @@ impl<S> AuthorityFix<S> {
     fn process(&mut self) -> io::Result<()> {
         if self.preface_left > 0 {
             let n = self.preface_left.min(self.raw.len());
-            self.ready.extend(self.raw.drain(..n));
+            let preface = self.raw.split_to(n);
+            self.ready.extend_from_slice(&preface);
             self.preface_left -= n;
             if self.preface_left > 0 {
                 return Ok(());
@@ -180,7 +182,7 @@ impl<S> AuthorityFix<S> {
             }
             let (ty, flags) = (self.raw[3], self.raw[4]);
             let stream = u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]]);
-            let frame_bytes: Vec<u8> = self.raw.drain(..9 + len).collect();
+            let frame_bytes = self.raw.split_to(9 + len);
             let payload = &frame_bytes[9..];
             match ty {
                 HEADERS => {
@@ -221,10 +223,9 @@ impl<S> AuthorityFix<S> {
     }
 }
 
-fn frame(out: &mut Vec<u8>, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+fn frame(out: &mut BytesMut, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.push(ty);
-    out.push(flags);
+    out.extend_from_slice(&[ty, flags]);
     out.extend_from_slice(&stream.to_be_bytes());
     out.extend_from_slice(payload);
 }
@@ -240,7 +241,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready[..n]);
-                this.ready.drain(..n);
+                this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
             let mut tmp = [0u8; 8192];
@@ -248,7 +249,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                     // EOF: hand over whatever is left as is.
-                    this.ready = std::mem::take(&mut this.raw);
+                    this.ready = this.raw.split();
                     if this.ready.is_empty() {
                         return Poll::Ready(Ok(()));
                     }

@@ -158,7 +158,10 @@ pub async fn serve(
         .add_service(r2)
         .add_service(r2a)
         .serve_with_incoming_shutdown(
-            incoming(admin, Gate::new(Socket::Admin, engine.clone(), limits)),
+            tokio_stream::StreamExt::map(
+                incoming(admin, Gate::new(Socket::Admin, engine.clone(), limits)),
+                |c| c.map(super::h2fix::AuthorityFix::new),
+            ),
             wait(shutdown),
         );
     let s = serve_spiffe(engine.clone(), spiffe, wait(shutdown2));

@@ -13,7 +13,6 @@
 use super::broker::BrokerService;
 use super::layer::{finish, rpc_span};
 use super::limits::Limits;
-use super::pb::broker_server::Broker;
 use super::peer::{PeerIdentity, PeerStream};
 use crate::api::error::ApiError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -21,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -89,7 +88,7 @@ async fn connection(io: PeerStream, svc: Arc<Services>, mut stop: watch::Receive
         .max_send_buffer_size(l.max_send_buffer)
         .initial_connection_window_size(l.initial_connection_window)
         .initial_window_size(l.initial_stream_window)
-        .handshake::<_, Bytes>(io)
+        .handshake::<_, Bytes>(super::h2fix::AuthorityFix::new(io))
         .await
     else {
         return;
@@ -220,9 +219,9 @@ async fn stream(
         Some(m) => {
             let limit = deadline(req.headers());
             let work = async {
-                let (parts, body) = req.into_parts();
+                let body = req.into_body();
                 let msg = read_message(body, svc.limits.max_request_bytes).await?;
-                call(&svc.broker, m, peer, parts.headers, msg).await
+                call(&svc.broker, m, peer, msg).await
             }
             .instrument(span.clone());
             let out = bounded(limit, work).await.unwrap_or_else(|| {
@@ -338,12 +337,11 @@ pub async fn unary_call(
     broker: &BrokerService,
     path: &str,
     peer: PeerIdentity,
-    headers: http::HeaderMap,
     body: Bytes,
 ) -> Option<Result<Bytes, Status>> {
     let m = unary(path)?;
     Some(match unframe(body) {
-        Ok(msg) => call(broker, m, peer, headers, msg).await,
+        Ok(msg) => call(broker, m, peer, msg).await,
         Err(s) => Err(s),
     })
 }
@@ -352,41 +350,31 @@ async fn call(
     svc: &BrokerService,
     m: Unary,
     peer: PeerIdentity,
-    headers: http::HeaderMap,
     msg: Bytes,
 ) -> Result<Bytes, Status> {
-    let md = tonic::metadata::MetadataMap::from_headers(headers);
+    let p = &peer;
     match m {
-        Unary::GetSecret => run(md, peer, msg, |r| svc.get_secret(r)).await,
-        Unary::OpenSession => run(md, peer, msg, |r| svc.open_session(r)).await,
-        Unary::CloseSession => run(md, peer, msg, |r| svc.close_session(r)).await,
-        Unary::ReleaseLease => run(md, peer, msg, |r| svc.release_lease(r)).await,
-        Unary::SignCsr => run(md, peer, msg, |r| svc.sign_csr(r)).await,
+        Unary::GetSecret => run(msg, |r| svc.get_secret(p, r)).await,
+        Unary::OpenSession => run(msg, |r| svc.open_session(p, r)).await,
+        Unary::CloseSession => run(msg, |r| svc.close_session(p, r)).await,
+        Unary::ReleaseLease => run(msg, |r| svc.release_lease(p, r)).await,
+        Unary::SignCsr => run(msg, |r| svc.sign_csr(p, r)).await,
     }
 }
 
-type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<tonic::Response<T>, Status>> + Send + 'a>>;
-
-/// Decodes the request, runs the handler, encodes its answer with the 5-byte gRPC prefix.
-async fn run<'a, Req, Resp>(
-    md: tonic::metadata::MetadataMap,
-    peer: PeerIdentity,
-    msg: Bytes,
-    handler: impl FnOnce(tonic::Request<Req>) -> Answer<'a, Resp>,
-) -> Result<Bytes, Status>
+/// Decodes the request, runs the plain handler, encodes its answer with the 5-byte gRPC prefix.
+async fn run<Req, Resp, F>(msg: Bytes, handler: impl FnOnce(Req) -> F) -> Result<Bytes, Status>
 where
     Req: prost::Message + Default,
     Resp: prost::Message,
+    F: Future<Output = Result<Resp, ApiError>>,
 {
     let req = Req::decode(msg).map_err(|e| {
         Status::from(ApiError::InvalidArgument(format!(
             "malformed request message: {e}"
         )))
     })?;
-    let mut ext = http::Extensions::new();
-    ext.insert(peer);
-    let resp = handler(tonic::Request::from_parts(md, ext, req)).await?;
-    Ok(frame(resp.get_ref()))
+    Ok(frame(&handler(req).await?))
 }
 
 /// One message with its 5-byte gRPC prefix (uncompressed), in a buffer sized for it.
