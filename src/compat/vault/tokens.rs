@@ -96,9 +96,9 @@ struct LoginBody {
     labels: BTreeMap<String, String>,
 }
 
-/// A JSON object body, or the default for an empty one.
+/// A JSON object body, or the default for an empty one (or `null`, as `bao write -f` sends).
 fn body<T: Default + for<'d> Deserialize<'d>>(b: &Bytes) -> Result<T, Fail> {
-    if b.iter().all(u8::is_ascii_whitespace) {
+    if b.iter().all(u8::is_ascii_whitespace) || b.trim_ascii() == b"null" {
         return Ok(T::default());
     }
     serde_json::from_slice(b).map_err(|e| {
