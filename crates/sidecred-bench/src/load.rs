@@ -3,7 +3,7 @@
 use crate::h2c;
 use crate::http::Conn;
 use hdrhistogram::Histogram;
-use sidecred::api::pb;
+use sidecred_proto::v1 as pb;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -14,6 +14,18 @@ pub mod echo {
     tonic::include_proto!("bench.v1");
 }
 
+/// Which client each caller drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    /// The lean `h2` client for gRPC, the minimal keep-alive client for HTTP/1.1.
+    Lean,
+    /// tonic's `Channel` for gRPC.
+    Tonic,
+    /// What an application would embed: `sidecred-client` for sidecred, hyper's HTTP/1.1
+    /// client for the HTTP peers.
+    Stock,
+}
+
 pub struct Opts {
     /// Stop after this many measured requests (a soak) instead of at the end of `duration`.
     pub requests: Option<u64>,
@@ -21,8 +33,8 @@ pub struct Opts {
     pub concurrency: usize,
     pub connections: usize,
     pub warmup: Duration,
-    /// The gRPC client: the lean `h2` one (default) or tonic's `Channel`.
-    pub tonic_client: bool,
+    /// The clients the callers use.
+    pub client: ClientKind,
     /// Load threads, each with its own runtime and share of callers and connections.
     pub threads: usize,
     /// Instead: one work-stealing runtime with `threads` workers, a task per caller.
@@ -136,6 +148,11 @@ enum Caller {
     Grpc(h2c::Unary),
     HttpUnix(Conn<tokio::net::UnixStream>),
     HttpTcp(Conn<tokio::net::TcpStream>),
+    Client(std::sync::Arc<sidecred_client::Session>, String),
+    Hyper(
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        http::Request<()>,
+    ),
 }
 
 impl Caller {
@@ -151,14 +168,59 @@ impl Caller {
             Caller::Grpc(c) => c.call().await,
             Caller::HttpUnix(c) => matches!(c.get().await, Ok(200)),
             Caller::HttpTcp(c) => matches!(c.get().await, Ok(200)),
+            Caller::Client(s, name) => s.get_secret(name).await.is_ok(),
+            Caller::Hyper(c, req) => {
+                let mut r = http::Request::new(http_body_util::Empty::new());
+                *r.uri_mut() = req.uri().clone();
+                *r.headers_mut() = req.headers().clone();
+                match c.send_request(r).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        http_body_util::BodyExt::collect(resp.into_body())
+                            .await
+                            .is_ok()
+                    }
+                    _ => false,
+                }
+            }
         }
     }
+}
+
+/// A hyper HTTP/1.1 client connection (its driver spawned) with the request it repeats.
+async fn hyper_caller(s: tokio::net::TcpStream, path: &str, header: Option<&str>) -> Caller {
+    let (tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .expect("http/1.1 handshake");
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .uri(path)
+        .header("host", "localhost");
+    if let Some((k, v)) = header.and_then(|h| h.split_once(':')) {
+        b = b.header(k.trim(), v.trim());
+    }
+    Caller::Hyper(tx, b.body(()).expect("request"))
 }
 
 async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
     let mut out = Vec::new();
     match t {
         Target::Sidecred { socket, secret, .. } => {
+            if opts.client == ClientKind::Stock {
+                let client = sidecred_client::Client::connect_with(
+                    socket,
+                    sidecred_client::ClientOptions {
+                        connections: opts.connections,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("sidecred-client connects");
+                let session = std::sync::Arc::new(client.session().await.expect("open session"));
+                for _ in 0..opts.concurrency {
+                    out.push(Caller::Client(session.clone(), secret.clone()));
+                }
+                return out;
+            }
             let chans: Vec<Channel> =
                 futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket))).await;
             let mut b = pb::broker_client::BrokerClient::new(chans[0].clone());
@@ -176,7 +238,7 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
                 session_id: sid,
                 ..Default::default()
             };
-            if opts.tonic_client {
+            if opts.client == ClientKind::Tonic {
                 for i in 0..opts.concurrency {
                     out.push(Caller::Sidecred(
                         pb::broker_client::BrokerClient::new(chans[i % chans.len()].clone()),
@@ -203,7 +265,7 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
         }
         Target::Echo { socket } => {
             let payload = b"dev-github-token-0001".to_vec();
-            if opts.tonic_client {
+            if opts.client == ClientKind::Tonic {
                 let chans: Vec<Channel> =
                     futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket)))
                         .await;
@@ -247,7 +309,11 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
             for _ in 0..opts.concurrency {
                 let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
                 s.set_nodelay(true).ok();
-                out.push(Caller::HttpTcp(Conn::new(s, path, header.as_deref())));
+                out.push(if opts.client == ClientKind::Stock {
+                    hyper_caller(s, path, header.as_deref()).await
+                } else {
+                    Caller::HttpTcp(Conn::new(s, path, header.as_deref()))
+                });
             }
             out
         }
@@ -266,7 +332,11 @@ fn grpc_layout(opts: &Opts) -> String {
         "{} callers / {} HTTP/2 conns ({})",
         opts.concurrency,
         opts.connections,
-        if opts.tonic_client { "tonic" } else { "h2" }
+        match opts.client {
+            ClientKind::Lean => "h2",
+            ClientKind::Tonic => "tonic",
+            ClientKind::Stock => "sidecred-client",
+        }
     )
 }
 
