@@ -295,6 +295,14 @@ fn bad_input_gets_a_precise_4xx_and_an_audit_line_never_a_500_or_a_hang() {
             "malformed client token",
         ),
         (
+            req(
+                "GET /v1/secret/data/app/a HTTP/1.1",
+                "x-vault-wrap-ttl: 60s\r\n",
+            ),
+            400,
+            "wrapping is not supported",
+        ),
+        (
             req("GET /v1/secret/data/app/a HTTP/1.1", &big_header),
             431,
             "larger than the limit",

@@ -724,7 +724,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             let span = v.span();
             Some(
                 v.into_inner()
-                    .validate(&secrets, &server.admin_socket)
+                    .validate(&|n| secrets.contains_key(n), &server.admin_socket)
                     .map_err(|(k, m)| loc.at(span, k, m))?,
             )
         }

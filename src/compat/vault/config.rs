@@ -25,9 +25,7 @@
 //! `field` names the one key of `data` when the secret's value is a single string (default:
 //! the secret's own `key`, else `value`); a value that is a JSON object is served as it is.
 
-use crate::config::SecretSpec;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -186,9 +184,10 @@ fn check_segments(what: &str, p: &str) -> Result<(), String> {
 
 impl RawVaultApi {
     /// Checks the section against the catalog; errors name the key.
+    /// `known` says whether a name is a `[[secret]]`.
     pub fn validate(
         self,
-        secrets: &BTreeMap<String, SecretSpec>,
+        known: &dyn Fn(&str) -> bool,
         admin_socket: &std::path::Path,
     ) -> Result<VaultApiConfig, (String, String)> {
         let err = |k: &str, m: String| (format!("vault_api.{k}"), m);
@@ -240,8 +239,8 @@ impl RawVaultApi {
                 format!("`{}` must start with `auth/`", self.login_path),
             ));
         }
-        let kv = mappings(self.kv, "kv", true, secrets)?;
-        let leased = mappings(self.leased, "leased", false, secrets)?;
+        let kv = mappings(self.kv, "kv", true, known)?;
+        let leased = mappings(self.leased, "leased", false, known)?;
         for l in &leased {
             let p = match &l.path {
                 Pattern::Exact(p) | Pattern::Prefix(p) => p,
@@ -274,7 +273,7 @@ fn mappings(
     raw: Vec<RawMapping>,
     table: &str,
     kv: bool,
-    secrets: &BTreeMap<String, SecretSpec>,
+    known: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Mapping>, (String, String)> {
     let mut out = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
@@ -297,7 +296,7 @@ fn mappings(
         match (&path, &secret) {
             (Pattern::Exact(p), Pattern::Exact(s)) => {
                 check_segments("path", p).map_err(|e| (key("path"), e))?;
-                if !secrets.contains_key(s) {
+                if !known(s) {
                     return Err((key("secret"), format!("`{s}` is not a [[secret]] name")));
                 }
             }
@@ -337,23 +336,8 @@ mod tests {
 
     fn cfg(text: &str) -> Result<VaultApiConfig, (String, String)> {
         let raw: RawVaultApi = toml::from_str(text).map_err(|e| (String::new(), e.to_string()))?;
-        let mut secrets = BTreeMap::new();
-        for n in ["app/db", "db/ro"] {
-            let spec: SecretSpec = SecretSpec {
-                name: n.into(),
-                backend: "dev".into(),
-                path: n.into(),
-                zone: crate::config::Zone::Internal,
-                ttl: std::time::Duration::from_secs(60),
-                grace: std::time::Duration::from_secs(60),
-                scope: Default::default(),
-                key: None,
-                options: Default::default(),
-                schedule: None,
-            };
-            secrets.insert(n.to_string(), spec);
-        }
-        raw.validate(&secrets, std::path::Path::new("/run/admin/a.sock"))
+        let known = |n: &str| ["app/db", "db/ro"].contains(&n);
+        raw.validate(&known, std::path::Path::new("/run/admin/a.sock"))
     }
 
     const BASE: &str = r#"

@@ -177,6 +177,11 @@ impl VaultApi {
         };
         let path = reply::decode_path(rest).map_err(|m| Fail::bad(format!("invalid path: {m}")))?;
         let m = req.method();
+        if req.headers().contains_key("x-vault-wrap-ttl") {
+            return Err(Fail::bad(
+                "response wrapping is not supported by sidecred (drop X-Vault-Wrap-TTL)",
+            ));
+        }
         if path == "sys/health" {
             allow(m, &[M::GET, M::HEAD])?;
             return Ok(tokens::health(m == M::HEAD));
