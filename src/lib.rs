@@ -8,6 +8,7 @@ pub mod audit;
 pub mod backend;
 pub mod cli;
 pub mod clock;
+pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod fileperm;

@@ -145,6 +145,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         None => (None, None),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let vault = crate::compat::spawn_vault(engine.clone(), stop_rx.clone())?;
     let sweeper = engine.spawn_sweeper(stop_rx.clone());
     let watcher = engine.spawn_fleet_watcher(stop_rx.clone());
     let metrics = crate::api::server::spawn_metrics(engine.clone(), stop_rx.clone()).await?;
@@ -168,6 +169,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         m.abort();
     }
     signals.abort();
+    if let Some(v) = vault {
+        v.task.abort();
+    }
     // Dropping the guards removes the sockets, through their held directories.
     drop((w_guard, a_guard, s_guard));
     tracing::info!("sidecred stopped");
@@ -200,7 +204,7 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
     let (a, b) = (&old.server, &new.server);
     let same =
         |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") == format!("{y:?}");
-    let checks: [(&'static str, bool); 15] = [
+    let checks: [(&'static str, bool); 16] = [
         (
             "server.workload_socket",
             a.workload_socket == b.workload_socket,
@@ -234,6 +238,16 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
         ("[audit]", same(&old.audit, &new.audit)),
         ("[metrics]", same(&old.metrics, &new.metrics)),
         ("[fleet]", same(&old.fleet, &new.fleet)),
+        (
+            "vault_api.socket",
+            old.vault_api
+                .as_ref()
+                .map(|v| (&v.socket, v.socket_mode, v.tcp))
+                == new
+                    .vault_api
+                    .as_ref()
+                    .map(|v| (&v.socket, v.socket_mode, v.tcp)),
+        ),
     ];
     checks.into_iter().find(|(_, same)| !same).map(|(k, _)| k)
 }

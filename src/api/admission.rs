@@ -29,6 +29,9 @@ pub enum Socket {
     Workload,
     Admin,
     Spiffe,
+    /// An HTTP/1.1 endpoint compatible with another product's API (src/compat/), by name.
+    /// Its callers are admitted by the workload policy.
+    Http(&'static str),
 }
 
 impl Socket {
@@ -37,6 +40,7 @@ impl Socket {
             Socket::Workload => "workload",
             Socket::Admin => "admin",
             Socket::Spiffe => "spiffe",
+            Socket::Http(name) => name,
         }
     }
 }
@@ -112,7 +116,7 @@ impl Gate {
         let cat = self.engine.catalog();
         let p = match self.socket {
             Socket::Admin => &cat.config.admin_policy,
-            Socket::Workload | Socket::Spiffe => &cat.config.workload_policy,
+            Socket::Workload | Socket::Spiffe | Socket::Http(_) => &cat.config.workload_policy,
         };
         p.admits_uid(id.uid, id.gid)
     }
@@ -139,7 +143,7 @@ impl Gate {
     }
 
     /// Why, in words a caller and an auditor understand.
-    fn reason(&self, id: &PeerIdentity, r: Refusal) -> String {
+    pub fn reason(&self, id: &PeerIdentity, r: Refusal) -> String {
         let s = self.socket.name();
         match r {
             Refusal::NotAdmitted => format!(
@@ -169,6 +173,17 @@ impl Gate {
         let why = self.reason(id, r);
         let _ = stream.try_write(&goaway(r, why.as_bytes()));
         self.linger(stream);
+        self.report(id, r, why);
+    }
+
+    /// A place among the refused connections allowed to linger (see [`Gate::linger`]), for
+    /// transports that write their refusal themselves; None: close at once.
+    pub fn linger_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.lingering.clone().try_acquire_owned().ok()
+    }
+
+    /// Logs and audits a refusal, at most once per uid and kind every [`AUDIT_EVERY`].
+    pub fn report(&self, id: &PeerIdentity, r: Refusal, why: String) {
         let Some(suppressed) = self.should_audit(id.uid, r) else {
             return;
         };

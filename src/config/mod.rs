@@ -73,6 +73,8 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     fleet: Option<Spanned<crate::fleet::RawFleet>>,
+    #[serde(default)]
+    vault_api: Option<Spanned<crate::compat::vault::RawVaultApi>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -354,6 +356,8 @@ pub struct Config {
     pub admin_policy: Policy,
     /// Fleet-wide revocation, when `[fleet]` is set.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// The Vault-compatible HTTP endpoint (src/compat/vault/).
+    pub vault_api: Option<crate::compat::vault::VaultApiConfig>,
 }
 
 /// A config problem with its position, printed as `file:line:col: key: message`.
@@ -715,6 +719,17 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     check_scheduler(&raw.scheduler, &backends).map_err(|e| loc.caused(0..0, "scheduler", e))?;
     let workload_policy = Policy::build(raw.policy.workload, "policy.workload", &secrets, loc)?;
     let admin_policy = Policy::build(raw.policy.admin, "policy.admin", &secrets, loc)?;
+    let vault_api = match raw.vault_api {
+        Some(v) => {
+            let span = v.span();
+            Some(
+                v.into_inner()
+                    .validate(&|n| secrets.contains_key(n), &server.admin_socket)
+                    .map_err(|(k, m)| loc.at(span, k, m))?,
+            )
+        }
+        None => None,
+    };
     Ok(Config {
         source: loc.file.to_path_buf(),
         server,
@@ -727,6 +742,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         workload_policy,
         admin_policy,
         fleet,
+        vault_api,
     })
 }
 

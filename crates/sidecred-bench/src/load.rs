@@ -56,6 +56,7 @@ pub enum Target {
         socket: PathBuf,
         path: String,
         header: Option<String>,
+        name: &'static str,
     },
     HttpTcp {
         addr: String,
@@ -85,10 +86,15 @@ impl Target {
             "echo" => Target::Echo {
                 socket: need(0)?.into(),
             },
-            "http-unix" => Target::HttpUnix {
+            "http-unix" | "vault-unix" => Target::HttpUnix {
                 socket: need(0)?.into(),
                 path: need(1)?,
                 header: parts.get(2).map(|s| s.to_string()),
+                name: if kind == "vault-unix" {
+                    "sidecred Vault API (HTTP/UDS)"
+                } else {
+                    "bao proxy cached (HTTP/UDS)"
+                },
             },
             "http-tcp" => Target::HttpTcp {
                 addr: need(0)?,
@@ -104,7 +110,7 @@ impl Target {
             Target::Sidecred { audit: true, .. } => "sidecred GetSecret, audit on",
             Target::Sidecred { .. } => "sidecred GetSecret (gRPC/UDS)",
             Target::Echo { .. } => "bare tonic echo (gRPC/UDS)",
-            Target::HttpUnix { .. } => "bao proxy cached (HTTP/UDS)",
+            Target::HttpUnix { name, .. } => name,
             Target::HttpTcp { .. } => "AWS SM Agent cached (HTTP/TCP)",
         }
     }
@@ -296,6 +302,7 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
             socket,
             path,
             header,
+            ..
         } => {
             for _ in 0..opts.concurrency {
                 let s = tokio::net::UnixStream::connect(socket)

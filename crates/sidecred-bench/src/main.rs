@@ -15,6 +15,7 @@
 //!                                 for a sidecred that writes an audit log)
 //!   echo=SOCKET                   bare tonic unary echo over a Unix socket
 //!   http-unix=SOCKET,PATH[,H:V]   HTTP/1.1 keep-alive GET over a Unix socket (bao proxy)
+//!   vault-unix=SOCKET,PATH[,H:V]  the same, named as sidecred's Vault-compatible endpoint
 //!   http-tcp=HOST:PORT,PATH[,H:V] HTTP/1.1 keep-alive GET over loopback TCP (AWS SM Agent)
 #![forbid(unsafe_code)]
 

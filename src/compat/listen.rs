@@ -1,0 +1,401 @@
+//! The HTTP/1.1 listener every compatible endpoint shares. A connection is accepted, its caller
+//! identified at once (SO_PEERCRED and a pidfd, api/peer.rs) and admitted by the same gate as
+//! the gRPC sockets (api/admission.rs: a uid no workload rule admits, or one over the global or
+//! per-uid connection cap, is refused with an error in the endpoint's own shape). Requests are
+//! bounded in header size, header count, body size and time; each one is answered by the
+//! [`Endpoint`] with the identity read at accept, re-checked at use.
+//!
+//! TCP callers carry no SO_PEERCRED: a TCP listener identifies the peer itself and hands the
+//! stream to [`Listener::serve_identified`], which admits and serves it exactly like a Unix one.
+
+use crate::api::admission::{Gate, Refusal, Socket, LINGER};
+use crate::api::limits::{Limits, MAX_REQUEST_BYTES};
+use crate::api::peer::PeerIdentity;
+use crate::audit::AuditEvent;
+use crate::engine::Engine;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+/// One compatible API. The listener hands it whole requests (body read and bounded) from
+/// admitted callers whose identity still holds.
+pub trait Endpoint: Send + Sync + 'static {
+    /// Short name (`vault_api`, `aws_agent`): in logs, refusals and audit events
+    /// (`<name>_request`).
+    fn name(&self) -> &'static str;
+
+    /// Answers one request. It audits what it does (the broker handlers audit grants and
+    /// denials); the listener audits only what it refuses before the endpoint sees it.
+    fn handle(
+        &self,
+        caller: &PeerIdentity,
+        req: Request<Bytes>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+
+    /// An error in this API's own shape: refusals at accept, oversized or slow requests, a
+    /// caller whose process changed since it connected.
+    fn error(&self, status: StatusCode, message: &str) -> Response<Full<Bytes>>;
+}
+
+/// Bounds on one HTTP/1.1 connection and its requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Request line and headers together (hyper answers 431 beyond it; at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
+    /// Request body; larger ones get 413 before policy runs.
+    pub max_body: usize,
+    /// A request's headers must arrive within this (from the first byte of the request, or
+    /// from the end of the previous one on a kept-alive connection); then the connection closes.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this once its headers have; else 408.
+    pub body_timeout: Duration,
+}
+
+impl HttpLimits {
+    /// The same bounds as the gRPC sockets: 16 KiB of headers, 64 KiB bodies, and
+    /// `server.handshake_timeout` for headers and for bodies.
+    pub fn from_limits(l: &Limits) -> Self {
+        Self {
+            max_header_bytes: l.max_header_list_size as usize,
+            max_headers: 64,
+            max_body: MAX_REQUEST_BYTES,
+            header_timeout: l.handshake_timeout,
+            body_timeout: l.handshake_timeout,
+        }
+    }
+}
+
+/// Serves one [`Endpoint`] on any number of sockets.
+pub struct Listener<E> {
+    endpoint: E,
+    engine: Arc<Engine>,
+    gate: Arc<Gate>,
+    limits: HttpLimits,
+    stop: watch::Receiver<bool>,
+}
+
+impl<E: Endpoint> Listener<E> {
+    /// A listener whose connection caps come from `[server]`, counted apart from the gRPC
+    /// sockets (one gate per endpoint, shared by its Unix and TCP sockets).
+    pub fn new(endpoint: E, engine: Arc<Engine>, stop: watch::Receiver<bool>) -> Arc<Self> {
+        let limits = Limits::from_config(&engine.catalog().config.server);
+        let http = HttpLimits::from_limits(&limits);
+        let gate = Gate::new(Socket::Http(endpoint.name()), engine.clone(), limits);
+        Arc::new(Self {
+            endpoint,
+            engine,
+            gate,
+            limits: http,
+            stop,
+        })
+    }
+
+    /// Replaces the request bounds (tests, and endpoints that need other sizes).
+    pub fn with_limits(self: Arc<Self>, limits: HttpLimits) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut me) => {
+                me.limits = limits;
+                Arc::new(me)
+            }
+            Err(me) => me,
+        }
+    }
+
+    pub fn endpoint(&self) -> &E {
+        &self.endpoint
+    }
+
+    /// Accepts on a Unix socket until shutdown. Each connection is identified at accept, then
+    /// admitted or refused; accept errors (such as running out of descriptors) pause briefly.
+    pub async fn serve_unix(self: Arc<Self>, listener: UnixListener) {
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                a = listener.accept() => match a {
+                    Ok((s, _)) => match PeerIdentity::of(&s) {
+                        Ok(id) => self.serve_identified(s, id),
+                        Err(e) => tracing::warn!(endpoint = self.endpoint.name(), error = %e, "cannot identify peer; connection dropped"),
+                    },
+                    Err(e) => {
+                        tracing::warn!(endpoint = self.endpoint.name(), error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            }
+        }
+    }
+
+    /// Admits (or refuses) and serves a connection whose caller is already identified: the
+    /// seam for transports other than Unix sockets. Returns at once; the connection runs in
+    /// a task of its own.
+    pub fn serve_identified<S>(self: &Arc<Self>, stream: S, id: PeerIdentity)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match self.gate.admit(&id) {
+            Ok(slot) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    me.connection(stream, id).await;
+                });
+            }
+            Err(r) => self.refuse(stream, id, r),
+        }
+    }
+
+    /// Writes the refusal as an HTTP response in the endpoint's shape, then closes once the
+    /// client has read it (see `Gate::linger`); beyond the lingering cap, closes at once.
+    fn refuse<S>(&self, mut stream: S, id: PeerIdentity, r: Refusal)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let why = self.gate.reason(&id, r);
+        let status = match r {
+            Refusal::NotAdmitted => StatusCode::FORBIDDEN,
+            Refusal::Global | Refusal::PerUid => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let bytes = encode(self.endpoint.error(status, &why));
+        self.gate.report(&id, r, why);
+        let Some(permit) = self.gate.linger_permit() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(LINGER, async {
+                stream.write_all(&bytes).await?;
+                stream.shutdown().await?;
+                let mut buf = [0u8; 1024];
+                while stream.read(&mut buf).await? > 0 {}
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        });
+    }
+
+    /// Serves one admitted connection: HTTP/1.1 with keep-alive, bounded headers, until the
+    /// client closes, a bound is crossed, or the server shuts down.
+    async fn connection<S>(self: Arc<Self>, stream: S, id: PeerIdentity)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = Arc::new(id);
+        let me = self.clone();
+        let who = id.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let me = me.clone();
+            let who = who.clone();
+            async move { Ok::<_, std::convert::Infallible>(me.request(&who, req).await) }
+        });
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .max_buf_size(self.limits.max_header_bytes.max(8192))
+            .max_headers(self.limits.max_headers);
+        let conn = b.serve_connection(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+        let mut stop = self.stop.clone();
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            let (status, what) = if e.is_parse_too_large() {
+                (431, "request line or headers larger than the limit")
+            } else if e.is_parse() || e.is_parse_status() {
+                (400, "malformed HTTP request")
+            } else if e.is_timeout() {
+                (
+                    408,
+                    "request headers not received within the header timeout",
+                )
+            } else {
+                tracing::debug!(endpoint = self.endpoint.name(), caller = %id, error = %e, "connection ended");
+                return;
+            };
+            let why = format!(
+                "{what} (limit {} bytes of headers, {:?}); answered {status} and closed",
+                self.limits.max_header_bytes, self.limits.header_timeout
+            );
+            self.audit(&id, "invalid", &why).await;
+        }
+    }
+
+    /// Reads one request's body within its bounds, re-checks the caller, then asks the endpoint.
+    async fn request(&self, id: &PeerIdentity, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let max = self.limits.max_body;
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return self
+                .reject(
+                    id,
+                    &parts,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body larger than {max} bytes"),
+                )
+                .await;
+        }
+        let body =
+            match tokio::time::timeout(self.limits.body_timeout, Limited::new(body, max).collect())
+                .await
+            {
+                Ok(Ok(c)) => c.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    let why = format!("request body larger than {max} bytes");
+                    return self
+                        .reject(id, &parts, StatusCode::PAYLOAD_TOO_LARGE, &why)
+                        .await;
+                }
+                Ok(Err(_)) => {
+                    let why = "request body ended before its declared length";
+                    return self.reject(id, &parts, StatusCode::BAD_REQUEST, why).await;
+                }
+                Err(_) => {
+                    let why = format!(
+                        "request body not received within {:?}",
+                        self.limits.body_timeout
+                    );
+                    return self
+                        .reject(id, &parts, StatusCode::REQUEST_TIMEOUT, &why)
+                        .await;
+                }
+            };
+        if let Err(why) = id.still_bound() {
+            return self.reject(id, &parts, StatusCode::FORBIDDEN, &why).await;
+        }
+        self.endpoint
+            .handle(id, Request::from_parts(parts, body))
+            .await
+    }
+
+    /// Audits and answers a request refused before the endpoint saw it.
+    async fn reject(
+        &self,
+        id: &PeerIdentity,
+        parts: &http::request::Parts,
+        status: StatusCode,
+        why: &str,
+    ) -> Response<Full<Bytes>> {
+        let outcome = if status == StatusCode::FORBIDDEN {
+            "denied"
+        } else {
+            "invalid"
+        };
+        let detail = format!("{} {}: {why}", parts.method, clip(parts.uri.path(), 256));
+        self.audit(id, outcome, &detail).await;
+        let mut r = self.endpoint.error(status, why);
+        // The rest of an oversized or broken body is not read: the connection cannot carry on.
+        if status != StatusCode::FORBIDDEN {
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        r
+    }
+
+    async fn audit(&self, id: &PeerIdentity, outcome: &str, detail: &str) {
+        let event = format!("{}_request", self.endpoint.name());
+        let mut ev = AuditEvent::new(&event, outcome).caller(id);
+        ev.detail = Some(detail);
+        let _ = self.engine.audit.record(ev).await;
+        tracing::info!(endpoint = self.endpoint.name(), caller = %id, outcome, detail, "request refused");
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A whole response as HTTP/1.1 bytes, closing the connection (refusals at accept, before
+/// hyper runs).
+fn encode(r: Response<Full<Bytes>>) -> Vec<u8> {
+    let (parts, body) = r.into_parts();
+    // A Full body is one data frame, ready at once.
+    let mut body = body;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let body = match http_body::Body::poll_frame(std::pin::Pin::new(&mut body), &mut cx) {
+        std::task::Poll::Ready(Some(Ok(f))) => f.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (k, v) in &parts.headers {
+        if k == http::header::CONTENT_LENGTH || k == http::header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_char_boundaries() {
+        assert_eq!(clip("abc", 8), "abc");
+        assert_eq!(clip("abcdef", 3), "abc");
+        assert_eq!(clip("aé", 2), "a");
+    }
+
+    #[test]
+    fn encode_writes_one_closing_response() {
+        let r = Response::builder()
+            .status(403)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"errors\":[]}")))
+            .unwrap();
+        let b = String::from_utf8(encode(r)).unwrap();
+        assert!(b.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{b}");
+        assert!(b.contains("content-length: 13\r\nconnection: close\r\n\r\n{\"errors\":[]}"));
+    }
+}
+
+#[cfg(test)]
+#[path = "listen_tests.rs"]
+mod listen_tests;
