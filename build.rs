@@ -1,9 +1,8 @@
-//! Compiles the server's other protos with a vendored protoc: the bench echo service, the SPIFFE
-//! Workload API and Envoy SDS. sidecred's own services are in the `sidecred-proto` crate.
+//! Compiles the server's other protos with a vendored protoc: the SPIFFE Workload API and Envoy
+//! SDS. sidecred's own services are in the `sidecred-proto` crate.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     let wkt = protoc_bin_vendored::include_path()?;
-    tonic_prost_build::configure().compile_protos(&["proto/bench/echo.proto"], &["proto"])?;
     // The SPIFFE Workload API and Envoy SDS: public wire formats, served on the SPIFFE socket.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()

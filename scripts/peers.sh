@@ -118,6 +118,8 @@ grpcio-tools==1.85.1
 kubernetes-validate==1.37.0
 pyjwt==2.15.1
 cryptography==50.0.2
+hvac==2.4.0
+requests-unixsocket==0.4.1
 EOF
 )"
 
@@ -191,7 +193,7 @@ check moto "$VENV/bin/python" -c 'import moto, shutil, sys; assert shutil.which(
 check grpcurl "$VENV/bin/grpcurl" -version
 check envoy "$VENV/bin/envoy" --version
 check spiffe "$VENV/bin/python" -c 'import spiffe, importlib.metadata as m; print("spiffe", m.version("spiffe"))'
-check pylibs "$VENV/bin/python" -c 'import boto3, grpc, grpc_tools, jwt, cryptography, kubernetes_validate, pytest; print("boto3", boto3.__version__, "grpcio", grpc.__version__, "pytest", pytest.__version__)'
+check pylibs "$VENV/bin/python" -c 'import boto3, grpc, grpc_tools, jwt, cryptography, kubernetes_validate, pytest, hvac, requests_unixsocket; print("boto3", boto3.__version__, "grpcio", grpc.__version__, "pytest", pytest.__version__)'
 check postgres "$PG_BIN/pg_ctl" --version
 check openssl openssl version
 check socat socat -V

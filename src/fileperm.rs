@@ -2,19 +2,45 @@
 //! every such file (CA key, OpenBao token, AppRole secret id, JWT), so they cannot drift apart.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a credential file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FileModeError {
+    #[error("{setting} `{}`: {source}", .path.display())]
+    Stat {
+        setting: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{setting} `{}` has mode {mode:04o}: group or world access to {what} is refused (chmod 600)",
+        .path.display()
+    )]
+    Open {
+        setting: String,
+        path: PathBuf,
+        mode: u32,
+        what: &'static str,
+    },
+}
 
 /// Refuses a file that anyone but its owner may read or write. `setting` names the config key
 /// (`key_file`, `auth.path`, ...), `what` the kind of secret, for the error message.
-pub fn check_private(path: &Path, setting: &str, what: &str) -> Result<(), String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("{setting} `{}`: {e}", path.display()))?;
+pub fn check_private(path: &Path, setting: &str, what: &'static str) -> Result<(), FileModeError> {
+    let meta = std::fs::metadata(path).map_err(|source| FileModeError::Stat {
+        setting: setting.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{setting} `{}` has mode {mode:04o}: group or world access to {what} is refused (chmod 600)",
-            path.display()
-        ));
+        return Err(FileModeError::Open {
+            setting: setting.to_string(),
+            path: path.to_path_buf(),
+            mode,
+            what,
+        });
     }
     Ok(())
 }

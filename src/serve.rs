@@ -145,6 +145,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         None => (None, None),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let vault = crate::compat::spawn_vault(engine.clone(), stop_rx.clone())?;
     let sweeper = engine.spawn_sweeper(stop_rx.clone());
     let watcher = engine.spawn_fleet_watcher(stop_rx.clone());
     let metrics = crate::api::server::spawn_metrics(engine.clone(), stop_rx.clone()).await?;
@@ -173,6 +174,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         for t in a.tasks {
             let _ = t.await;
         }
+    }
+    if let Some(v) = vault {
+        v.task.abort();
     }
     // Dropping the guards removes the sockets, through their held directories.
     drop((w_guard, a_guard, s_guard));
@@ -206,7 +210,7 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
     let (a, b) = (&old.server, &new.server);
     let same =
         |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") == format!("{y:?}");
-    let checks: [(&'static str, bool); 16] = [
+    let checks: [(&'static str, bool); 17] = [
         (
             "server.workload_socket",
             a.workload_socket == b.workload_socket,
@@ -243,6 +247,16 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
         (
             "[aws_agent_api]",
             same(&old.aws_agent_api, &new.aws_agent_api),
+        ),
+        (
+            "vault_api.socket",
+            old.vault_api
+                .as_ref()
+                .map(|v| (&v.socket, v.socket_mode, v.tcp))
+                == new
+                    .vault_api
+                    .as_ref()
+                    .map(|v| (&v.socket, v.socket_mode, v.tcp)),
         ),
     ];
     checks.into_iter().find(|(_, same)| !same).map(|(k, _)| k)

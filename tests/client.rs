@@ -32,6 +32,42 @@ fn quick(attempts: u32) -> ClientOptions {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(200),
         },
+        ..ClientOptions::default()
+    }
+}
+
+/// Sockets the sidecar process holds open: each client connection adds one.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[tokio::test]
+async fn calls_are_spread_over_the_configured_connections() {
+    let sc = Sidecar::start(&dev_body("", ""));
+    for n in [1usize, 3] {
+        let before = sockets_of(sc.pid());
+        let opts = ClientOptions {
+            connections: n,
+            ..quick(1)
+        };
+        let client = Client::connect_with(&sc.workload, opts).await.unwrap();
+        assert_eq!(client.connections(), n);
+        let session = client.session().await.unwrap();
+        for _ in 0..2 * n {
+            session.get_secret("app/a").await.unwrap();
+        }
+        assert_eq!(sockets_of(sc.pid()) - before, n, "{n} connections");
+        session.close().await.unwrap();
+        drop(client);
+        // The server notices the closed connections before the next round counts.
+        let end = Instant::now() + Duration::from_secs(5);
+        while sockets_of(sc.pid()) != before && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -61,7 +61,7 @@ impl BrokerService {
 
     /// Checks that some rule admits the caller at all (every RPC passes this); returns the
     /// identity its sessions are bound to.
-    async fn admit(
+    pub(crate) async fn admit(
         &self,
         cat: &Catalog,
         caller: &PeerIdentity,

@@ -1,7 +1,9 @@
 //! Embedded in-memory backend: versioned values, rotation, and simulated dynamic credentials,
 //! so every RPC works with no external service. Optionally seeded from a TOML file.
 
-use super::{check_options, Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated};
+use super::options::{CompiledOptions, OptionError, RawOptions, SecretShape};
+use super::setup::SetupError;
+use super::{Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated};
 use crate::config::SecretSpec;
 use crate::secret::SecretBytes;
 use async_trait::async_trait;
@@ -65,26 +67,42 @@ pub struct DevConfig {
     /// Re-validate cached values this often (see `Backend::recheck_interval`).
     #[serde(default)]
     pub recheck_interval: Option<crate::config::Dur>,
+    /// The first N lease revocations fail, so revocation retries and their backoff can be
+    /// exercised without a real backend outage.
+    #[serde(default)]
+    pub revoke_failures: u32,
 }
 
 impl DevConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         if let Some(p) = &self.seed_file {
             if !p.exists() {
-                return Err(format!("seed_file `{}` does not exist", p.display()));
+                return Err(SetupError::setting(
+                    "seed_file",
+                    format!("`{}` does not exist", p.display()),
+                ));
             }
         }
         Ok(())
     }
 
-    pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
-        check_options(spec, &["dynamic"])?;
-        if let Some(v) = spec.options.get("dynamic") {
-            v.as_bool()
-                .ok_or("option `dynamic` must be true or false")?;
-        }
-        Ok(())
+    /// Compiles one secret's options.
+    pub fn prepare(
+        &self,
+        _secret: &SecretShape<'_>,
+        raw: RawOptions<'_>,
+    ) -> Result<DevOptions, OptionError> {
+        raw.decode()
     }
+}
+
+/// A dev secret's `options`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, expecting = "a table of dev options")]
+pub struct DevOptions {
+    /// Every read issues a fresh random credential with a renewable lease.
+    #[serde(default)]
+    pub dynamic: bool,
 }
 
 struct Versions {
@@ -102,22 +120,23 @@ pub struct DevBackend {
     recheck: Option<Duration>,
     fetches: AtomicU64,
     lease_seq: AtomicU64,
+    revoke_failures: std::sync::atomic::AtomicU32,
 }
 
 impl DevBackend {
-    pub fn new(name: &str, cfg: &DevConfig) -> Result<Self, String> {
+    pub fn new(name: &str, cfg: &DevConfig) -> Result<Self, SetupError> {
         let mut store = HashMap::new();
         if let Some(path) = &cfg.seed_file {
-            let mut text = std::fs::read_to_string(path)
-                .map_err(|e| format!("backends.{name}.seed_file `{}`: {e}", path.display()))?;
+            let mut text = std::fs::read_to_string(path).map_err(|source| SetupError::File {
+                setting: "seed_file",
+                path: path.clone(),
+                source,
+            })?;
             let parsed: Result<BTreeMap<String, String>, _> = toml::from_str(&text);
             text.zeroize();
-            let mut table = parsed.map_err(|e| {
-                format!(
-                    "backends.{name}.seed_file `{}`: {}",
-                    path.display(),
-                    e.message()
-                )
+            let mut table = parsed.map_err(|e| SetupError::SeedFile {
+                path: path.clone(),
+                message: e.message().to_string(),
             })?;
             for (k, v) in std::mem::take(&mut table) {
                 store.insert(
@@ -140,6 +159,7 @@ impl DevBackend {
             name: name.to_string(),
             store: Mutex::new(store),
             live_leases: Mutex::new(HashSet::new()),
+            revoke_failures: std::sync::atomic::AtomicU32::new(cfg.revoke_failures),
             latency: cfg.latency.map(|d| d.0).unwrap_or_default(),
             dynamic_ttl: cfg
                 .dynamic_ttl
@@ -157,10 +177,15 @@ impl DevBackend {
     }
 
     fn is_dynamic(spec: &SecretSpec) -> bool {
-        spec.options
-            .get("dynamic")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
+        matches!(&spec.options, CompiledOptions::Dev(o) if o.dynamic)
+    }
+
+    /// Refuses a spec compiled for another backend kind.
+    fn check_kind(spec: &SecretSpec) -> Result<(), BackendError> {
+        match &spec.options {
+            CompiledOptions::Dev(_) => Ok(()),
+            other => Err(other.mismatch(&spec.name, "dev")),
+        }
     }
 
     fn read(&self, spec: &SecretSpec, version: Option<&str>) -> Result<Fetched, BackendError> {
@@ -213,6 +238,7 @@ impl Backend for DevBackend {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
+        Self::check_kind(req.spec)?;
         if Self::is_dynamic(req.spec) {
             let n = self.lease_seq.fetch_add(1, Ordering::Relaxed) + 1;
             let id = format!("{}/{}/{}", self.name, req.spec.path, n);
@@ -235,6 +261,7 @@ impl Backend for DevBackend {
         spec: &SecretSpec,
         value: Option<SecretBytes>,
     ) -> Result<Rotated, BackendError> {
+        Self::check_kind(spec)?;
         if Self::is_dynamic(spec) {
             return Err(BackendError::Precondition(format!(
                 "`{}` is dynamic: every session already gets fresh credentials",
@@ -284,6 +311,15 @@ impl Backend for DevBackend {
         lease: &BackendLease,
         _h: Option<&super::SessionHandle>,
     ) -> Result<(), BackendError> {
+        let failing = self
+            .revoke_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(BackendError::Unavailable(
+                "revocation refused (revoke_failures)".into(),
+            ));
+        }
         self.live_leases.lock().remove(&lease.id);
         Ok(())
     }
@@ -295,5 +331,51 @@ impl Backend for DevBackend {
             "{secrets} secrets, {leases} live dynamic leases, {} fetches",
             self.fetch_count()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Scope;
+
+    fn prepare(text: &str) -> Result<DevOptions, OptionError> {
+        let shape = SecretShape {
+            path: "p",
+            scope: Scope::Session,
+        };
+        DevConfig::default().prepare(&shape, RawOptions::parse(text).unwrap())
+    }
+
+    #[test]
+    fn prepare_table() {
+        assert_eq!(prepare("{}").unwrap(), DevOptions { dynamic: false });
+        assert_eq!(
+            prepare("{ dynamic = true }").unwrap(),
+            DevOptions { dynamic: true }
+        );
+        let shape = SecretShape {
+            path: "p",
+            scope: Scope::Shared,
+        };
+        let absent = DevConfig::default().prepare(&shape, RawOptions::new(None));
+        assert_eq!(absent.unwrap(), DevOptions::default());
+        for (text, want, at) in [
+            (
+                "{ dynamik = true }",
+                "unknown field `dynamik`, expected `dynamic`",
+                2,
+            ),
+            (
+                "{ dynamic = \"yes\" }",
+                "invalid type: string \"yes\", expected a boolean",
+                12,
+            ),
+            ("7", "expected a table of options, found integer", 0),
+        ] {
+            let e = prepare(text).unwrap_err();
+            assert!(e.to_string().contains(want), "{text}: {e}");
+            assert_eq!(e.span().map(|s| s.start), Some(at), "{text}: {e}");
+        }
     }
 }

@@ -7,6 +7,11 @@ pub mod aws;
 pub mod ca;
 pub mod dev;
 pub mod openbao;
+pub mod options;
+mod setup;
+
+pub use options::{CompiledOptions, OptionError, RawOptions, SecretField, SecretShape};
+pub use setup::SetupError;
 
 use crate::api::peer::PeerIdentity;
 use crate::config::SecretSpec;
@@ -254,7 +259,7 @@ impl BackendConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         match self {
             BackendConfig::Dev(c) => c.validate(),
             BackendConfig::OpenBao(c) => c.validate(),
@@ -263,17 +268,26 @@ impl BackendConfig {
         }
     }
 
-    /// Checks one catalog entry's path and options against this backend.
-    pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
-        match self {
-            BackendConfig::Dev(c) => c.validate_secret(spec),
-            BackendConfig::OpenBao(c) => c.validate_secret(spec),
-            BackendConfig::Aws(c) => c.validate_secret(spec),
-            BackendConfig::Ca(c) => c.validate_secret(spec),
-        }
+    /// Compiles one catalog entry's options for this backend, checked against its path and
+    /// scope; done once, at config load.
+    pub fn prepare(
+        &self,
+        secret: &SecretShape<'_>,
+        raw: RawOptions<'_>,
+    ) -> Result<CompiledOptions, OptionError> {
+        Ok(match self {
+            BackendConfig::Dev(c) => CompiledOptions::Dev(c.prepare(secret, raw)?),
+            BackendConfig::OpenBao(c) => CompiledOptions::OpenBao(c.prepare(secret, raw)?),
+            BackendConfig::Aws(c) => CompiledOptions::Aws(c.prepare(secret, raw)?),
+            BackendConfig::Ca(c) => CompiledOptions::Ca(c.prepare(secret, raw)?),
+        })
     }
 
-    pub async fn build(&self, name: &str, timeout: Duration) -> Result<Arc<dyn Backend>, String> {
+    pub async fn build(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Arc<dyn Backend>, SetupError> {
         match self {
             BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),
             BackendConfig::OpenBao(c) => Ok(Arc::new(
@@ -283,17 +297,4 @@ impl BackendConfig {
             BackendConfig::Ca(c) => Ok(Arc::new(ca::CaBackend::new(name, c)?)),
         }
     }
-}
-
-/// Rejects any option key a backend does not know, naming it.
-pub fn check_options(spec: &SecretSpec, known: &[&str]) -> Result<(), String> {
-    for k in spec.options.keys() {
-        if !known.contains(&k.as_str()) {
-            return Err(format!(
-                "unknown option `{k}` (expected one of: {})",
-                known.join(", ")
-            ));
-        }
-    }
-    Ok(())
 }

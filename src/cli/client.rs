@@ -109,7 +109,9 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             op: SessionOp::Open { ttl, labels, conn },
         } => {
             let ttl_seconds = match ttl {
-                Some(t) => parse_duration(&t).map_err(|e| Fail(2, e))?.as_secs(),
+                Some(t) => parse_duration(&t)
+                    .map_err(|e| Fail(2, e.to_string()))?
+                    .as_secs(),
                 None => 0,
             };
             let mut map = std::collections::HashMap::new();
@@ -272,7 +274,9 @@ async fn exec(cmd: Cmd) -> Result<(), Fail> {
             conn,
         } => {
             let grace_seconds = match grace {
-                Some(g) => parse_duration(&g).map_err(|e| Fail(2, e))?.as_secs(),
+                Some(g) => parse_duration(&g)
+                    .map_err(|e| Fail(2, e.to_string()))?
+                    .as_secs(),
                 None => 0,
             };
             let value = match value_file {

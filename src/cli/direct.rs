@@ -86,7 +86,7 @@ pub async fn revoke(d: &Direct, session: &str, reason: &str, json_out: bool) -> 
         &prefix,
     ) {
         Ok(s) => s,
-        Err(e) => return (2, e),
+        Err(e) => return (2, e.to_string()),
     };
     let t = Tombstone {
         session_id: session.to_string(),

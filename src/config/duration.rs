@@ -10,14 +10,32 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Dur(pub Duration);
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Why a duration does not parse; each names the text it was given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("invalid duration `{text}`: expected a number at `{rest}`")]
+    Number { text: String, rest: String },
+    #[error("invalid duration `{text}`: number too large")]
+    TooLarge { text: String },
+    #[error("invalid duration `{text}`: missing unit (ms, s, m, h, d)")]
+    NoUnit { text: String },
+    #[error("invalid duration `{text}`: unknown unit `{unit}` (ms, s, m, h, d)")]
+    Unit { text: String, unit: String },
+    #[error("invalid duration `{text}`: longer than 3650d")]
+    TooLong { text: String },
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     if t == "0" {
         return Ok(Duration::ZERO);
     }
     if t.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
+    let text_owned = || text.to_string();
     let mut total = Duration::ZERO;
     let mut rest = t;
     while !rest.is_empty() {
@@ -25,13 +43,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "invalid duration `{text}`: expected a number at `{rest}`"
-            ));
+            return Err(DurationError::Number {
+                text: text_owned(),
+                rest: rest.to_string(),
+            });
         }
         let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("invalid duration `{text}`: number too large"))?;
+            .map_err(|_| DurationError::TooLarge { text: text_owned() })?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -44,15 +63,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => {
-                return Err(format!(
-                    "invalid duration `{text}`: missing unit (ms, s, m, h, d)"
-                ))
-            }
+            "" => return Err(DurationError::NoUnit { text: text_owned() }),
             u => {
-                return Err(format!(
-                    "invalid duration `{text}`: unknown unit `{u}` (ms, s, m, h, d)"
-                ))
+                return Err(DurationError::Unit {
+                    text: text_owned(),
+                    unit: u.to_string(),
+                })
             }
         };
         total = n
@@ -60,7 +76,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .map(Duration::from_millis)
             .and_then(|part| total.checked_add(part))
             .filter(|t| *t <= MAX_DURATION)
-            .ok_or_else(|| format!("invalid duration `{text}`: longer than 3650d"))?;
+            .ok_or_else(|| DurationError::TooLong { text: text_owned() })?;
     }
     Ok(total)
 }

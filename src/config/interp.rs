@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-#[derive(Debug, PartialEq)]
+/// An unset variable or a malformed `${...}`, with its position in the raw text.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("{message}")]
 pub struct InterpError {
     pub line: usize,
     pub column: usize,

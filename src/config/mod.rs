@@ -4,9 +4,11 @@
 
 mod duration;
 mod interp;
+mod secret;
 
-pub use duration::{parse_duration, Dur, MAX_DURATION};
+pub use duration::{parse_duration, Dur, DurationError, MAX_DURATION};
 pub use interp::{env_lookup, interpolate, map_lookup, InterpError};
+pub use secret::SecretSpec;
 
 use crate::backend::BackendConfig;
 use crate::policy::{Policy, RawRule};
@@ -14,6 +16,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -65,13 +68,14 @@ struct RawConfig {
     #[serde(default)]
     backends: BTreeMap<String, Spanned<BackendConfig>>,
     #[serde(default, rename = "secret")]
-    secrets: Vec<RawSecret>,
+    secrets: Vec<secret::RawSecret>,
     #[serde(default)]
     policy: RawPolicy,
     #[serde(default)]
     fleet: Option<Spanned<crate::fleet::RawFleet>>,
     #[serde(default)]
     aws_agent_api: Option<Spanned<crate::compat::aws_agent::config::RawAwsAgentApi>>,
+    vault_api: Option<Spanned<crate::compat::vault::RawVaultApi>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,32 +271,6 @@ pub struct MetricsConfig {
     pub socket: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecret {
-    name: Spanned<String>,
-    backend: Spanned<String>,
-    path: Spanned<String>,
-    zone: Zone,
-    #[serde(default)]
-    ttl: Option<Dur>,
-    #[serde(default)]
-    grace: Option<Dur>,
-    #[serde(default)]
-    scope: Scope,
-    /// Select one field of a JSON value.
-    #[serde(default)]
-    key: Option<String>,
-    /// Backend-specific settings, validated by the backend.
-    #[serde(default)]
-    options: toml::Table,
-    /// Scheduled rotation: a fixed interval, or a cron expression (UTC).
-    #[serde(default)]
-    rotate_every: Option<Dur>,
-    #[serde(default)]
-    rotate_cron: Option<String>,
-}
-
 /// `[scheduler]`: where sidecars that share a rotation schedule coordinate, so exactly one of
 /// them rotates per slot. Without a lock backend every sidecar rotates on its own.
 #[derive(Clone, Debug, Deserialize)]
@@ -340,21 +318,6 @@ struct RawPolicy {
     admin: Vec<RawRule>,
 }
 
-/// One catalog entry: where a named secret comes from and how it is leased.
-#[derive(Clone, Debug)]
-pub struct SecretSpec {
-    pub name: String,
-    pub backend: String,
-    pub path: String,
-    pub zone: Zone,
-    pub ttl: Duration,
-    pub grace: Duration,
-    pub scope: Scope,
-    pub key: Option<String>,
-    pub options: toml::Table,
-    pub schedule: Option<crate::schedule::Schedule>,
-}
-
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub workload_socket: PathBuf,
@@ -396,6 +359,8 @@ pub struct Config {
     pub fleet: Option<crate::fleet::FleetConfig>,
     /// The AWS-Secrets-Manager-Agent-compatible endpoint, when `[aws_agent_api]` is set.
     pub aws_agent_api: Option<crate::compat::aws_agent::config::AwsAgentApiConfig>,
+    /// The Vault-compatible HTTP endpoint (src/compat/vault/).
+    pub vault_api: Option<crate::compat::vault::VaultApiConfig>,
 }
 
 /// A config problem with its position, printed as `file:line:col: key: message`.
@@ -405,7 +370,10 @@ pub struct ConfigError {
     pub line: usize,
     pub column: usize,
     pub key: String,
+    /// The whole explanation, the source's text included.
     pub message: String,
+    /// The typed error underneath (an option, a backend setting, a file), when there is one.
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl fmt::Display for ConfigError {
@@ -421,7 +389,13 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Builds errors that point into one document.
 pub(crate) struct Locator<'a> {
@@ -447,7 +421,20 @@ impl Locator<'_> {
             column,
             key: key.into(),
             message: msg.into(),
+            source: None,
         }
+    }
+
+    /// An error at `span` whose message is `source`'s, kept as its source.
+    pub fn caused(
+        &self,
+        span: std::ops::Range<usize>,
+        key: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> ConfigError {
+        let mut e = self.at(span, key, source.to_string());
+        e.source = Some(Arc::new(source));
+        e
     }
 }
 
@@ -475,6 +462,7 @@ impl Config {
                 column: 0,
                 key: String::new(),
                 message: format!("cannot read: {e}"),
+                source: Some(Arc::new(e)),
             })?;
         Self::parse(path, &text, &env_lookup)
     }
@@ -492,19 +480,22 @@ impl Config {
                 line: e.line,
                 column: e.column,
                 key: String::new(),
-                message: e.message,
+                message: e.message.clone(),
+                source: Some(Arc::new(e)),
             })?;
         let text: &str = &text;
         let loc = Locator { file: path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             // A syntax error can sit at offset 0 (an empty span there is still a position).
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            // TOML's error is not kept as the source: it holds the text, which may hold values.
             ConfigError {
                 file: path.to_path_buf(),
                 line,
                 column,
                 key: String::new(),
                 message: e.message().trim_end().to_string(),
+                source: None,
             }
         })?;
         validate(raw, &loc)
@@ -639,7 +630,12 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     if server.handshake_timeout.is_zero() {
         return Err(loc.at(0..0, "server.handshake_timeout", "must be greater than 0"));
     }
-    tracing_level_check(&raw.log.level).map_err(|m| loc.at(0..0, "log.level", m))?;
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        let msg = format!("invalid log filter `{}`: {e}", raw.log.level);
+        let mut err = loc.at(0..0, "log.level", msg);
+        err.source = Some(Arc::new(e));
+        return Err(err);
+    }
     if let Some(url) = &raw.log.otlp_endpoint {
         if !(url.starts_with("http://") || url.starts_with("https://"))
             || url.contains(char::is_whitespace)
@@ -679,7 +675,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             .map_err(|m| loc.at(b.span(), format!("backends.{name}"), m))?;
         b.get_ref()
             .validate()
-            .map_err(|m| loc.at(b.span(), format!("backends.{name}"), m))?;
+            .map_err(|e| loc.caused(b.span(), format!("backends.{name}"), e))?;
         backends.insert(name, b.into_inner());
     }
 
@@ -732,61 +728,22 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         });
     }
 
-    let mut secrets = BTreeMap::new();
-    for (i, rs) in raw.secrets.into_iter().enumerate() {
-        let key = |f: &str| format!("secret[{i}].{f}");
-        let name = rs.name.get_ref().clone();
-        crate::api::validate_name(&name).map_err(|m| loc.at(rs.name.span(), key("name"), m))?;
-        if secrets.contains_key(&name) {
-            return Err(loc.at(
-                rs.name.span(),
-                key("name"),
-                format!("duplicate secret name `{name}`"),
-            ));
-        }
-        let Some(backend) = backends.get(rs.backend.get_ref()) else {
-            let known: Vec<_> = backends.keys().cloned().collect();
-            return Err(loc.at(
-                rs.backend.span(),
-                key("backend"),
-                format!(
-                    "unknown backend `{}` (defined: {})",
-                    rs.backend.get_ref(),
-                    known.join(", ")
-                ),
-            ));
-        };
-        if rs.path.get_ref().is_empty() {
-            return Err(loc.at(rs.path.span(), key("path"), "must not be empty"));
-        }
-        let spec = SecretSpec {
-            name: name.clone(),
-            backend: rs.backend.get_ref().clone(),
-            path: rs.path.get_ref().clone(),
-            zone: rs.zone,
-            ttl: rs.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
-            grace: rs.grace.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
-            scope: rs.scope,
-            key: rs.key,
-            options: rs.options,
-            schedule: crate::schedule::from_config(
-                rs.rotate_every.map(|d| d.0),
-                rs.rotate_cron.as_deref(),
-            )
-            .map_err(|m| loc.at(rs.name.span(), key("rotate_every"), m))?,
-        };
-        if spec.ttl.is_zero() {
-            return Err(loc.at(rs.name.span(), key("ttl"), "must be greater than 0"));
-        }
-        backend
-            .validate_secret(&spec)
-            .map_err(|m| loc.at(rs.path.span(), key("options"), m))?;
-        secrets.insert(name, spec);
-    }
+    let secrets = secret::build(raw.secrets, &backends, loc)?;
 
-    check_scheduler(&raw.scheduler, &backends).map_err(|m| loc.at(0..0, "scheduler", m))?;
+    check_scheduler(&raw.scheduler, &backends).map_err(|e| loc.caused(0..0, "scheduler", e))?;
     let workload_policy = Policy::build(raw.policy.workload, "policy.workload", &secrets, loc)?;
     let admin_policy = Policy::build(raw.policy.admin, "policy.admin", &secrets, loc)?;
+    let vault_api = match raw.vault_api {
+        Some(v) => {
+            let span = v.span();
+            Some(
+                v.into_inner()
+                    .validate(&|n| secrets.contains_key(n), &server.admin_socket)
+                    .map_err(|(k, m)| loc.at(span, k, m))?,
+            )
+        }
+        None => None,
+    };
     Ok(Config {
         source: loc.file.to_path_buf(),
         server,
@@ -800,41 +757,47 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         admin_policy,
         fleet,
         aws_agent_api,
+        vault_api,
     })
+}
+
+/// Why `[scheduler]` is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("lock_backend `{name}` is of kind `{kind}`; locks need an openbao backend")]
+    NotOpenBao { name: String, kind: &'static str },
+    #[error("lock_backend `{0}` is not a configured backend")]
+    Unknown(String),
+    #[error("lock_mount and lock_prefix must be non-empty paths without empty or `..` parts")]
+    Path,
+    #[error("claim_ttl must be at least 1s")]
+    ClaimTtl,
 }
 
 fn check_scheduler(
     s: &SchedulerConfig,
     backends: &BTreeMap<String, BackendConfig>,
-) -> Result<(), String> {
+) -> Result<(), SchedulerError> {
     if let Some(b) = &s.lock_backend {
         match backends.get(b) {
             Some(BackendConfig::OpenBao(_)) => {}
             Some(other) => {
-                return Err(format!(
-                    "lock_backend `{b}` is of kind `{}`; locks need an openbao backend",
-                    other.kind()
-                ))
+                return Err(SchedulerError::NotOpenBao {
+                    name: b.clone(),
+                    kind: other.kind(),
+                })
             }
-            None => return Err(format!("lock_backend `{b}` is not a configured backend")),
+            None => return Err(SchedulerError::Unknown(b.clone())),
         }
     }
     let bad = |v: &str| v.is_empty() || v.split('/').any(|p| p.is_empty() || p == "..");
     if bad(&s.lock_mount) || bad(&s.lock_prefix) {
-        return Err(
-            "lock_mount and lock_prefix must be non-empty paths without empty or `..` parts".into(),
-        );
+        return Err(SchedulerError::Path);
     }
     if s.claim_ttl.0 < Duration::from_secs(1) {
-        return Err("claim_ttl must be at least 1s".into());
+        return Err(SchedulerError::ClaimTtl);
     }
     Ok(())
-}
-
-fn tracing_level_check(level: &str) -> Result<(), String> {
-    tracing_subscriber::EnvFilter::try_new(level)
-        .map(|_| ())
-        .map_err(|e| format!("invalid log filter `{level}`: {e}"))
 }
 
 #[cfg(test)]

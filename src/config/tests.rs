@@ -1,4 +1,5 @@
 use super::*;
+use crate::backend::CompiledOptions;
 use std::collections::HashMap;
 
 const BASE: &str = r#"
@@ -86,4 +87,70 @@ fn debug_of_a_config_never_shows_seed_values() {
     let shown = format!("{c:?}");
     assert!(shown.contains("\"p\""), "paths stay visible: {shown}");
     assert!(!shown.contains("seed-canary-31"), "{shown}");
+}
+
+#[test]
+fn option_errors_point_into_the_options() {
+    let with = |extra: &str| {
+        BASE.replace(
+            "zone = \"internal\"",
+            &format!("zone = \"internal\"{extra}"),
+        )
+    };
+    // (text, line, column, key, message)
+    let cases = [
+        (
+            with("\noptions = { dynamik = true }"),
+            15,
+            13,
+            "secret[0].options",
+            "unknown field `dynamik`, expected `dynamic`",
+        ),
+        (
+            with("\noptions = { dynamic = 1 }"),
+            15,
+            23,
+            "secret[0].options",
+            "invalid type: integer `1`, expected a boolean",
+        ),
+        (
+            with("\n\n[secret.options]\ndynamic = \"no\""),
+            17,
+            11,
+            "secret[0].options",
+            "expected a boolean",
+        ),
+        (
+            with("\noptions = \"dynamic\""),
+            15,
+            11,
+            "secret[0].options",
+            "expected a table of options, found string",
+        ),
+    ];
+    for (text, line, column, key, needle) in cases {
+        let e = parse(&text).unwrap_err();
+        let shown = e.to_string();
+        assert_eq!((e.line, e.column), (line, column), "{shown}");
+        assert_eq!(e.key, key, "{shown}");
+        assert!(shown.contains(needle), "{shown}");
+    }
+    let c = parse(&with("\noptions = { dynamic = true }")).unwrap();
+    assert!(matches!(&c.secrets["s"].options, CompiledOptions::Dev(o) if o.dynamic));
+    let c = parse(BASE).unwrap();
+    assert!(matches!(&c.secrets["s"].options, CompiledOptions::Dev(o) if !o.dynamic));
+}
+
+#[test]
+fn scope_errors_point_at_the_scope() {
+    let text = BASE.replace("[backends.dev]", "[backends.ca]\nkind = \"ca\"\ntrust_domain = \"example.org\"\ngenerate = true\n\n[backends.dev]")
+        .replace("backend = \"dev\"", "backend = \"ca\"")
+        .replace("zone = \"internal\"", "zone = \"internal\"\nscope = \"shared\"");
+    let e = parse(&text).unwrap_err();
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (20, 9, "secret[0].scope"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("private key per caller"), "{e}");
 }

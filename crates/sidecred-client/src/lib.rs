@@ -33,6 +33,8 @@ use sidecred_proto::v1::{self as pb, broker_client::BrokerClient};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -48,6 +50,10 @@ pub struct ClientOptions {
     /// Deadline for establishing the socket connection.
     pub connect_timeout: Duration,
     pub retry: RetryPolicy,
+    /// HTTP/2 connections calls are spread over, round robin. One connection is one
+    /// connection task on each side: under a multi-threaded runtime many concurrent callers
+    /// queue behind it, so the default is one per CPU (at most 4).
+    pub connections: usize,
 }
 
 impl Default for ClientOptions {
@@ -56,6 +62,9 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             retry: RetryPolicy::default(),
+            connections: std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(1),
         }
     }
 }
@@ -69,10 +78,11 @@ pub struct SessionOptions {
     pub labels: HashMap<String, String>,
 }
 
-/// A connection to sidecred's workload socket. Cheap to clone; clones share the connection.
+/// Connections to sidecred's workload socket. Cheap to clone; clones share the connections.
 #[derive(Clone)]
 pub struct Client {
-    broker: BrokerClient<Channel>,
+    brokers: Arc<[BrokerClient<Channel>]>,
+    next: Arc<AtomicUsize>,
     opts: ClientOptions,
     socket: PathBuf,
 }
@@ -114,17 +124,33 @@ impl Client {
         let endpoint = Endpoint::from_shared(format!("unix://{}", socket.display()))
             .map_err(|e| ClientError::Config(format!("socket `{}`: {e}", socket.display())))?
             .connect_timeout(opts.connect_timeout);
-        let channel = with_retry(&opts.retry, || async {
-            endpoint.connect().await.map_err(|e| {
-                ClientError::Unavailable(format!("cannot connect to {}: {e}", socket.display()))
+        let mut brokers = Vec::with_capacity(opts.connections.max(1));
+        for _ in 0..opts.connections.max(1) {
+            let channel = with_retry(&opts.retry, || async {
+                endpoint.connect().await.map_err(|e| {
+                    ClientError::Unavailable(format!("cannot connect to {}: {e}", socket.display()))
+                })
             })
-        })
-        .await?;
+            .await?;
+            brokers.push(BrokerClient::new(channel));
+        }
         Ok(Self {
-            broker: BrokerClient::new(channel),
+            brokers: brokers.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             opts,
             socket,
         })
+    }
+
+    /// The next connection, round robin.
+    fn broker(&self) -> BrokerClient<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.brokers.len();
+        self.brokers[i].clone()
+    }
+
+    /// How many connections this client spreads its calls over.
+    pub fn connections(&self) -> usize {
+        self.brokers.len()
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -157,7 +183,7 @@ impl Client {
         with_retry(&self.opts.retry, || async {
             let mut req = Request::new(msg.clone());
             req.set_timeout(self.opts.timeout);
-            match tokio::time::timeout(self.opts.timeout, f(self.broker.clone(), req)).await {
+            match tokio::time::timeout(self.opts.timeout, f(self.broker(), req)).await {
                 Ok(Ok(r)) => Ok(r.into_inner()),
                 // The server enforces the grpc-timeout we sent as CANCELLED.
                 Ok(Err(s)) if s.code() == tonic::Code::Cancelled => {
@@ -182,7 +208,7 @@ impl Client {
         msg: pb::WatchSecretRequest,
     ) -> Result<tonic::Streaming<pb::SecretEvent>, ClientError> {
         with_retry(&self.opts.retry, || async {
-            let mut broker = self.broker.clone();
+            let mut broker = self.broker();
             let call = broker.watch_secret(msg.clone());
             match tokio::time::timeout(self.opts.timeout, call).await {
                 Ok(Ok(r)) => Ok(r.into_inner()),

@@ -2,7 +2,7 @@
 //! onto [`BackendError`]. Error texts name the operation and the secret path, never a value.
 
 use super::AwsConfig;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, SetupError};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// Builds the client. Credentials are resolved lazily, on the first call, so a missing
 /// IRSA token file shows up as a `Denied`/`Unavailable` read, not a start failure.
-pub(super) async fn build(cfg: &AwsConfig, timeout: Duration) -> Result<Client, String> {
+pub(super) async fn build(cfg: &AwsConfig, timeout: Duration) -> Result<Client, SetupError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(r) = &cfg.region {
         loader = loader.region(Region::new(r.clone()));
@@ -53,7 +53,7 @@ pub(super) async fn build(cfg: &AwsConfig, timeout: Duration) -> Result<Client, 
         .load()
         .await;
     if sdk.region().is_none() {
-        return Err("no AWS region: set `region` or AWS_REGION".into());
+        return Err(SetupError::NoRegion);
     }
     Ok(Client::new(&sdk))
 }

@@ -5,9 +5,14 @@
 //! password generation, verification command) and this file (the backend itself).
 
 mod client;
+mod options;
 mod value;
 
-use super::{check_options, Backend, BackendError, FetchRequest, Fetched, Rotated, VersionInfo};
+pub use options::AwsOptions;
+
+use super::options::CompiledOptions;
+use super::setup::SetupError;
+use super::{Backend, BackendError, FetchRequest, Fetched, Rotated, VersionInfo};
 use crate::config::{Dur, SecretSpec};
 use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
@@ -56,55 +61,40 @@ fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretTe
     Ok(Option::<String>::deserialize(d)?.map(SecretText::new))
 }
 
-/// Per-secret options (in `[[secret]] options = {...}`).
-const OPTIONS: &[&str] = &[
-    "stage",
-    "binary",
-    "password_length",
-    "password_classes",
-    "password_exclude",
-    "verify_command",
-    "verify_timeout",
-];
-
 impl AwsConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            return Err("set both access_key_id and secret_access_key, or neither".into());
+            return Err(SetupError::setting(
+                "access_key_id",
+                "set both access_key_id and secret_access_key, or neither",
+            ));
         }
         if self.session_token.is_some() && self.access_key_id.is_none() {
-            return Err("session_token needs access_key_id and secret_access_key".into());
+            return Err(SetupError::setting(
+                "session_token",
+                "needs access_key_id and secret_access_key",
+            ));
         }
         if let Some(e) = self.endpoint.as_deref().filter(|e| !e.is_empty()) {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(format!(
-                    "endpoint `{e}` must start with http:// or https://"
+                return Err(SetupError::setting(
+                    "endpoint",
+                    format!("`{e}` must start with http:// or https://"),
                 ));
             }
         }
         if matches!(self.max_attempts, Some(0) | Some(11..)) {
-            return Err("max_attempts must be between 1 and 10".into());
+            return Err(SetupError::setting(
+                "max_attempts",
+                "must be between 1 and 10",
+            ));
         }
         if self.recheck_interval.is_some_and(|d| d.0.is_zero()) {
-            return Err("recheck_interval must be greater than 0 (omit it to disable)".into());
+            return Err(SetupError::setting(
+                "recheck_interval",
+                "must be greater than 0 (omit it to disable)",
+            ));
         }
-        Ok(())
-    }
-
-    pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
-        check_options(spec, OPTIONS)?;
-        let o = &spec.options;
-        if let Some(s) = o.get("stage") {
-            let s = s.as_str().ok_or("option `stage` must be a string")?;
-            if s.is_empty() || s.len() > 256 {
-                return Err("option `stage` must be 1-256 characters".into());
-            }
-        }
-        if let Some(b) = o.get("binary") {
-            b.as_bool().ok_or("option `binary` must be true or false")?;
-        }
-        value::Generator::from_options(o)?;
-        value::Verifier::from_options(o)?;
         Ok(())
     }
 }
@@ -127,15 +117,16 @@ type Infos = VecDeque<(String, Arc<VersionInfo>)>;
 /// Versions whose details are kept per secret path.
 const INFOS_PER_PATH: usize = 8;
 
-fn stage(spec: &SecretSpec) -> &str {
-    spec.options
-        .get("stage")
-        .and_then(|v| v.as_str())
-        .unwrap_or(CURRENT)
+/// The spec's compiled AWS options.
+fn opts(spec: &SecretSpec) -> Result<&AwsOptions, BackendError> {
+    match &spec.options {
+        CompiledOptions::Aws(o) => Ok(o),
+        other => Err(other.mismatch(&spec.name, "aws")),
+    }
 }
 
 impl AwsBackend {
-    pub async fn new(name: &str, cfg: &AwsConfig, timeout: Duration) -> Result<Self, String> {
+    pub async fn new(name: &str, cfg: &AwsConfig, timeout: Duration) -> Result<Self, SetupError> {
         Ok(Self {
             name: name.to_string(),
             client: client::build(cfg, timeout).await?,
@@ -213,16 +204,15 @@ impl AwsBackend {
         spec: &SecretSpec,
         supplied: Option<SecretBytes>,
     ) -> Result<SecretBytes, BackendError> {
+        let o = opts(spec)?;
         let v = match supplied {
             Some(v) => v,
-            None => value::Generator::from_options(&spec.options)
-                .map_err(BackendError::Invalid)?
-                .generate(),
+            None => o.generator.generate(),
         };
         match &spec.key {
             None => Ok(v),
             Some(key) => {
-                let (doc, _) = self.get(&spec.path, By::Stage(stage(spec))).await?;
+                let (doc, _) = self.get(&spec.path, By::Stage(&o.stage)).await?;
                 value::replace_key(&doc, key, &v)
                     .map_err(|m| BackendError::Precondition(format!("`{}`: {m}", spec.path)))
             }
@@ -301,7 +291,7 @@ impl Backend for AwsBackend {
                 )))
             }
             Some(v) => By::Id(v),
-            None => By::Stage(stage(spec)),
+            None => By::Stage(&opts(spec)?.stage),
         };
         let (raw, version) = self.get(&spec.path, by).await?;
         let value = match &spec.key {
@@ -328,7 +318,8 @@ impl Backend for AwsBackend {
         supplied: Option<SecretBytes>,
     ) -> Result<Rotated, BackendError> {
         let path = spec.path.as_str();
-        let label = stage(spec);
+        let o = opts(spec)?;
+        let label = o.stage.as_str();
         let stages = self.describe(path).await?;
         let old = stages
             .iter()
@@ -341,7 +332,7 @@ impl Backend for AwsBackend {
                 ))
             })?;
         let new_value = self.new_value(spec, supplied).await?;
-        let binary = spec.options.get("binary").and_then(|b| b.as_bool()) == Some(true);
+        let binary = o.binary;
         // The token makes the put idempotent across SDK retries, and becomes the VersionId.
         let token = hex::encode(rand::random::<[u8; 16]>());
         let mut put = self
@@ -359,9 +350,7 @@ impl Backend for AwsBackend {
             .await
             .map_err(|e| classify(&self.name, "PutSecretValue", path, e))?;
         let new = out.version_id.unwrap_or(token);
-        if let Some(v) =
-            value::Verifier::from_options(&spec.options).map_err(BackendError::Invalid)?
-        {
+        if let Some(v) = &o.verifier {
             if let Err(m) = v.run(&new_value).await {
                 self.drop_label(path, PENDING, &new).await;
                 return Err(BackendError::Precondition(format!(
@@ -406,7 +395,7 @@ impl Backend for AwsBackend {
     }
 
     async fn current_version(&self, spec: &SecretSpec) -> Result<Option<String>, BackendError> {
-        let label = stage(spec);
+        let label = opts(spec)?.stage.as_str();
         let stages = self.describe(&spec.path).await?;
         Ok(stages
             .into_iter()

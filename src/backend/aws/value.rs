@@ -9,16 +9,55 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use zeroize::{Zeroize, Zeroizing};
 
+/// Why a JSON secret cannot be read or updated. It names keys and positions, never content, so
+/// it keeps no `serde_json` error as its source.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("value is JSON but not an object")]
+    NotObject,
+    #[error("value is not JSON (error at line {line} column {column})")]
+    NotJson { line: usize, column: usize },
+    #[error("JSON value has no key `{0}`")]
+    NoKey(String),
+    #[error("key `{0}` is not a string, number or boolean")]
+    NotScalar(String),
+    #[error("new value for key `{0}` is not UTF-8")]
+    NotUtf8(String),
+    #[error("cannot encode JSON")]
+    Encode,
+}
+
+/// Why the verification command refused a new value. Its output is never read.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot start `{prog}`: {source}")]
+    Spawn {
+        prog: String,
+        source: std::io::Error,
+    },
+    #[error("`{prog}` did not finish within {timeout:?}")]
+    Timeout { prog: String, timeout: Duration },
+    #[error("`{prog}`: {source}")]
+    Wait {
+        prog: String,
+        source: std::io::Error,
+    },
+    #[error("`{prog}` exited with {status}")]
+    Refused {
+        prog: String,
+        status: std::process::ExitStatus,
+    },
+}
+
 /// The top-level object of a JSON secret, or why it is not one (position only, no content).
-fn object(doc: &SecretBytes) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+fn object(doc: &SecretBytes) -> Result<serde_json::Map<String, serde_json::Value>, ValueError> {
     match serde_json::from_slice::<serde_json::Value>(doc.expose()) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
-        Ok(_) => Err("value is JSON but not an object".into()),
-        Err(e) => Err(format!(
-            "value is not JSON (error at line {} column {})",
-            e.line(),
-            e.column()
-        )),
+        Ok(_) => Err(ValueError::NotObject),
+        Err(e) => Err(ValueError::NotJson {
+            line: e.line(),
+            column: e.column(),
+        }),
     }
 }
 
@@ -33,15 +72,15 @@ fn wipe(v: &mut serde_json::Value) {
 }
 
 /// One field of a JSON object: strings as their text, other scalars as their JSON form.
-pub(super) fn select_key(doc: &SecretBytes, key: &str) -> Result<SecretBytes, String> {
+pub(super) fn select_key(doc: &SecretBytes, key: &str) -> Result<SecretBytes, ValueError> {
     let mut m = object(doc)?;
     let out = match m.get(key) {
-        None => Err(format!("JSON value has no key `{key}`")),
+        None => Err(ValueError::NoKey(key.to_string())),
         Some(serde_json::Value::String(s)) => Ok(SecretBytes::new(s.as_bytes().to_vec())),
         Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
             Ok(SecretBytes::new(v.to_string().into_bytes()))
         }
-        Some(_) => Err(format!("key `{key}` is not a string, number or boolean")),
+        Some(_) => Err(ValueError::NotScalar(key.to_string())),
     };
     m.values_mut().for_each(wipe);
     out
@@ -52,16 +91,16 @@ pub(super) fn replace_key(
     doc: &SecretBytes,
     key: &str,
     value: &SecretBytes,
-) -> Result<SecretBytes, String> {
+) -> Result<SecretBytes, ValueError> {
     let mut m = object(doc)?;
-    let text = std::str::from_utf8(value.expose())
-        .map_err(|_| format!("new value for key `{key}` is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(value.expose()).map_err(|_| ValueError::NotUtf8(key.to_string()))?;
     if let Some(mut old) = m.insert(key.to_string(), text.to_string().into()) {
         wipe(&mut old);
     }
     let out = serde_json::to_vec(&m).map(SecretBytes::new);
     m.values_mut().for_each(wipe);
-    out.map_err(|_| "cannot encode JSON".into())
+    out.map_err(|_| ValueError::Encode)
 }
 
 const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
@@ -69,68 +108,79 @@ const UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const DIGIT: &str = "0123456789";
 const SYMBOL: &str = "!#$%&()*+,-./:;<=>?@[]^_{|}~";
 
+/// One character class of generated passwords.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CharClass {
+    Lower,
+    Upper,
+    Digit,
+    Symbol,
+}
+
+impl CharClass {
+    pub const ALL: [CharClass; 4] = [
+        CharClass::Lower,
+        CharClass::Upper,
+        CharClass::Digit,
+        CharClass::Symbol,
+    ];
+
+    fn chars(self) -> &'static str {
+        match self {
+            CharClass::Lower => LOWER,
+            CharClass::Upper => UPPER,
+            CharClass::Digit => DIGIT,
+            CharClass::Symbol => SYMBOL,
+        }
+    }
+}
+
+/// Why password settings cannot produce a password.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GeneratorError {
+    #[error("must be an integer from 8 to 4096")]
+    Length,
+    #[error("must name at least one class")]
+    NoClass,
+    #[error("removes every `{0:?}` character")]
+    Excluded(CharClass),
+}
+
 /// Random passwords: `password_length` (default 32), `password_classes` (any of lower, upper,
 /// digit, symbol; default all), `password_exclude` (characters never used). At least one
 /// character of each class is included.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Generator {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generator {
     length: usize,
     classes: Vec<Vec<u8>>,
 }
 
 impl Generator {
-    pub fn from_options(o: &toml::Table) -> Result<Self, String> {
-        let length = match o.get("password_length") {
-            None => 32,
-            Some(v) => v
-                .as_integer()
-                .filter(|n| (8..=4096).contains(n))
-                .ok_or("option `password_length` must be an integer from 8 to 4096")?
-                as usize,
-        };
-        let names: Vec<String> = match o.get("password_classes") {
-            None => ["lower", "upper", "digit", "symbol"]
-                .map(String::from)
-                .to_vec(),
-            Some(v) => v
-                .as_array()
-                .and_then(|a| a.iter().map(|x| x.as_str().map(String::from)).collect())
-                .ok_or("option `password_classes` must be a list of strings")?,
-        };
-        let exclude = match o.get("password_exclude") {
-            None => "",
-            Some(v) => v
-                .as_str()
-                .ok_or("option `password_exclude` must be a string")?,
-        };
-        let mut classes = Vec::new();
-        for n in &names {
-            let set = match n.as_str() {
-                "lower" => LOWER,
-                "upper" => UPPER,
-                "digit" => DIGIT,
-                "symbol" => SYMBOL,
-                _ => {
-                    return Err(format!(
-                    "option `password_classes`: unknown class `{n}` (lower, upper, digit, symbol)"
-                ))
-                }
-            };
-            let chars: Vec<u8> = set
+    pub fn new(length: i64, classes: &[CharClass], exclude: &str) -> Result<Self, GeneratorError> {
+        let length = usize::try_from(length)
+            .ok()
+            .filter(|n| (8..=4096).contains(n))
+            .ok_or(GeneratorError::Length)?;
+        if classes.is_empty() {
+            return Err(GeneratorError::NoClass);
+        }
+        let mut sets = Vec::new();
+        for c in classes {
+            let chars: Vec<u8> = c
+                .chars()
                 .bytes()
-                .filter(|c| !exclude.contains(*c as char))
+                .filter(|b| !exclude.contains(*b as char))
                 .collect();
             if chars.is_empty() {
-                return Err(format!(
-                    "option `password_exclude` removes every `{n}` character"
-                ));
+                return Err(GeneratorError::Excluded(*c));
             }
-            classes.push(chars);
+            sets.push(chars);
         }
-        if classes.is_empty() {
-            return Err("option `password_classes` must name at least one class".into());
-        }
-        Ok(Self { length, classes })
+        Ok(Self {
+            length,
+            classes: sets,
+        })
     }
 
     pub fn generate(&self) -> SecretBytes {
@@ -150,45 +200,32 @@ impl Generator {
 
 /// `verify_command = ["prog", "arg"...]`, run before promotion with the new value on stdin;
 /// exit 0 accepts it. Bounded by `verify_timeout` (default 10s); output is discarded.
-pub(super) struct Verifier {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verifier {
     argv: Vec<String>,
     timeout: Duration,
 }
 
 impl Verifier {
-    pub fn from_options(o: &toml::Table) -> Result<Option<Self>, String> {
-        let Some(v) = o.get("verify_command") else {
-            if o.contains_key("verify_timeout") {
-                return Err("option `verify_timeout` needs `verify_command`".into());
-            }
-            return Ok(None);
-        };
-        let argv: Vec<String> = v
-            .as_array()
-            .and_then(|a| a.iter().map(|x| x.as_str().map(String::from)).collect())
-            .filter(|a: &Vec<String>| !a.is_empty() && !a[0].is_empty())
-            .ok_or("option `verify_command` must be a non-empty list of strings (argv)")?;
-        let timeout = match o.get("verify_timeout") {
-            None => Duration::from_secs(10),
-            Some(t) => t
-                .as_str()
-                .ok_or_else(|| "option `verify_timeout` must be a duration string".to_string())
-                .and_then(crate::config::parse_duration)?,
-        };
-        Ok(Some(Self { argv, timeout }))
+    /// None when `argv` is empty or names no program.
+    pub fn new(argv: Vec<String>, timeout: Duration) -> Option<Self> {
+        (!argv.is_empty() && !argv[0].is_empty()).then_some(Self { argv, timeout })
     }
 
     /// Runs the command; the error says how it failed, never what it printed.
-    pub async fn run(&self, value: &SecretBytes) -> Result<(), String> {
-        let prog = &self.argv[0];
-        let mut child = tokio::process::Command::new(prog)
+    pub async fn run(&self, value: &SecretBytes) -> Result<(), VerifyError> {
+        let prog = self.argv[0].clone();
+        let mut child = tokio::process::Command::new(&prog)
             .args(&self.argv[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
+            .map_err(|source| VerifyError::Spawn {
+                prog: prog.clone(),
+                source,
+            })?;
         let mut stdin = child.stdin.take().expect("piped");
         let run = async {
             // A command that exits without reading gives a broken pipe: its status decides.
@@ -197,10 +234,13 @@ impl Verifier {
             child.wait().await
         };
         match tokio::time::timeout(self.timeout, run).await {
-            Err(_) => Err(format!("`{prog}` did not finish within {:?}", self.timeout)),
-            Ok(Err(e)) => Err(format!("`{prog}`: {e}")),
+            Err(_) => Err(VerifyError::Timeout {
+                prog,
+                timeout: self.timeout,
+            }),
+            Ok(Err(source)) => Err(VerifyError::Wait { prog, source }),
             Ok(Ok(s)) if s.success() => Ok(()),
-            Ok(Ok(s)) => Err(format!("`{prog}` exited with {s}")),
+            Ok(Ok(status)) => Err(VerifyError::Refused { prog, status }),
         }
     }
 }
@@ -213,10 +253,6 @@ mod tests {
         SecretBytes::new(s.as_bytes().to_vec())
     }
 
-    fn opts(t: &str) -> toml::Table {
-        toml::from_str(t).unwrap()
-    }
-
     #[test]
     fn key_selection_table() {
         let doc = b(r#"{"username":"app","password":"s3cr\"et","port":5432,"tls":true,"o":{}}"#);
@@ -225,17 +261,17 @@ mod tests {
             ("password", Ok("s3cr\"et")),
             ("port", Ok("5432")),
             ("tls", Ok("true")),
-            ("o", Err("key `o` is not a string, number or boolean")),
-            ("nope", Err("JSON value has no key `nope`")),
+            ("o", Err(ValueError::NotScalar("o".into()))),
+            ("nope", Err(ValueError::NoKey("nope".into()))),
         ];
         for (k, want) in cases {
             let got = select_key(&doc, k).map(|v| String::from_utf8(v.expose().to_vec()).unwrap());
-            assert_eq!(got.as_deref().map_err(|e| e.as_str()), want, "{k}");
+            assert_eq!(got.as_deref().map_err(|e| e.clone()), want, "{k}");
         }
         let e = select_key(&b("hunter2-canary"), "password").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = select_key(&b(r#""hunter2-canary""#), "password").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
+        assert_eq!(e, ValueError::NotObject);
     }
 
     #[test]
@@ -249,17 +285,8 @@ mod tests {
     }
 
     #[test]
-    fn generator_options_table() {
-        let g = Generator::from_options(&opts(
-            "password_length = 12\npassword_classes = [\"digit\"]\npassword_exclude = \"0123\"",
-        ))
-        .unwrap();
-        for _ in 0..50 {
-            let v = g.generate();
-            assert_eq!(v.len(), 12);
-            assert!(v.expose().iter().all(|c| b"456789".contains(c)));
-        }
-        let all = Generator::from_options(&opts("password_exclude = \"\\\"'\\\\\"")).unwrap();
+    fn generated_passwords_hold_every_class() {
+        let all = Generator::new(32, &CharClass::ALL, "\"'\\").unwrap();
         for _ in 0..50 {
             let v = all.generate();
             let s = std::str::from_utf8(v.expose()).unwrap();
@@ -270,38 +297,36 @@ mod tests {
             assert!(s.chars().any(|c| SYMBOL.contains(c)));
             assert!(!s.contains(['"', '\'', '\\']));
         }
-        for bad in [
-            "password_length = 4",
-            "password_length = \"32\"",
-            "password_classes = [\"emoji\"]",
-            "password_classes = []",
-            "password_classes = [\"digit\"]\npassword_exclude = \"0123456789\"",
-        ] {
-            assert!(Generator::from_options(&opts(bad)).is_err(), "{bad}");
-        }
+        assert_eq!(
+            Generator::new(7, &CharClass::ALL, ""),
+            Err(GeneratorError::Length)
+        );
+        assert_eq!(
+            Generator::new(-1, &CharClass::ALL, ""),
+            Err(GeneratorError::Length)
+        );
+        assert_eq!(Generator::new(8, &[], ""), Err(GeneratorError::NoClass));
+        assert_eq!(
+            Generator::new(8, &[CharClass::Digit], DIGIT),
+            Err(GeneratorError::Excluded(CharClass::Digit))
+        );
     }
 
     #[tokio::test]
     async fn verifier_reads_stdin_and_reports_status_only() {
-        let ok = Verifier::from_options(&opts(
-            "verify_command = [\"sh\", \"-c\", \"read v; test \\\"$v\\\" = canary-value\"]",
-        ))
-        .unwrap()
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ok = Verifier::new(
+            argv(&["sh", "-c", "read v; test \"$v\" = canary-value"]),
+            Duration::from_secs(10),
+        )
         .unwrap();
         assert!(ok.run(&b("canary-value\n")).await.is_ok());
-        let e = ok.run(&b("other-canary\n")).await.unwrap_err();
+        let e = ok.run(&b("other-canary\n")).await.unwrap_err().to_string();
         assert!(e.contains("exited with") && !e.contains("canary"), "{e}");
-        let slow = Verifier::from_options(&opts(
-            "verify_command = [\"sleep\", \"5\"]\nverify_timeout = \"100ms\"",
-        ))
-        .unwrap()
-        .unwrap();
-        assert!(slow
-            .run(&b("x"))
-            .await
-            .unwrap_err()
-            .contains("did not finish"));
-        assert!(Verifier::from_options(&opts("verify_command = []")).is_err());
-        assert!(Verifier::from_options(&opts("verify_timeout = \"1s\"")).is_err());
+        let slow = Verifier::new(argv(&["sleep", "5"]), Duration::from_millis(100)).unwrap();
+        let e = slow.run(&b("x")).await.unwrap_err();
+        assert!(e.to_string().contains("did not finish"), "{e}");
+        assert!(Verifier::new(vec![], Duration::from_secs(1)).is_none());
+        assert!(Verifier::new(argv(&[""]), Duration::from_secs(1)).is_none());
     }
 }

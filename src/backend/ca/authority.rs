@@ -3,6 +3,7 @@
 //! signing or across an await.
 
 use super::crl::{self, Crl, DenyList, Revoked};
+use super::error::CaError;
 use super::issuer::{self, CaCert, CsrAsk, Leaf, LeafSpec};
 use super::jwt::JwtKey;
 use super::timing::{self, Slot};
@@ -98,8 +99,12 @@ fn internal(e: impl std::fmt::Display) -> BackendError {
     BackendError::Internal(e.to_string())
 }
 
+fn invalid(e: CaError) -> BackendError {
+    BackendError::Invalid(e.to_string())
+}
+
 impl Authority {
-    pub fn new(settings: Settings, now: SystemTime) -> Result<Authority, String> {
+    pub fn new(settings: Settings, now: SystemTime) -> Result<Authority, CaError> {
         let first = Self::make_ca(&settings, 1, None, now)?;
         let mut st = State {
             next_id: 2,
@@ -118,7 +123,7 @@ impl Authority {
             changes: watch::channel(0).0,
             jwt: JwtKey::generate()?,
         };
-        a.publish_crls(now).map_err(|e| e.to_string())?;
+        a.publish_crls(now).map_err(CaError::Publish)?;
         Ok(a)
     }
 
@@ -127,7 +132,7 @@ impl Authority {
         id: u64,
         pem: Option<&[u8]>,
         now: SystemTime,
-    ) -> Result<CaCert, String> {
+    ) -> Result<CaCert, CaError> {
         if let Some(p) = pem {
             // An operator-supplied CA: certificates and key in one PEM document.
             return issuer::from_pem(id, p, p, None);
@@ -202,7 +207,7 @@ impl Authority {
             now,
             not_after: self.spec_times(&ca, ttl, now),
         };
-        let leaf = issuer::issue(&ca, &spec).map_err(BackendError::Invalid)?;
+        let leaf = issuer::issue(&ca, &spec).map_err(invalid)?;
         self.record(session, &leaf);
         Ok(Issued { leaf, chain: ca })
     }
@@ -224,7 +229,7 @@ impl Authority {
             now,
             not_after: self.spec_times(&ca, ttl, now),
         };
-        let leaf = issuer::sign_csr(&ca, ask, &spec).map_err(BackendError::Invalid)?;
+        let leaf = issuer::sign_csr(&ca, ask, &spec).map_err(invalid)?;
         self.record(session, &leaf);
         Ok(Issued { leaf, chain: ca })
     }
@@ -258,7 +263,7 @@ impl Authority {
         now: SystemTime,
     ) -> Result<(u64, Option<u64>), BackendError> {
         let id = self.state.read().next_id;
-        let ca = Self::make_ca(&self.settings, id, pem, now).map_err(BackendError::Invalid)?;
+        let ca = Self::make_ca(&self.settings, id, pem, now).map_err(invalid)?;
         let prev = {
             let mut st = self.state.write();
             let prev = timing::signer(&st.slots, now);
@@ -363,7 +368,7 @@ impl Authority {
         let (cas, crls) = {
             let mut st = self.state.write();
             st.deny.prune(now);
-            let crls: Result<Vec<Crl>, String> = st
+            let crls: Result<Vec<Crl>, CaError> = st
                 .cas
                 .iter()
                 .map(|c| crl::build(c, &st.deny, now))
@@ -414,7 +419,7 @@ impl Authority {
         token: &str,
         audience: &str,
         now: SystemTime,
-    ) -> Result<super::jwt::Validated, String> {
+    ) -> Result<super::jwt::Validated, super::jwt::JwtError> {
         self.jwt.validate(token, audience, now)
     }
 

@@ -73,7 +73,7 @@ pub struct Crl {
 }
 
 /// Signs the CRL of one CA generation at `now`.
-pub fn build(ca: &CaCert, list: &DenyList, now: SystemTime) -> Result<Crl, String> {
+pub fn build(ca: &CaCert, list: &DenyList, now: SystemTime) -> Result<Crl, super::CaError> {
     let revoked_certs = list
         .for_ca(ca.id)
         .map(|(serial, r)| RevokedCertParams {
@@ -93,7 +93,7 @@ pub fn build(ca: &CaCert, list: &DenyList, now: SystemTime) -> Result<Crl, Strin
     };
     let crl = params
         .signed_by(&ca.issuer)
-        .map_err(|e| format!("signing CRL: {e}"))?;
+        .map_err(super::CaError::SignCrl)?;
     let der = crl.der().to_vec();
     Ok(Crl {
         ca_id: ca.id,

@@ -1,6 +1,7 @@
 //! CA material and certificate minting: a CA generated in memory (dev) or loaded from files,
 //! ECDSA P-256 leaves whose keys never leave sidecred, and CSR signing under policy.
 
+use super::error::CaError;
 use crate::secret::SecretBytes;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -61,8 +62,8 @@ fn random_serial() -> Vec<u8> {
     s.to_vec()
 }
 
-fn p256() -> Result<KeyPair, String> {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| format!("key generation: {e}"))
+fn p256() -> Result<KeyPair, CaError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::KeyGeneration)
 }
 
 fn dn(cn: &str) -> DistinguishedName {
@@ -80,7 +81,7 @@ fn ca_params(
     now: SystemTime,
     not_after: SystemTime,
     path_len: Option<u8>,
-) -> Result<CertificateParams, String> {
+) -> Result<CertificateParams, CaError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn);
     p.is_ca = IsCa::Ca(match path_len {
@@ -93,9 +94,7 @@ fn ca_params(
         KeyUsagePurpose::DigitalSignature,
     ];
     let uri = format!("spiffe://{trust_domain}");
-    p.subject_alt_names = vec![SanType::URI(
-        uri.try_into().map_err(|e| format!("trust domain: {e}"))?,
-    )];
+    p.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(CaError::TrustDomain)?)];
     p.not_before = odt(now - BACKDATE);
     p.not_after = odt(not_after);
     p.serial_number = Some(SerialNumber::from_slice(&random_serial()));
@@ -109,7 +108,7 @@ pub fn generate(
     trust_domain: &str,
     now: SystemTime,
     validity: Duration,
-) -> Result<CaCert, String> {
+) -> Result<CaCert, CaError> {
     let root_key = p256()?;
     let root_params = ca_params(
         &format!("sidecred root CA {id}"),
@@ -120,7 +119,10 @@ pub fn generate(
     )?;
     let root = root_params
         .self_signed(&root_key)
-        .map_err(|e| format!("root CA: {e}"))?;
+        .map_err(|source| CaError::SignCa {
+            which: "root",
+            source,
+        })?;
     let root_issuer = Issuer::new(root_params, root_key);
     let int_key = p256()?;
     // The intermediate expires first so leaves never outlive their chain.
@@ -134,7 +136,10 @@ pub fn generate(
     )?;
     let int = int_params
         .signed_by(&int_key, &root_issuer)
-        .map_err(|e| format!("intermediate CA: {e}"))?;
+        .map_err(|source| CaError::SignCa {
+            which: "intermediate",
+            source,
+        })?;
     Ok(CaCert {
         id,
         issuer: Issuer::new(int_params, int_key),
@@ -145,21 +150,19 @@ pub fn generate(
 }
 
 /// Refuses a key file that anyone but its owner may read or write.
-pub fn check_key_mode(path: &Path) -> Result<(), String> {
+pub fn check_key_mode(path: &Path) -> Result<(), crate::fileperm::FileModeError> {
     crate::fileperm::check_private(path, "key_file", "a CA key")
 }
 
-fn is_self_signed(der: &CertificateDer<'_>) -> Result<bool, String> {
-    let (_, c) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("cannot parse certificate: {e}"))?;
+fn is_self_signed(der: &CertificateDer<'_>) -> Result<bool, CaError> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).map_err(CaError::Parse)?;
     Ok(c.subject().as_raw() == c.issuer().as_raw())
 }
 
-fn not_after_of(der: &CertificateDer<'_>) -> Result<SystemTime, String> {
-    let (_, c) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("cannot parse certificate: {e}"))?;
+fn not_after_of(der: &CertificateDer<'_>) -> Result<SystemTime, CaError> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).map_err(CaError::Parse)?;
     if !c.is_ca() {
-        return Err("certificate is not a CA (basicConstraints CA:false or missing)".into());
+        return Err(CaError::NotCa);
     }
     Ok(to_system(c.validity().not_after.timestamp()))
 }
@@ -171,16 +174,18 @@ pub fn from_pem(
     certs_pem: &[u8],
     key_pem: &[u8],
     bundle_pem: Option<&[u8]>,
-) -> Result<CaCert, String> {
+) -> Result<CaCert, CaError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(certs_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificates: {e}"))?;
-    let first = certs.first().ok_or("no CERTIFICATE block found")?.clone();
-    let key_der =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| "no usable PRIVATE KEY block found")?;
-    let key = KeyPair::try_from(&key_der).map_err(|e| format!("private key: {e}"))?;
-    let issuer =
-        Issuer::from_ca_cert_der(&first, key).map_err(|e| format!("CA certificate: {e}"))?;
+        .map_err(|source| CaError::Pem {
+            what: "certificates",
+            source,
+        })?;
+    let first = certs.first().ok_or(CaError::NoCertificate)?.clone();
+    // The PEM error of a key section is not kept: it could quote key bytes.
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| CaError::NoKey)?;
+    let key = KeyPair::try_from(&key_der).map_err(CaError::Key)?;
+    let issuer = Issuer::from_ca_cert_der(&first, key).map_err(CaError::CaCertificate)?;
     let not_after = not_after_of(&first)?;
     let mut chain = Vec::new();
     let mut roots = Vec::new();
@@ -194,10 +199,13 @@ pub fn from_pem(
     if let Some(b) = bundle_pem {
         roots = CertificateDer::pem_slice_iter(b)
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("bundle: {e}"))?;
+            .map_err(|source| CaError::Pem {
+                what: "bundle",
+                source,
+            })?;
     }
     if roots.is_empty() {
-        return Err("no trust anchor: add the root to cert_file or set bundle_file".into());
+        return Err(CaError::NoTrustAnchor);
     }
     if chain.is_empty() {
         // A self-signed CA signs leaves directly; its certificate is both chain and root.
@@ -218,18 +226,23 @@ pub fn load(
     cert_file: &Path,
     key_file: &Path,
     bundle_file: Option<&Path>,
-) -> Result<CaCert, String> {
+) -> Result<CaCert, CaError> {
     check_key_mode(key_file)?;
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("`{}`: {e}", p.display()));
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| CaError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let certs = read(cert_file)?;
     let key = SecretBytes::new(read(key_file)?);
     let bundle = bundle_file.map(read).transpose()?;
     from_pem(id, &certs, key.expose(), bundle.as_deref())
 }
 
-fn leaf_params(ca: &CaCert, spec: &LeafSpec<'_>) -> Result<CertificateParams, String> {
+fn leaf_params(ca: &CaCert, spec: &LeafSpec<'_>) -> Result<CertificateParams, CaError> {
     if spec.not_after > ca.not_after {
-        return Err("leaf would outlive its issuer".into());
+        return Err(CaError::OutlivesIssuer);
     }
     let mut p = CertificateParams::default();
     p.distinguished_name = dn("");
@@ -246,11 +259,11 @@ fn leaf_params(ca: &CaCert, spec: &LeafSpec<'_>) -> Result<CertificateParams, St
         spec.spiffe_id
             .to_string()
             .try_into()
-            .map_err(|e| format!("spiffe_id: {e}"))?,
+            .map_err(CaError::SpiffeId)?,
     )];
     for d in spec.dns {
         sans.push(SanType::DnsName(
-            d.clone().try_into().map_err(|e| format!("dns san: {e}"))?,
+            d.clone().try_into().map_err(CaError::DnsSan)?,
         ));
     }
     sans.extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
@@ -262,14 +275,12 @@ fn leaf_params(ca: &CaCert, spec: &LeafSpec<'_>) -> Result<CertificateParams, St
 }
 
 /// Mints a leaf with a new P-256 key.
-pub fn issue(ca: &CaCert, spec: &LeafSpec<'_>) -> Result<Leaf, String> {
+pub fn issue(ca: &CaCert, spec: &LeafSpec<'_>) -> Result<Leaf, CaError> {
     let mut p = leaf_params(ca, spec)?;
     let serial = random_serial();
     p.serial_number = Some(SerialNumber::from_slice(&serial));
     let key = p256()?;
-    let cert = p
-        .signed_by(&key, &ca.issuer)
-        .map_err(|e| format!("signing: {e}"))?;
+    let cert = p.signed_by(&key, &ca.issuer).map_err(CaError::SignLeaf)?;
     Ok(Leaf {
         serial,
         ca_id: ca.id,
@@ -312,13 +323,13 @@ pub fn parse_csr(pem: &str) -> Result<CsrAsk, String> {
 }
 
 /// Signs a CSR whose SANs the caller already checked; the CA sets everything else.
-pub fn sign_csr(ca: &CaCert, ask: &CsrAsk, spec: &LeafSpec<'_>) -> Result<Leaf, String> {
+pub fn sign_csr(ca: &CaCert, ask: &CsrAsk, spec: &LeafSpec<'_>) -> Result<Leaf, CaError> {
     let mut p = leaf_params(ca, spec)?;
     let serial = random_serial();
     p.serial_number = Some(SerialNumber::from_slice(&serial));
     let cert = p
         .signed_by(&ask.csr.public_key, &ca.issuer)
-        .map_err(|e| format!("signing: {e}"))?;
+        .map_err(CaError::SignLeaf)?;
     Ok(Leaf {
         serial,
         ca_id: ca.id,
@@ -404,7 +415,7 @@ mod tests {
         let f = dir.path().join("k.pem");
         std::fs::write(&f, "x").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(check_key_mode(&f).unwrap_err().contains("0644"));
+        assert!(check_key_mode(&f).unwrap_err().to_string().contains("0644"));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(check_key_mode(&f).is_ok());
     }

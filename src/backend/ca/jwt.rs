@@ -28,6 +28,41 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
+/// Why a key could not be made, a token minted, or a token is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("JWT key generation failed")]
+    Generate(#[source] aws_lc_rs::error::Unspecified),
+    #[error("JWT key generation failed: {0}")]
+    Rejected(#[source] aws_lc_rs::error::KeyRejected),
+    #[error("JWT key generation failed: unexpected public key")]
+    PublicKey,
+    #[error("JWT key: {0}")]
+    DecodingKey(#[source] jsonwebtoken::errors::Error),
+    #[error("JWT signing failed")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+    #[error("token too large")]
+    TooLarge,
+    #[error("not a valid JWS compact serialization: {0}")]
+    Malformed(#[source] jsonwebtoken::errors::Error),
+    #[error("unsupported alg (only ES256)")]
+    Algorithm,
+    #[error("unknown key id")]
+    KeyId,
+    #[error("audience does not match")]
+    Audience,
+    #[error("signature does not verify")]
+    Signature,
+    #[error("token refused: {0}")]
+    Refused(#[source] jsonwebtoken::errors::Error),
+    #[error("claims: no exp")]
+    NoExpiry,
+    #[error("token has expired")]
+    Expired,
+    #[error("claims: sub is not a SPIFFE ID")]
+    Subject,
+}
+
 /// Claims of a token that passed validation.
 #[derive(Debug)]
 pub struct Validated {
@@ -36,22 +71,21 @@ pub struct Validated {
 }
 
 impl JwtKey {
-    pub fn generate() -> Result<Self, String> {
-        let failed = "JWT key generation failed";
+    pub fn generate() -> Result<Self, JwtError> {
         let pkcs8 =
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .map_err(|_| failed.to_string())?;
+                .map_err(JwtError::Generate)?;
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-            .map_err(|_| failed.to_string())?;
+            .map_err(JwtError::Rejected)?;
         let public = pair.public_key().as_ref().to_vec();
         if public.len() != 65 {
-            return Err("JWT key generation failed: unexpected public key".into());
+            return Err(JwtError::PublicKey);
         }
         let decoding = DecodingKey::from_ec_components(
             &B64.encode(&public[1..33]),
             &B64.encode(&public[33..65]),
         )
-        .map_err(|e| format!("JWT key: {e}"))?;
+        .map_err(JwtError::DecodingKey)?;
         Ok(Self {
             encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
             decoding,
@@ -80,7 +114,7 @@ impl JwtKey {
         audience: &[String],
         now: SystemTime,
         ttl: Duration,
-    ) -> Result<(String, SystemTime), String> {
+    ) -> Result<(String, SystemTime), JwtError> {
         let exp = now + ttl;
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -97,8 +131,8 @@ impl JwtKey {
             "exp": crate::clock::unix_secs(exp),
             "jti": hex::encode(rand::random::<[u8; 12]>()),
         });
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|_| "JWT signing failed".to_string())?;
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(JwtError::Sign)?;
         Ok((token, exp))
     }
 
@@ -109,17 +143,16 @@ impl JwtKey {
         token: &str,
         audience: &str,
         now: SystemTime,
-    ) -> Result<Validated, String> {
+    ) -> Result<Validated, JwtError> {
         if token.len() > MAX_TOKEN_BYTES {
-            return Err("token too large".into());
+            return Err(JwtError::TooLarge);
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| format!("not a valid JWS compact serialization: {e}"))?;
+        let header = jsonwebtoken::decode_header(token).map_err(JwtError::Malformed)?;
         if header.alg != Algorithm::ES256 {
-            return Err("unsupported alg (only ES256)".into());
+            return Err(JwtError::Algorithm);
         }
         if header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err("unknown key id".into());
+            return Err(JwtError::KeyId);
         }
         let mut v = Validation::new(Algorithm::ES256);
         v.set_audience(&[audience]);
@@ -128,28 +161,24 @@ impl JwtKey {
         let data =
             jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &v).map_err(|e| {
                 match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                        "audience does not match".to_string()
-                    }
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                        "signature does not verify".to_string()
-                    }
-                    _ => format!("token refused: {e}"),
+                    jsonwebtoken::errors::ErrorKind::InvalidAudience => JwtError::Audience,
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::Signature,
+                    _ => JwtError::Refused(e),
                 }
             })?;
         let claims = data.claims;
         let exp = claims
             .get("exp")
             .and_then(Value::as_i64)
-            .ok_or("claims: no exp")?;
+            .ok_or(JwtError::NoExpiry)?;
         if exp <= crate::clock::unix_secs(now) {
-            return Err("token has expired".into());
+            return Err(JwtError::Expired);
         }
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)
             .filter(|s| spiffe::SpiffeId::new(s).is_ok())
-            .ok_or("claims: sub is not a SPIFFE ID")?
+            .ok_or(JwtError::Subject)?
             .to_string();
         Ok(Validated {
             spiffe_id: sub,
@@ -186,7 +215,7 @@ mod tests {
             let e = k
                 .validate(t, a, now + Duration::from_secs(off))
                 .unwrap_err();
-            assert!(e.contains(frag), "{e}");
+            assert!(e.to_string().contains(frag), "{e}");
         }
         let other = JwtKey::generate().unwrap();
         assert!(other.validate(&tok, "svc-b", now).is_err());

@@ -5,17 +5,22 @@
 
 pub mod authority;
 pub mod crl;
+mod error;
 pub mod issuer;
 pub mod jwt;
+mod options;
 pub mod timing;
 
 pub use authority::{Authority, Issued, View};
+pub use error::CaError;
+pub use options::CaOptions;
 
+use super::options::CompiledOptions;
+use super::setup::SetupError;
 use super::{
-    check_options, Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated,
-    SessionHandle, SessionMeta,
+    Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
-use crate::config::{Dur, Scope, SecretSpec};
+use crate::config::{Dur, SecretSpec};
 use crate::policy::SanPolicy;
 use crate::secret::SecretBytes;
 use async_trait::async_trait;
@@ -89,37 +94,41 @@ impl CaConfig {
             .unwrap_or(Duration::from_secs(900))
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         if !valid_trust_domain(&self.trust_domain) {
-            return Err(format!(
-                "trust_domain `{}`: lowercase letters, digits, `.`, `-`, `_` only",
-                self.trust_domain
+            return Err(SetupError::setting(
+                "trust_domain",
+                format!(
+                    "`{}`: lowercase letters, digits, `.`, `-`, `_` only",
+                    self.trust_domain
+                ),
             ));
         }
         match (self.generate, &self.cert_file, &self.key_file) {
             (true, None, None) => {}
             (false, Some(_), Some(k)) => issuer::check_key_mode(k)?,
-            (true, _, _) => return Err("generate = true takes no cert_file/key_file".into()),
-            _ => return Err("set cert_file and key_file, or generate = true (dev)".into()),
+            (true, _, _) => {
+                return Err(SetupError::setting(
+                    "generate",
+                    "generate = true takes no cert_file/key_file",
+                ))
+            }
+            _ => {
+                return Err(SetupError::setting(
+                    "cert_file",
+                    "set cert_file and key_file, or generate = true (dev)",
+                ))
+            }
         }
         if self.leaf_ttl().is_zero() || self.leaf_ttl() > Duration::from_secs(7 * 86400) {
-            return Err("leaf_ttl must be between 1s and 7d".into());
+            return Err(SetupError::setting("leaf_ttl", "must be between 1s and 7d"));
         }
         if self.sds_certificate.is_empty() || self.sds_certificate == self.sds_validation {
-            return Err("sds_certificate and sds_validation must be distinct, non-empty".into());
+            return Err(SetupError::setting(
+                "sds_certificate",
+                "sds_certificate and sds_validation must be distinct, non-empty",
+            ));
         }
-        Ok(())
-    }
-
-    pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
-        check_options(spec, &["dns_sans", "ip_sans"])?;
-        if spec.scope == Scope::Shared {
-            return Err(
-                "a CA-backed secret holds a private key per caller: set scope = \"session\" or \"call\""
-                    .into(),
-            );
-        }
-        requested_sans(spec)?;
         Ok(())
     }
 
@@ -157,40 +166,6 @@ impl CaConfig {
     }
 }
 
-/// The SANs a secret's options ask for.
-fn requested_sans(spec: &SecretSpec) -> Result<(Vec<String>, Vec<IpAddr>), String> {
-    let list = |key: &str| -> Result<Vec<String>, String> {
-        match spec.options.get(key) {
-            None => Ok(Vec::new()),
-            Some(v) => v
-                .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|x| x.as_str().map(str::to_string))
-                        .collect::<Option<Vec<_>>>()
-                })
-                .ok_or_else(|| format!("option `{key}` must be an array of strings")),
-        }
-    };
-    let dns = list("dns_sans")?;
-    for d in &dns {
-        let ok = if d.starts_with("*.") {
-            crate::policy::dns::check_wildcard(d)
-        } else {
-            crate::policy::dns::check_name(d)
-        };
-        ok.map_err(|e| format!("dns_sans: `{d}` is not a DNS name: {e}"))?;
-    }
-    let ips = list("ip_sans")?
-        .iter()
-        .map(|s| {
-            s.parse::<IpAddr>()
-                .map_err(|_| format!("ip_sans: `{s}` is not an IP address"))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((dns, ips))
-}
-
 /// Refuses SANs the caller's policy rule does not allow, naming the first one.
 pub fn check_sans(
     policy: Option<&SanPolicy>,
@@ -225,7 +200,7 @@ pub struct CaBackend {
 }
 
 impl CaBackend {
-    pub fn new(name: &str, cfg: &CaConfig) -> Result<Self, String> {
+    pub fn new(name: &str, cfg: &CaConfig) -> Result<Self, SetupError> {
         let authority = Authority::new(cfg.settings(name), SystemTime::now())?;
         Ok(Self {
             authority: Arc::new(authority),
@@ -251,13 +226,17 @@ impl Backend for CaBackend {
                 req.spec.name
             ))
         })?;
-        let (dns, ips) = requested_sans(req.spec).map_err(BackendError::Invalid)?;
-        check_sans(req.sans, &dns, &ips).map_err(BackendError::Denied)?;
+        let o = match &req.spec.options {
+            CompiledOptions::Ca(o) => o,
+            other => return Err(other.mismatch(&req.spec.name, "ca")),
+        };
+        let (dns, ips) = (&o.dns_sans, &o.ip_sans);
+        check_sans(req.sans, dns, ips).map_err(BackendError::Denied)?;
         let ttl = req.spec.ttl;
         let issued = self.authority.issue(
             spiffe,
-            &dns,
-            &ips,
+            dns,
+            ips,
             Some(ttl),
             Some(&req.session.id),
             SystemTime::now(),

@@ -4,7 +4,8 @@
 
 use super::client::{from_vaultrs, Bao};
 use super::Inner;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, SetupError};
+use crate::fileperm::FileModeError;
 use crate::secret::SecretText;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -54,26 +55,25 @@ impl AuthConfig {
         !matches!(self, AuthConfig::TokenFile { .. })
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        let file = match self {
-            AuthConfig::TokenFile { path } => path,
+    pub fn validate(&self) -> Result<(), SetupError> {
+        let (setting, file) = match self {
+            AuthConfig::TokenFile { path } => ("auth.path", path),
             AuthConfig::Approle {
                 secret_id_file,
                 role_id,
                 ..
             } => {
                 if role_id.is_empty() {
-                    return Err("auth.role_id must not be empty".into());
+                    return Err(SetupError::setting("auth.role_id", "must not be empty"));
                 }
-                secret_id_file
+                ("auth.secret_id_file", secret_id_file)
             }
-            AuthConfig::Jwt { jwt_file, .. } => jwt_file,
+            AuthConfig::Jwt { jwt_file, .. } => ("auth.jwt_file", jwt_file),
         };
         if !file.is_absolute() {
-            return Err(format!(
-                "auth ({}): `{}` must be an absolute path",
-                self.method(),
-                file.display()
+            return Err(SetupError::setting(
+                setting,
+                format!("`{}` must be an absolute path", file.display()),
             ));
         }
         // Checked here when the file is already there, so check-config and start refuse it;
@@ -85,7 +85,7 @@ impl AuthConfig {
     }
 
     /// The same owner-only rule as the CA key file.
-    fn check_file_mode(&self, file: &Path) -> Result<(), String> {
+    fn check_file_mode(&self, file: &Path) -> Result<(), FileModeError> {
         let setting = match self {
             AuthConfig::TokenFile { .. } => "auth.path",
             AuthConfig::Approle { .. } => "auth.secret_id_file",
@@ -110,7 +110,7 @@ pub struct OwnToken {
 /// Reads a small credential file, trimmed, into a secret.
 fn read_secret_file(path: &Path, method: &str) -> Result<SecretText, BackendError> {
     crate::fileperm::check_private(path, &format!("auth ({method})"), "a credential")
-        .map_err(BackendError::Invalid)?;
+        .map_err(|e| BackendError::Invalid(e.to_string()))?;
     let mut raw = std::fs::read_to_string(path).map_err(|e| {
         BackendError::Invalid(format!(
             "auth ({method}): cannot read `{}`: {}",

@@ -2,7 +2,7 @@
 //! client, same TLS roots and timeout) for what vaultrs hides, such as lease envelopes.
 //! Every failure becomes a [`BackendError`] that names the path, never a value or a token.
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, SetupError};
 use serde_json::Value;
 use std::time::Duration;
 use vaultrs::api::EndpointMiddleware;
@@ -49,24 +49,36 @@ impl Bao {
         ca_file: Option<&str>,
         namespace: Option<String>,
         timeout: Duration,
-    ) -> Result<Bao, String> {
+    ) -> Result<Bao, SetupError> {
         let mut b = VaultClientSettingsBuilder::default();
         // The builder's address setter panics on a bad URL; check first.
         if !(address.starts_with("http://") || address.starts_with("https://")) {
-            return Err(format!(
-                "address `{address}` must start with http:// or https://"
+            return Err(SetupError::setting(
+                "address",
+                format!("`{address}` must start with http:// or https://"),
             ));
         }
         b.address(address).timeout(Some(timeout)).verify(true);
         b.token(String::new());
         b.ca_certs(ca_file.map(|c| vec![c.to_string()]).unwrap_or_default());
-        let settings = b.build().map_err(|e| format!("address `{address}`: {e}"))?;
-        let client = VaultClient::new(settings.clone()).map_err(|e| match e {
-            ClientError::FileReadError { path, source } => format!("ca_file `{path}`: {source}"),
-            ClientError::ParseCertificateError { path, .. } => {
-                format!("ca_file `{path}`: not a PEM certificate bundle")
+        let settings = b.build().map_err(|e| SetupError::HttpClient {
+            what: format!("address `{address}`: {e}"),
+            source: Box::new(e),
+        })?;
+        let client = VaultClient::new(settings.clone()).map_err(|e| {
+            let what = match &e {
+                ClientError::FileReadError { path, source } => {
+                    format!("ca_file `{path}`: {source}")
+                }
+                ClientError::ParseCertificateError { path, .. } => {
+                    format!("ca_file `{path}`: not a PEM certificate bundle")
+                }
+                other => format!("cannot build the HTTP client: {other}"),
+            };
+            SetupError::HttpClient {
+                what,
+                source: Box::new(e),
             }
-            other => format!("cannot build the HTTP client: {other}"),
         })?;
         Ok(Bao {
             base: address.trim_end_matches('/').to_string(),

@@ -165,22 +165,16 @@ pub async fn issue(
     let (mount, role) = o.path.split_once("/issue/").unwrap_or((&o.path, ""));
     let token = reader_token(inner, req)?;
     let c = inner.bao.vault(token.expose(), o.namespace.as_deref());
-    let opt = |k: &str| {
-        req.spec
-            .options
-            .get(k)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
+    let pki = o.pki.as_ref().ok_or_else(|| {
+        BackendError::Internal(format!("`{}`: pki options missing", req.spec.name))
+    })?;
     let mut b = vaultrs::api::pki::requests::GenerateCertificateRequest::builder();
-    if let Some(v) = opt("common_name") {
-        b.common_name(v);
+    b.common_name(pki.common_name.clone());
+    if let Some(v) = &pki.alt_names {
+        b.alt_names(v.clone());
     }
-    if let Some(v) = opt("alt_names") {
-        b.alt_names(v);
-    }
-    if let Some(v) = opt("cert_ttl") {
-        b.ttl(v);
+    if let Some(v) = &pki.ttl {
+        b.ttl(v.clone());
     }
     let mut r = vaultrs::pki::cert::generate(&c.0, mount, role, Some(&mut b))
         .await

@@ -41,7 +41,7 @@ impl BaoStore {
         timeout: Duration,
         mount: &str,
         prefix: &str,
-    ) -> Result<BaoStore, String> {
+    ) -> Result<BaoStore, crate::backend::SetupError> {
         let bao = Bao::new(address, ca_file, None, timeout)?;
         Ok(BaoStore {
             src: Src::Direct {

@@ -7,13 +7,16 @@ mod client;
 mod dynamic;
 pub mod fleet;
 mod kv;
+mod options;
 mod records;
 
 pub use auth::AuthConfig;
+pub use options::{Kind, Opts, PkiRequest};
 
+use super::options::CompiledOptions;
+use super::setup::SetupError;
 use super::{
-    check_options, Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated,
-    SessionHandle, SessionMeta,
+    Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
 use crate::config::{Dur, SecretSpec};
 use crate::secret::{SecretBytes, SecretText};
@@ -56,123 +59,23 @@ fn yes() -> bool {
     true
 }
 
-const OPTIONS: &[&str] = &[
-    "engine",
-    "mount",
-    "namespace",
-    "on_retire",
-    "common_name",
-    "alt_names",
-    "cert_ttl",
-];
-
-/// Which OpenBao engine serves a secret.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Kv2,
-    Dynamic,
-    Pki,
-}
-
-/// A secret's OpenBao settings, from its `options`.
-#[derive(Clone, Debug)]
-pub struct Opts {
-    pub kind: Kind,
-    /// Full API path for dynamic and PKI secrets; the secret path under the mount for KV.
-    pub path: String,
-    pub mount: String,
-    pub namespace: Option<String>,
-    pub delete_on_retire: bool,
-}
-
-fn str_opt<'a>(spec: &'a SecretSpec, k: &str) -> Result<Option<&'a str>, String> {
-    match spec.options.get(k) {
-        None => Ok(None),
-        Some(v) => v
-            .as_str()
-            .map(Some)
-            .ok_or_else(|| format!("option `{k}` must be a string")),
-    }
-}
-
-impl Opts {
-    pub fn parse(spec: &SecretSpec) -> Result<Opts, String> {
-        check_options(spec, OPTIONS)?;
-        let kind = match str_opt(spec, "engine")?.unwrap_or("kv2") {
-            "kv2" => Kind::Kv2,
-            "dynamic" => Kind::Dynamic,
-            "pki" => Kind::Pki,
-            o => {
-                return Err(format!(
-                    "option `engine` = \"{o}\": expected kv2, dynamic or pki"
-                ))
-            }
-        };
-        let mount = str_opt(spec, "mount")?.map(|m| m.trim_matches('/').to_string());
-        let path = spec.path.trim_matches('/').to_string();
-        let delete_on_retire = match str_opt(spec, "on_retire")?.unwrap_or("keep") {
-            "keep" => false,
-            "delete" => true,
-            o => {
-                return Err(format!(
-                    "option `on_retire` = \"{o}\": expected keep or delete"
-                ))
-            }
-        };
-        if delete_on_retire && kind != Kind::Kv2 {
-            return Err("option `on_retire` applies to kv2 secrets only".into());
-        }
-        let (path, mount) = match (kind, mount) {
-            (Kind::Kv2, m) => (path, m.unwrap_or_else(|| "secret".into())),
-            (_, Some(m)) => (format!("{m}/{path}"), m),
-            (_, None) => (
-                path.clone(),
-                path.split('/').next().unwrap_or("").to_string(),
-            ),
-        };
-        if kind == Kind::Pki {
-            if !path.contains("/issue/") {
-                return Err(format!("pki path `{path}` must look like MOUNT/issue/ROLE"));
-            }
-            str_opt(spec, "common_name")?.ok_or("pki secrets need option `common_name`")?;
-            str_opt(spec, "alt_names")?;
-            if let Some(t) = str_opt(spec, "cert_ttl")? {
-                crate::config::parse_duration(t).map_err(|e| format!("option `cert_ttl`: {e}"))?;
-            }
-        }
-        Ok(Opts {
-            kind,
-            path,
-            mount,
-            namespace: str_opt(spec, "namespace")?.map(str::to_string),
-            delete_on_retire,
-        })
-    }
-}
-
 impl OpenBaoConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SetupError> {
         if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
-            return Err(format!(
-                "address `{}` must start with http:// or https://",
-                self.address
+            return Err(SetupError::setting(
+                "address",
+                format!("`{}` must start with http:// or https://", self.address),
             ));
         }
         if let Some(ca) = &self.ca_file {
             if !ca.exists() {
-                return Err(format!("ca_file `{}` does not exist", ca.display()));
+                return Err(SetupError::setting(
+                    "ca_file",
+                    format!("`{}` does not exist", ca.display()),
+                ));
             }
         }
         self.auth.validate()
-    }
-
-    pub fn validate_secret(&self, spec: &SecretSpec) -> Result<(), String> {
-        let o = Opts::parse(spec)?;
-        if o.kind != Kind::Kv2 && !self.session_tokens && spec.scope != crate::config::Scope::Shared
-        {
-            return Err("session-scoped OpenBao secrets need session_tokens = true".into());
-        }
-        Ok(())
     }
 }
 
@@ -219,7 +122,11 @@ impl Drop for OpenBaoBackend {
 
 impl OpenBaoBackend {
     /// Connects and logs in. A rejected login is fatal; an unreachable server is retried later.
-    pub async fn new(name: &str, cfg: &OpenBaoConfig, timeout: Duration) -> Result<Self, String> {
+    pub async fn new(
+        name: &str,
+        cfg: &OpenBaoConfig,
+        timeout: Duration,
+    ) -> Result<Self, SetupError> {
         let timeout = cfg.timeout.map(|d| d.0).unwrap_or(timeout);
         let ca = cfg.ca_file.as_ref().map(|p| p.display().to_string());
         let bao = Bao::new(&cfg.address, ca.as_deref(), cfg.namespace.clone(), timeout)?;
@@ -236,7 +143,12 @@ impl OpenBaoBackend {
                     obtained: std::time::Instant::now(),
                 }
             }
-            Err(e) => return Err(format!("auth method `{}`: {e}", cfg.auth.method())),
+            Err(source) => {
+                return Err(SetupError::Login {
+                    method: cfg.auth.method(),
+                    source,
+                })
+            }
         };
         tracing::info!(backend = %name, method = cfg.auth.method(), accessor = %token.accessor, ttl = token.ttl.as_secs(), "OpenBao backend ready");
         let inner = Arc::new(Inner {
@@ -256,8 +168,11 @@ impl OpenBaoBackend {
         })
     }
 
-    fn opts(spec: &SecretSpec) -> Result<Opts, BackendError> {
-        Opts::parse(spec).map_err(BackendError::Invalid)
+    fn opts(spec: &SecretSpec) -> Result<&Opts, BackendError> {
+        match &spec.options {
+            CompiledOptions::OpenBao(o) => Ok(o),
+            other => Err(other.mismatch(&spec.name, "openbao")),
+        }
     }
 }
 
@@ -294,9 +209,9 @@ impl Backend for OpenBaoBackend {
     async fn fetch(&self, req: &FetchRequest<'_>) -> Result<Fetched, BackendError> {
         let o = Self::opts(req.spec)?;
         match o.kind {
-            Kind::Kv2 => kv::read(&self.inner, req.spec, &o, req.version).await,
-            Kind::Dynamic => dynamic::read(&self.inner, req, &o).await,
-            Kind::Pki => dynamic::issue(&self.inner, req, &o).await,
+            Kind::Kv2 => kv::read(&self.inner, req.spec, o, req.version).await,
+            Kind::Dynamic => dynamic::read(&self.inner, req, o).await,
+            Kind::Pki => dynamic::issue(&self.inner, req, o).await,
         }
     }
 
@@ -312,7 +227,7 @@ impl Backend for OpenBaoBackend {
                 spec.name
             )));
         }
-        kv::rotate(&self.inner, spec, &o, value).await
+        kv::rotate(&self.inner, spec, o, value).await
     }
 
     fn recheck_interval(&self) -> Option<Duration> {
@@ -320,7 +235,7 @@ impl Backend for OpenBaoBackend {
     }
 
     fn reissues(&self, spec: &SecretSpec) -> bool {
-        Opts::parse(spec).is_ok_and(|o| o.kind != Kind::Kv2)
+        Self::opts(spec).is_ok_and(|o| o.kind != Kind::Kv2)
     }
 
     fn records(&self) -> Option<&dyn super::RecordStore> {
@@ -330,7 +245,7 @@ impl Backend for OpenBaoBackend {
     async fn retire(&self, spec: &SecretSpec, version: &str) -> Result<(), BackendError> {
         let o = Self::opts(spec)?;
         if o.delete_on_retire {
-            kv::soft_delete(&self.inner, &o, version).await?;
+            kv::soft_delete(&self.inner, o, version).await?;
         }
         Ok(())
     }
@@ -340,7 +255,7 @@ impl Backend for OpenBaoBackend {
         if o.kind != Kind::Kv2 {
             return Ok(None);
         }
-        kv::current_version(&self.inner, &o).await.map(Some)
+        kv::current_version(&self.inner, o).await.map(Some)
     }
 
     async fn open_session(

@@ -2,7 +2,7 @@
 //! side-by-side comparison of sidecred against the transport floor and the peer sidecars.
 //!
 //!   sidecred-bench serve-echo SOCKET
-//!   sidecred-bench run [--duration 10s] [--concurrency 32] [--connections 4] [--client h2|tonic] TARGET...
+//!   sidecred-bench run [--duration 10s] [--concurrency 32] [--connections 4] [--client h2|tonic|stock] TARGET...
 //!   sidecred-bench startup SIDECRED_BIN CONFIG SOCKET RUNS
 //!   sidecred-bench singleflight SOCKET ADMIN_SOCKET SECRET N
 //!   sidecred-bench fill SOCKET PREFIX N
@@ -15,6 +15,7 @@
 //!                                 for a sidecred that writes an audit log)
 //!   echo=SOCKET                   bare tonic unary echo over a Unix socket
 //!   http-unix=SOCKET,PATH[,H:V]   HTTP/1.1 keep-alive GET over a Unix socket (bao proxy)
+//!   vault-unix=SOCKET,PATH[,H:V]  the same, named as sidecred's Vault-compatible endpoint
 //!   http-tcp=HOST:PORT,PATH[,H:V] HTTP/1.1 keep-alive GET over loopback TCP (AWS SM Agent)
 //!   sidecred-http-tcp=HOST:PORT,PATH[,H:V]  the same, labelled as sidecred's AWS agent API
 #![forbid(unsafe_code)]
@@ -28,8 +29,20 @@ mod rotation;
 
 use std::time::Duration;
 
+/// `10s`, `500ms`, `2m`: the load durations the scripts pass.
+fn parse_duration(s: &str) -> Result<Duration, ()> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or(())?);
+    let n: u64 = n.parse().map_err(|_| ())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(60 * n)),
+        _ => Err(()),
+    }
+}
+
 fn usage() -> ! {
-    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--client h2|tonic] TARGET...");
+    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--client h2|tonic|stock] TARGET...");
     std::process::exit(2)
 }
 
@@ -54,7 +67,7 @@ fn main() {
                 concurrency: 32,
                 connections: 4,
                 warmup: Duration::from_secs(1),
-                tonic_client: false,
+                client: load::ClientKind::Lean,
                 threads: std::env::var("BENCH_THREADS")
                     .ok()
                     .and_then(|v| v.parse().ok())
@@ -67,20 +80,17 @@ fn main() {
                 let mut val = || it.next().cloned().unwrap_or_else(|| usage());
                 match a.as_str() {
                     "--duration" => {
-                        opts.duration =
-                            sidecred::config::parse_duration(&val()).unwrap_or_else(|_| usage())
+                        opts.duration = parse_duration(&val()).unwrap_or_else(|_| usage())
                     }
-                    "--warmup" => {
-                        opts.warmup =
-                            sidecred::config::parse_duration(&val()).unwrap_or_else(|_| usage())
-                    }
+                    "--warmup" => opts.warmup = parse_duration(&val()).unwrap_or_else(|_| usage()),
                     "--requests" => opts.requests = Some(val().parse().unwrap_or_else(|_| usage())),
                     "--concurrency" => opts.concurrency = val().parse().unwrap_or_else(|_| usage()),
                     "--connections" => opts.connections = val().parse().unwrap_or_else(|_| usage()),
                     "--client" => {
-                        opts.tonic_client = match val().as_str() {
-                            "tonic" => true,
-                            "h2" => false,
+                        opts.client = match val().as_str() {
+                            "tonic" => load::ClientKind::Tonic,
+                            "h2" => load::ClientKind::Lean,
+                            "stock" => load::ClientKind::Stock,
                             _ => usage(),
                         }
                     }

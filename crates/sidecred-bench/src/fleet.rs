@@ -8,7 +8,7 @@
 #[path = "../../../tests/common/fault_proxy.rs"]
 mod fault_proxy;
 
-use sidecred::api::pb;
+use sidecred_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! target pays a comparably small client cost and the figures compare servers, not clients.
 //! (`--client tonic` keeps the tonic `Channel` for comparison.)
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::path::Path;
 
 /// One caller's handle on a shared HTTP/2 connection.
@@ -35,7 +35,14 @@ pub async fn connect(path: &Path) -> h2::client::SendRequest<Bytes> {
     send
 }
 
-pub use sidecred::api::h2serve::frame;
+/// One message with its 5-byte gRPC prefix (uncompressed).
+pub fn frame(msg: &impl prost::Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + msg.encoded_len());
+    out.put_u8(0);
+    out.put_u32(msg.encoded_len() as u32);
+    msg.encode(&mut out).expect("sized buffer");
+    out.freeze()
+}
 
 impl Unary {
     /// `method` is the gRPC path, e.g. `/sidecred.v1.Broker/GetSecret`; `check` validates the

@@ -1,6 +1,6 @@
 //! One-off measurements: time from start to serving, single-flight under a burst, filling the cache.
 
-use sidecred::api::pb;
+use sidecred_proto::v1 as pb;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! admin socket; for each watcher and rotation, the time from the start of the Rotate call (and
 //! from its return) until that watcher receives the ROTATED event for the new version.
 
-use sidecred::api::pb;
+use sidecred_proto::v1 as pb;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;

@@ -3,7 +3,7 @@
 use crate::h2c;
 use crate::http::Conn;
 use hdrhistogram::Histogram;
-use sidecred::api::pb;
+use sidecred_proto::v1 as pb;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -14,6 +14,18 @@ pub mod echo {
     tonic::include_proto!("bench.v1");
 }
 
+/// Which client each caller drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    /// The lean `h2` client for gRPC, the minimal keep-alive client for HTTP/1.1.
+    Lean,
+    /// tonic's `Channel` for gRPC.
+    Tonic,
+    /// What an application would embed: `sidecred-client` for sidecred, hyper's HTTP/1.1
+    /// client for the HTTP peers.
+    Stock,
+}
+
 pub struct Opts {
     /// Stop after this many measured requests (a soak) instead of at the end of `duration`.
     pub requests: Option<u64>,
@@ -21,8 +33,8 @@ pub struct Opts {
     pub concurrency: usize,
     pub connections: usize,
     pub warmup: Duration,
-    /// The gRPC client: the lean `h2` one (default) or tonic's `Channel`.
-    pub tonic_client: bool,
+    /// The clients the callers use.
+    pub client: ClientKind,
     /// Load threads, each with its own runtime and share of callers and connections.
     pub threads: usize,
     /// Instead: one work-stealing runtime with `threads` workers, a task per caller.
@@ -44,6 +56,7 @@ pub enum Target {
         socket: PathBuf,
         path: String,
         header: Option<String>,
+        name: &'static str,
     },
     HttpTcp {
         addr: String,
@@ -75,10 +88,15 @@ impl Target {
             "echo" => Target::Echo {
                 socket: need(0)?.into(),
             },
-            "http-unix" => Target::HttpUnix {
+            "http-unix" | "vault-unix" => Target::HttpUnix {
                 socket: need(0)?.into(),
                 path: need(1)?,
                 header: parts.get(2).map(|s| s.to_string()),
+                name: if kind == "vault-unix" {
+                    "sidecred Vault API (HTTP/UDS)"
+                } else {
+                    "bao proxy cached (HTTP/UDS)"
+                },
             },
             "http-tcp" | "sidecred-http-tcp" => Target::HttpTcp {
                 addr: need(0)?,
@@ -95,7 +113,7 @@ impl Target {
             Target::Sidecred { audit: true, .. } => "sidecred GetSecret, audit on",
             Target::Sidecred { .. } => "sidecred GetSecret (gRPC/UDS)",
             Target::Echo { .. } => "bare tonic echo (gRPC/UDS)",
-            Target::HttpUnix { .. } => "bao proxy cached (HTTP/UDS)",
+            Target::HttpUnix { name, .. } => name,
             Target::HttpTcp { sidecred: true, .. } => "sidecred AWS agent API (HTTP/TCP)",
             Target::HttpTcp { .. } => "AWS SM Agent cached (HTTP/TCP)",
         }
@@ -140,6 +158,11 @@ enum Caller {
     Grpc(h2c::Unary),
     HttpUnix(Conn<tokio::net::UnixStream>),
     HttpTcp(Conn<tokio::net::TcpStream>),
+    Client(std::sync::Arc<sidecred_client::Session>, String),
+    Hyper(
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        http::Request<()>,
+    ),
 }
 
 impl Caller {
@@ -155,14 +178,59 @@ impl Caller {
             Caller::Grpc(c) => c.call().await,
             Caller::HttpUnix(c) => matches!(c.get().await, Ok(200)),
             Caller::HttpTcp(c) => matches!(c.get().await, Ok(200)),
+            Caller::Client(s, name) => s.get_secret(name).await.is_ok(),
+            Caller::Hyper(c, req) => {
+                let mut r = http::Request::new(http_body_util::Empty::new());
+                *r.uri_mut() = req.uri().clone();
+                *r.headers_mut() = req.headers().clone();
+                match c.send_request(r).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        http_body_util::BodyExt::collect(resp.into_body())
+                            .await
+                            .is_ok()
+                    }
+                    _ => false,
+                }
+            }
         }
     }
+}
+
+/// A hyper HTTP/1.1 client connection (its driver spawned) with the request it repeats.
+async fn hyper_caller(s: tokio::net::TcpStream, path: &str, header: Option<&str>) -> Caller {
+    let (tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .expect("http/1.1 handshake");
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .uri(path)
+        .header("host", "localhost");
+    if let Some((k, v)) = header.and_then(|h| h.split_once(':')) {
+        b = b.header(k.trim(), v.trim());
+    }
+    Caller::Hyper(tx, b.body(()).expect("request"))
 }
 
 async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
     let mut out = Vec::new();
     match t {
         Target::Sidecred { socket, secret, .. } => {
+            if opts.client == ClientKind::Stock {
+                let client = sidecred_client::Client::connect_with(
+                    socket,
+                    sidecred_client::ClientOptions {
+                        connections: opts.connections,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("sidecred-client connects");
+                let session = std::sync::Arc::new(client.session().await.expect("open session"));
+                for _ in 0..opts.concurrency {
+                    out.push(Caller::Client(session.clone(), secret.clone()));
+                }
+                return out;
+            }
             let chans: Vec<Channel> =
                 futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket))).await;
             let mut b = pb::broker_client::BrokerClient::new(chans[0].clone());
@@ -180,7 +248,7 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
                 session_id: sid,
                 ..Default::default()
             };
-            if opts.tonic_client {
+            if opts.client == ClientKind::Tonic {
                 for i in 0..opts.concurrency {
                     out.push(Caller::Sidecred(
                         pb::broker_client::BrokerClient::new(chans[i % chans.len()].clone()),
@@ -207,7 +275,7 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
         }
         Target::Echo { socket } => {
             let payload = b"dev-github-token-0001".to_vec();
-            if opts.tonic_client {
+            if opts.client == ClientKind::Tonic {
                 let chans: Vec<Channel> =
                     futures::future::join_all((0..opts.connections).map(|_| uds_channel(socket)))
                         .await;
@@ -238,6 +306,7 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
             socket,
             path,
             header,
+            ..
         } => {
             for _ in 0..opts.concurrency {
                 let s = tokio::net::UnixStream::connect(socket)
@@ -253,7 +322,11 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
             for _ in 0..opts.concurrency {
                 let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
                 s.set_nodelay(true).ok();
-                out.push(Caller::HttpTcp(Conn::new(s, path, header.as_deref())));
+                out.push(if opts.client == ClientKind::Stock {
+                    hyper_caller(s, path, header.as_deref()).await
+                } else {
+                    Caller::HttpTcp(Conn::new(s, path, header.as_deref()))
+                });
             }
             out
         }
@@ -272,7 +345,11 @@ fn grpc_layout(opts: &Opts) -> String {
         "{} callers / {} HTTP/2 conns ({})",
         opts.concurrency,
         opts.connections,
-        if opts.tonic_client { "tonic" } else { "h2" }
+        match opts.client {
+            ClientKind::Lean => "h2",
+            ClientKind::Tonic => "tonic",
+            ClientKind::Stock => "sidecred-client",
+        }
     )
 }
 
