@@ -287,10 +287,12 @@ impl<E: Endpoint> Listener<E> {
                         .await;
                 }
             };
-        if let Err(why) = (!self.endpoint.rechecks_identity())
-            .then(|| id.still_bound())
-            .unwrap_or(Ok(()))
-        {
+        let bound = if self.endpoint.rechecks_identity() {
+            Ok(())
+        } else {
+            id.still_bound()
+        };
+        if let Err(why) = bound {
             return self.reject(id, &parts, StatusCode::FORBIDDEN, &why).await;
         }
         self.endpoint
