@@ -149,6 +149,11 @@ impl Audit {
         self.fail_closed
     }
 
+    /// Whether lines are written at all (callers skip building costly details when not).
+    pub fn enabled(&self) -> bool {
+        self.out.is_some()
+    }
+
     /// Records an event. Fails only when the log is fail-closed and the line could not be written.
     pub async fn record(&self, mut ev: AuditEvent<'_>) -> Result<(), AuditError> {
         let Some(out) = &self.out else { return Ok(()) };

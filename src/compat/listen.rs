@@ -43,6 +43,13 @@ pub trait Endpoint: Send + Sync + 'static {
     /// An error in this API's own shape: refusals at accept, oversized or slow requests, a
     /// caller whose process changed since it connected.
     fn error(&self, status: StatusCode, message: &str) -> Response<Full<Bytes>>;
+
+    /// True when every route that uses the caller's identity re-checks it at use itself (the
+    /// Broker handlers do): the listener then skips its own check, which reads /proc twice
+    /// per request. False (the default): the listener checks before `handle`.
+    fn rechecks_identity(&self) -> bool {
+        false
+    }
 }
 
 /// Bounds on one HTTP/1.1 connection and its requests.
@@ -337,7 +344,12 @@ impl<E: Endpoint> Listener<E> {
                         .await;
                 }
             };
-        if let Err(why) = id.still_bound() {
+        let bound = if self.endpoint.rechecks_identity() {
+            Ok(())
+        } else {
+            id.still_bound()
+        };
+        if let Err(why) = bound {
             return self.reject(id, &parts, StatusCode::FORBIDDEN, &why).await;
         }
         self.endpoint

@@ -26,6 +26,7 @@ impl BrokerService {
         caller: &PeerIdentity,
         session_id: &str,
     ) -> Result<Arc<Session>, ApiError> {
+        caller.still_bound().map_err(ApiError::Denied)?;
         validate_id("session_id", session_id)?;
         let cat = self.engine.catalog();
         let owner = self
