@@ -275,6 +275,12 @@ impl crate::compat::Endpoint for AwsAgentApi {
         reply(status, body)
     }
 
+    /// Every route that uses the caller goes through the Broker handlers, which re-check the
+    /// identity themselves; `/ping` and refusals before them use it only to audit.
+    fn rechecks_identity(&self) -> bool {
+        true
+    }
+
     fn error(
         &self,
         status: http::StatusCode,
