@@ -177,8 +177,11 @@ async fn dev_dynamic_rotation_reissues_every_session_credential_and_revokes_the_
     assert_eq!(retire["detail"], "revoked=5", "{retire}");
 }
 
+/// The binary's own housekeeping loop drives a schedule with no lock backend. Slot arithmetic
+/// (once per slot, missed slots, grace) is checked to the second with a manual clock in
+/// `engine_rotation_time.rs`; here one real rotation is enough.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_schedule_rotates_once_per_slot_without_a_lock_backend() {
+async fn dev_schedule_rotates_by_itself_without_a_lock_backend() {
     let extra = r#"
 [[secret]]
 name = "app/sched"
@@ -193,22 +196,18 @@ rotate_every = "1s"
     let sid = open(&mut b).await;
     let mut w = watch(&mut b, &sid, "app/sched").await;
     let ev = next_event(&mut w, Duration::from_secs(3)).await;
-    assert_eq!(ev.kind, pb::secret_event::Kind::Rotated as i32);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let slots: Vec<String> = sc
-        .audit_events()
-        .into_iter()
-        .filter(|e| e["event"] == "rotate")
-        .map(|e| e["detail"].as_str().unwrap().to_string())
-        .collect();
-    assert!((3..=4).contains(&slots.len()), "{slots:?}");
-    let unique: std::collections::BTreeSet<_> = slots.iter().collect();
     assert_eq!(
-        unique.len(),
-        slots.len(),
-        "one rotation per slot: {slots:?}"
+        (ev.kind, ev.version.as_str(), ev.previous_version.as_str()),
+        (pb::secret_event::Kind::Rotated as i32, "2", "1")
     );
-    assert!(slots.iter().all(|d| d.contains("slot=")), "{slots:?}");
+    // Audit lines are written in batches: poll for it.
+    let slot = wait_for(Duration::from_secs(3), || {
+        sc.audit_events()
+            .into_iter()
+            .find(|e| e["event"] == "rotate" && e["secret"] == "app/sched")
+    })
+    .expect("rotate audit line");
+    assert!(slot["detail"].as_str().unwrap().contains("slot="), "{slot}");
     let g = get(&mut b, &sid, "app/sched", "").await.unwrap();
-    assert_eq!(g.version, (slots.len() + 1).to_string());
+    assert!(g.version.parse::<u32>().unwrap() >= 2, "{}", g.version);
 }

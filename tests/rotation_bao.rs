@@ -189,13 +189,15 @@ async fn eight_sidecars_on_one_schedule_rotate_once_per_slot() {
     let bao = OpenBao::start();
     bao.kv_put("app/sched", json!({ "value": "s-1" })).await;
     let tmp = tempfile::tempdir().unwrap();
-    let rest = "[scheduler]\nlock_backend = \"bao\"\nlock_prefix = \"sidecred/locks\"\nclaim_ttl = \"2s\"\n\n[[secret]]\nname = \"app/sched\"\nbackend = \"bao\"\npath = \"app/sched\"\nzone = \"internal\"\ngrace = \"1s\"\nrotate_every = \"3s\"\n";
+    let rest = "[scheduler]\nlock_backend = \"bao\"\nlock_prefix = \"sidecred/locks\"\nclaim_ttl = \"2s\"\n\n[[secret]]\nname = \"app/sched\"\nbackend = \"bao\"\npath = \"app/sched\"\nzone = \"internal\"\ngrace = \"1s\"\nrotate_every = \"2s\"\n";
     let text = body(&bao, tmp.path(), rest);
     let fleet: Vec<Sidecar> = (0..8).map(|_| Sidecar::start(&text)).collect();
     let all_up = unix_ms();
-    // Run ~10 s, then stop in the middle of a slot (no rotation in flight).
-    let end = all_up + 10_000;
-    let mid = end - end % 3000 + 1500;
+    // Run ~6 s, then stop in the middle of a slot (no rotation in flight). Slot arithmetic to
+    // the second (boundaries, missed slots, grace) is checked on a manual clock in
+    // engine_schedule_lock.rs; here eight real processes agree on a few real slots.
+    let end = all_up + 6_000;
+    let mid = end - end % 2000 + 1000;
     tokio::time::sleep(Duration::from_millis(mid - unix_ms())).await;
     let kv = bao
         .api("GET", "secret/metadata/app/sched", serde_json::Value::Null)
@@ -222,7 +224,7 @@ async fn eight_sidecars_on_one_schedule_rotate_once_per_slot() {
         }
     }
     println!("slots rotated: {rotations:?}; takeovers per version: {applied:?}");
-    assert!(rotations.len() >= 3, "{rotations:?}");
+    assert!(rotations.len() >= 2, "{rotations:?}");
     assert!(
         rotations.values().all(|n| *n == 1),
         "one rotation per slot: {rotations:?}"

@@ -57,7 +57,7 @@ async fn ca_rotation_under_50_leaf_readers_retires_old_leaves_after_grace() {
         .await
         .rotate(pb::RotateRequest {
             name: "mtls/router".into(),
-            grace_seconds: 3,
+            grace_seconds: 2,
             value: vec![],
         })
         .await
@@ -88,7 +88,8 @@ async fn ca_rotation_under_50_leaf_readers_retires_old_leaves_after_grace() {
         (ev.kind, ev.previous_version.as_str()),
         (pb::secret_event::Kind::Retired as i32, "1")
     );
-    assert!(t0.elapsed() >= Duration::from_millis(2900));
+    // The window to the second is checked with a manual clock in engine_rotation_time.rs.
+    assert!(t0.elapsed() >= Duration::from_millis(1900));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = readers.stop().await;
     println!(

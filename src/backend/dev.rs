@@ -67,6 +67,10 @@ pub struct DevConfig {
     /// Re-validate cached values this often (see `Backend::recheck_interval`).
     #[serde(default)]
     pub recheck_interval: Option<crate::config::Dur>,
+    /// The first N lease revocations fail, so revocation retries and their backoff can be
+    /// exercised without a real backend outage.
+    #[serde(default)]
+    pub revoke_failures: u32,
 }
 
 impl DevConfig {
@@ -116,6 +120,7 @@ pub struct DevBackend {
     recheck: Option<Duration>,
     fetches: AtomicU64,
     lease_seq: AtomicU64,
+    revoke_failures: std::sync::atomic::AtomicU32,
 }
 
 impl DevBackend {
@@ -154,6 +159,7 @@ impl DevBackend {
             name: name.to_string(),
             store: Mutex::new(store),
             live_leases: Mutex::new(HashSet::new()),
+            revoke_failures: std::sync::atomic::AtomicU32::new(cfg.revoke_failures),
             latency: cfg.latency.map(|d| d.0).unwrap_or_default(),
             dynamic_ttl: cfg
                 .dynamic_ttl
@@ -305,6 +311,15 @@ impl Backend for DevBackend {
         lease: &BackendLease,
         _h: Option<&super::SessionHandle>,
     ) -> Result<(), BackendError> {
+        let failing = self
+            .revoke_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(BackendError::Unavailable(
+                "revocation refused (revoke_failures)".into(),
+            ));
+        }
         self.live_leases.lock().remove(&lease.id);
         Ok(())
     }

@@ -116,23 +116,26 @@ impl Scheduler {
 
 impl Engine {
     /// Starts the slot work that is due; never waits for it. Called from the housekeeping tick.
-    pub(crate) fn spawn_scheduled(self: &Arc<Self>) {
+    /// The handles let [`Engine::tick`] await the slots it started.
+    pub(crate) fn spawn_scheduled(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let cat = self.catalog();
         let now = self.now();
+        let mut started = Vec::new();
         for spec in cat.config.secrets.values() {
             let Some(s) = &spec.schedule else { continue };
             let Some(slot) = self.rotation.scheduler.due(&spec.name, s, now) else {
                 continue;
             };
             let (engine, spec, s) = (self.clone(), spec.clone(), s.clone());
-            tokio::spawn(async move {
+            started.push(tokio::spawn(async move {
                 engine.run_slot(&spec, &s, slot).await;
                 engine
                     .rotation
                     .scheduler
                     .finish(&spec.name, &s, slot, engine.now());
-            });
+            }));
         }
+        started
     }
 
     async fn run_slot(&self, spec: &SecretSpec, s: &Schedule, slot: SystemTime) {

@@ -24,12 +24,23 @@ impl Engine {
                     _ = tick.tick() => {
                         engine.sweep().await;
                         engine.spawn_rechecks();
-                        engine.spawn_scheduled();
+                        drop(engine.spawn_scheduled());
                     }
                     _ = shutdown.changed() => break,
                 }
             }
         })
+    }
+
+    /// One whole housekeeping pass that returns only when it is done: the sweep, then every
+    /// scheduled rotation due at the clock's `now`, awaited instead of left running. The seam
+    /// for callers that drive time themselves (a manual clock in tests); the loop above spawns
+    /// the same work without waiting for it.
+    pub async fn tick(self: &Arc<Self>) {
+        self.sweep().await;
+        for slot in self.spawn_scheduled() {
+            let _ = slot.await;
+        }
     }
 
     /// One pass of housekeeping.
