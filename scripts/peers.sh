@@ -154,6 +154,25 @@ else
 fi
 
 # ---------------------------------------------------------------------------
+# 2b. The AWS Secrets Manager Agent (crates.io), the peer of sidecred's
+#     agent-compatible endpoint: a one-time release build (~4 min on 2 cores)
+#     with its own target dir under the cache, skipped once the binary exists.
+# ---------------------------------------------------------------------------
+AGENT_VERSION="2.1.0"
+AGENT_ROOT="$PEERS_DIR/cargo"
+AGENT_BIN="$AGENT_ROOT/bin/aws_secretsmanager_agent"
+agent_stamp="$AGENT_ROOT/.aws_secretsmanager_agent-$AGENT_VERSION"
+if [[ ! -x "$AGENT_BIN" || ! -e "$agent_stamp" ]]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo is needed to build aws_secretsmanager_agent"
+    log "building aws_secretsmanager_agent $AGENT_VERSION (one-time release build, ~4 min)"
+    CARGO_TARGET_DIR="$(dirname "$PEERS_DIR")/target-agent" \
+        cargo install --locked --quiet --force --root "$AGENT_ROOT" \
+        --version "=$AGENT_VERSION" aws_secretsmanager_agent >&2 ||
+        die "cargo install aws_secretsmanager_agent failed"
+    touch "$agent_stamp"
+fi
+
+# ---------------------------------------------------------------------------
 # 3. Sanity checks: every peer must run and report a version.
 # ---------------------------------------------------------------------------
 failures=0
@@ -180,6 +199,7 @@ check openssl openssl version
 check socat socat -V
 check systemd systemd-analyze --version
 check procps pkill --version
+check aws-agent sh -c 'test -x "$1" && echo "aws_secretsmanager_agent $2"' _ "$AGENT_BIN" "$AGENT_VERSION"
 if ! id postgres >/dev/null 2>&1; then
     printf 'peers: MISSING %-10s (no "postgres" user for initdb)\n' postgres-user >&2
     failures=$((failures + 1))
@@ -212,6 +232,7 @@ tmp_env="$(mktemp "$PEERS_DIR/.env.sh.XXXXXX")"
     printf 'export SIDECRED_ENVOY=%q\n' "$ENVOY"
     printf 'export SIDECRED_PYTHON=%q\n' "$VENV/bin/python"
     printf 'export SIDECRED_PG_BIN=%q\n' "$PG_BIN"
+    printf 'export SIDECRED_AWS_AGENT=%q\n' "$AGENT_BIN"
 } >"$tmp_env"
 chmod 644 "$tmp_env"
 mv -f "$tmp_env" "$PEERS_DIR/env.sh"

@@ -149,6 +149,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     let sweeper = engine.spawn_sweeper(stop_rx.clone());
     let watcher = engine.spawn_fleet_watcher(stop_rx.clone());
     let metrics = crate::api::server::spawn_metrics(engine.clone(), stop_rx.clone()).await?;
+    let aws_agent = crate::compat::aws_agent::spawn(engine.clone(), stop_rx.clone()).await?;
     let signals = tokio::spawn(handle_signals(
         engine.clone(),
         config_path.to_path_buf(),
@@ -169,6 +170,11 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         m.abort();
     }
     signals.abort();
+    if let Some(a) = aws_agent {
+        for t in a.tasks {
+            let _ = t.await;
+        }
+    }
     if let Some(v) = vault {
         v.task.abort();
     }
@@ -204,7 +210,7 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
     let (a, b) = (&old.server, &new.server);
     let same =
         |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") == format!("{y:?}");
-    let checks: [(&'static str, bool); 16] = [
+    let checks: [(&'static str, bool); 17] = [
         (
             "server.workload_socket",
             a.workload_socket == b.workload_socket,
@@ -238,6 +244,10 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
         ("[audit]", same(&old.audit, &new.audit)),
         ("[metrics]", same(&old.metrics, &new.metrics)),
         ("[fleet]", same(&old.fleet, &new.fleet)),
+        (
+            "[aws_agent_api]",
+            same(&old.aws_agent_api, &new.aws_agent_api),
+        ),
         (
             "vault_api.socket",
             old.vault_api

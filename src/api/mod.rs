@@ -15,6 +15,7 @@ pub mod sds;
 pub mod server;
 pub mod sockdir;
 pub mod spiffe;
+pub mod tcp_peer;
 
 pub use error::{validate_id, validate_name, ApiError};
 

@@ -50,9 +50,7 @@ impl PeerIdentity {
         // cannot have been reused, so the exe we read belongs to the caller.
         let pidfd = getsockopt(stream, sockopt::PeerPidfd).ok();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-        let start_time = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| stat_start_time(&s));
+        let start_time = proc_start_time(pid);
         let alive = match &pidfd {
             Some(fd) => {
                 let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
@@ -80,9 +78,7 @@ impl PeerIdentity {
             return Ok(());
         };
         let pid = self.pid;
-        let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| stat_start_time(&s));
+        let start = proc_start_time(pid);
         if start.is_none() || start != self.start_time {
             return Err(format!(
                 "the process that opened this connection (pid {pid}) has exited; reconnect"
@@ -100,6 +96,17 @@ impl PeerIdentity {
             )),
         }
     }
+}
+
+/// The start time of `pid` from `/proc/PID/stat`, read with one `read` into a stack buffer:
+/// this runs on every request, and `read_to_string` would add a `statx` and a handful of small
+/// reads (procfs reports size 0). A stat line is far shorter than the buffer.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = f.read(&mut buf).ok()?;
+    stat_start_time(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
 /// Field 22 (starttime) of a `/proc/PID/stat` line. The command name (field 2) may hold spaces

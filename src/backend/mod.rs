@@ -97,6 +97,20 @@ pub struct FetchRequest<'a> {
     pub sans: Option<&'a SanPolicy>,
 }
 
+/// What a backend knows about one version besides its value (AWS: ARN, name, creation date,
+/// staging labels), for APIs that mirror the backend's own answer. Never holds the value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub arn: Option<String>,
+    pub name: Option<String>,
+    /// Creation time as (seconds, nanoseconds) since the Unix epoch.
+    pub created: Option<(i64, u32)>,
+    /// Staging labels when the version was read (they move on rotation).
+    pub stages: Vec<String>,
+    /// The value was stored as binary (SecretBinary), not as a string.
+    pub binary: bool,
+}
+
 /// Result of a rotation at the backend.
 #[derive(Clone, Debug)]
 pub struct Rotated {
@@ -185,6 +199,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Where fleet revocation records live, for a backend that can hold them (OpenBao).
     fn fleet_store(&self, _mount: &str, _prefix: &str) -> Option<Arc<dyn crate::fleet::Store>> {
+        None
+    }
+
+    /// What the backend recorded about `version` of `spec` when it last read it; None when it
+    /// keeps nothing of the kind.
+    fn version_info(&self, _spec: &SecretSpec, _version: &str) -> Option<Arc<VersionInfo>> {
         None
     }
 

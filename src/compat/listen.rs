@@ -143,6 +143,63 @@ impl<E: Endpoint> Listener<E> {
         }
     }
 
+    /// Accepts on a loopback TCP socket until shutdown. Each connection's caller is found in
+    /// the kernel's socket table (api/tcp_peer.rs), off the async workers and a few at a time,
+    /// then admitted or refused like a Unix one; a caller that cannot be identified is refused.
+    pub async fn serve_tcp(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        let mut stop = self.stop.clone();
+        let identifying = Arc::new(tokio::sync::Semaphore::new(8));
+        loop {
+            tokio::select! {
+                a = listener.accept() => match a {
+                    Ok((s, peer)) => {
+                        let me = self.clone();
+                        let permits = identifying.clone();
+                        tokio::spawn(async move {
+                            let Ok(_permit) = permits.acquire_owned().await else { return };
+                            let local = match s.local_addr() {
+                                Ok(a) => a,
+                                Err(_) => return,
+                            };
+                            let _ = s.set_nodelay(true);
+                            let id = tokio::task::spawn_blocking(move || {
+                                crate::api::tcp_peer::identify(local, peer)
+                            })
+                            .await;
+                            match id {
+                                Ok(Ok(id)) => me.serve_identified(s, id),
+                                Ok(Err(why)) => me.unidentified(s, &why).await,
+                                Err(_) => {}
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(endpoint = self.endpoint.name(), error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            }
+        }
+    }
+
+    /// Refuses a TCP caller that could not be identified: a 403 in the endpoint's shape, then
+    /// close. Logged; not audited, as there is no caller to name.
+    async fn unidentified(&self, mut stream: tokio::net::TcpStream, why: &str) {
+        tracing::warn!(
+            endpoint = self.endpoint.name(),
+            reason = why,
+            "TCP caller not identified; refused"
+        );
+        let msg = format!("caller not identified: {why}");
+        let bytes = encode(self.endpoint.error(StatusCode::FORBIDDEN, &msg));
+        let _ = tokio::time::timeout(LINGER, async {
+            stream.write_all(&bytes).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+
     /// Admits (or refuses) and serves a connection whose caller is already identified: the
     /// seam for transports other than Unix sockets. Returns at once; the connection runs in
     /// a task of its own.

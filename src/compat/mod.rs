@@ -4,6 +4,7 @@
 //! admission, limits and audit as the gRPC sockets, and every request goes through the
 //! `Broker` handlers (api/broker.rs): one policy, one session and lease model.
 
+pub mod aws_agent;
 pub mod listen;
 pub mod vault;
 
@@ -27,15 +28,18 @@ pub fn spawn_vault(
     let Some(cfg) = engine.catalog().config.vault_api.clone() else {
         return Ok(None);
     };
-    if let Some(addr) = cfg.tcp {
-        return Err(format!(
-            "vault_api.tcp = \"{addr}\": loopback TCP callers cannot be identified by this build; \
-             use vault_api.socket"
-        ));
-    }
     let (l, guard) = crate::api::server::bind(&cfg.socket, cfg.socket_mode)
         .map_err(|e| format!("vault_api.socket {}: {e}", cfg.socket.display()))?;
     let listener = Listener::new(vault::VaultApi::new(engine.clone()), engine, stop);
+    if let Some(addr) = cfg.tcp {
+        // Loopback only (checked at load); callers identified through the socket table.
+        let tcp = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| format!("vault_api.tcp {addr}: {e}"))?;
+        tracing::info!(%addr, "Vault-compatible API on loopback TCP");
+        tokio::spawn(listener.clone().serve_tcp(tcp));
+    }
     tracing::info!(socket = %cfg.socket.display(), "Vault-compatible API serving");
     Ok(Some(Running {
         task: tokio::spawn(listener.serve_unix(l)),

@@ -74,6 +74,7 @@ struct RawConfig {
     #[serde(default)]
     fleet: Option<Spanned<crate::fleet::RawFleet>>,
     #[serde(default)]
+    aws_agent_api: Option<Spanned<crate::compat::aws_agent::config::RawAwsAgentApi>>,
     vault_api: Option<Spanned<crate::compat::vault::RawVaultApi>>,
 }
 
@@ -356,6 +357,8 @@ pub struct Config {
     pub admin_policy: Policy,
     /// Fleet-wide revocation, when `[fleet]` is set.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// The AWS-Secrets-Manager-Agent-compatible endpoint, when `[aws_agent_api]` is set.
+    pub aws_agent_api: Option<crate::compat::aws_agent::config::AwsAgentApiConfig>,
     /// The Vault-compatible HTTP endpoint (src/compat/vault/).
     pub vault_api: Option<crate::compat::vault::VaultApiConfig>,
 }
@@ -687,6 +690,17 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let aws_agent_api = match raw.aws_agent_api {
+        Some(a) => {
+            let span = a.span();
+            Some(
+                a.into_inner()
+                    .validate()
+                    .map_err(|(k, m)| loc.at(span, k, m))?,
+            )
+        }
+        None => None,
+    };
     let mut server = server;
     if server.spiffe_socket.is_some() {
         let cas: Vec<&String> = backends
@@ -742,6 +756,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         workload_policy,
         admin_policy,
         fleet,
+        aws_agent_api,
         vault_api,
     })
 }

@@ -62,6 +62,8 @@ pub enum Target {
         addr: String,
         path: String,
         header: Option<String>,
+        /// Label only: sidecred's AWS-agent-compatible endpoint rather than the agent.
+        sidecred: bool,
     },
 }
 
@@ -96,10 +98,11 @@ impl Target {
                     "bao proxy cached (HTTP/UDS)"
                 },
             },
-            "http-tcp" => Target::HttpTcp {
+            "http-tcp" | "sidecred-http-tcp" => Target::HttpTcp {
                 addr: need(0)?,
                 path: need(1)?,
                 header: parts.get(2).map(|s| s.to_string()),
+                sidecred: kind == "sidecred-http-tcp",
             },
             k => return Err(format!("unknown target kind `{k}`")),
         })
@@ -111,6 +114,7 @@ impl Target {
             Target::Sidecred { .. } => "sidecred GetSecret (gRPC/UDS)",
             Target::Echo { .. } => "bare tonic echo (gRPC/UDS)",
             Target::HttpUnix { name, .. } => name,
+            Target::HttpTcp { sidecred: true, .. } => "sidecred AWS agent API (HTTP/TCP)",
             Target::HttpTcp { .. } => "AWS SM Agent cached (HTTP/TCP)",
         }
     }
@@ -312,7 +316,9 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
             }
             out
         }
-        Target::HttpTcp { addr, path, header } => {
+        Target::HttpTcp {
+            addr, path, header, ..
+        } => {
             for _ in 0..opts.concurrency {
                 let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
                 s.set_nodelay(true).ok();

@@ -17,6 +17,7 @@
 //!   http-unix=SOCKET,PATH[,H:V]   HTTP/1.1 keep-alive GET over a Unix socket (bao proxy)
 //!   vault-unix=SOCKET,PATH[,H:V]  the same, named as sidecred's Vault-compatible endpoint
 //!   http-tcp=HOST:PORT,PATH[,H:V] HTTP/1.1 keep-alive GET over loopback TCP (AWS SM Agent)
+//!   sidecred-http-tcp=HOST:PORT,PATH[,H:V]  the same, labelled as sidecred's AWS agent API
 #![forbid(unsafe_code)]
 
 mod extra;

@@ -12,7 +12,7 @@ pub use options::AwsOptions;
 
 use super::options::CompiledOptions;
 use super::setup::SetupError;
-use super::{Backend, BackendError, FetchRequest, Fetched, Rotated};
+use super::{Backend, BackendError, FetchRequest, Fetched, Rotated, VersionInfo};
 use crate::config::{Dur, SecretSpec};
 use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
@@ -21,7 +21,8 @@ use aws_sdk_secretsmanager::Client;
 use client::{classify, describe_error};
 use parking_lot::Mutex;
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 const CURRENT: &str = "AWSCURRENT";
@@ -106,7 +107,15 @@ pub struct AwsBackend {
     remove_previous_label: bool,
     /// Version ids sidecred retired, per secret path: never served again by id.
     retired: Mutex<HashMap<String, HashSet<String>>>,
+    /// ARN, name, creation date and labels of the versions read last, per path (no values).
+    infos: Mutex<HashMap<String, Infos>>,
 }
+
+/// Details of a path's versions read last, oldest first.
+type Infos = VecDeque<(String, Arc<VersionInfo>)>;
+
+/// Versions whose details are kept per secret path.
+const INFOS_PER_PATH: usize = 8;
 
 /// The spec's compiled AWS options.
 fn opts(spec: &SecretSpec) -> Result<&AwsOptions, BackendError> {
@@ -124,6 +133,7 @@ impl AwsBackend {
             recheck: cfg.recheck_interval.map(|d| d.0),
             remove_previous_label: cfg.retire_removes_previous_label,
             retired: Mutex::new(HashMap::new()),
+            infos: Mutex::new(HashMap::new()),
         })
     }
 
@@ -174,6 +184,7 @@ impl AwsBackend {
             }
         };
         let version = out.version_id.clone().unwrap_or_default();
+        self.remember(path, &version, &out);
         let bytes = match (out.secret_string, out.secret_binary) {
             (Some(s), _) => SecretBytes::from_string(s),
             (None, Some(b)) => SecretBytes::new(b.into_inner()),
@@ -206,6 +217,29 @@ impl AwsBackend {
                     .map_err(|m| BackendError::Precondition(format!("`{}`: {m}", spec.path)))
             }
         }
+    }
+
+    /// Keeps what GetSecretValue said about the version besides its value.
+    fn remember(
+        &self,
+        path: &str,
+        version: &str,
+        out: &aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput,
+    ) {
+        let info = Arc::new(VersionInfo {
+            arn: out.arn.clone(),
+            name: out.name.clone(),
+            created: out.created_date.map(|d| (d.secs(), d.subsec_nanos())),
+            stages: out.version_stages.clone().unwrap_or_default(),
+            binary: out.secret_string.is_none() && out.secret_binary.is_some(),
+        });
+        let mut infos = self.infos.lock();
+        let list = infos.entry(path.to_string()).or_default();
+        list.retain(|(v, _)| v != version);
+        if list.len() >= INFOS_PER_PATH {
+            list.pop_front();
+        }
+        list.push_back((version.to_string(), info));
     }
 
     /// Best-effort label removal; failures are logged, never fatal.
@@ -270,6 +304,12 @@ impl Backend for AwsBackend {
             version,
             lease: None,
         })
+    }
+
+    fn version_info(&self, spec: &SecretSpec, version: &str) -> Option<Arc<VersionInfo>> {
+        let infos = self.infos.lock();
+        let (_, info) = infos.get(&spec.path)?.iter().find(|(v, _)| v == version)?;
+        Some(info.clone())
     }
 
     async fn rotate(
