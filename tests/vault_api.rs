@@ -29,6 +29,8 @@ struct Env {
     bao: OpenBao,
     sc: Sidecar,
     vault_sock: PathBuf,
+    /// sidecred's Vault endpoint on loopback TCP (callers identified through the socket table).
+    vault_tcp: String,
     tmp: tempfile::TempDir,
     _pg: Postgres,
 }
@@ -56,6 +58,7 @@ async fn setup() -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let tf = write_file(tmp.path(), "token", &bao.root_token);
     let vault_sock = tmp.path().join("v/vault.sock");
+    let port = free_port(false);
     let body = format!(
         r#"{backend}
 [[secret]]
@@ -82,6 +85,7 @@ options = {{ engine = "dynamic" }}
 {OPEN_POLICY}
 [vault_api]
 socket = "{sock}"
+tcp = "127.0.0.1:{port}"
 [[vault_api.kv]]
 mount = "secret"
 path = "app/*"
@@ -107,6 +111,7 @@ secret = "db/ro"
         bao,
         sc,
         vault_sock,
+        vault_tcp: format!("http://127.0.0.1:{port}"),
         tmp,
         _pg: pg,
     }
@@ -185,6 +190,13 @@ async fn hvac_sees_the_same_as_against_openbao_and_revocation_is_a_clear_403() {
         without_texts(&got),
         without_texts(&want),
         "\nsidecred: {got:#}\nopenbao: {want:#}"
+    );
+    // The same client over loopback TCP.
+    let tcp = hvac_run(&env.vault_tcp, None);
+    assert_eq!(
+        without_texts(&tcp),
+        without_texts(&want),
+        "\nsidecred over TCP: {tcp:#}\nopenbao: {want:#}"
     );
     // The values really came through, and the errors say why.
     assert_eq!(got["kv_current"]["data"]["password"], "pw-v2");
