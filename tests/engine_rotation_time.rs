@@ -51,7 +51,6 @@ const ROOT: PeerIdentity = PeerIdentity {
     pid: 1,
     exe: None,
     start_time: None,
-    proc_dir: None,
 };
 
 fn owner() -> Owner {

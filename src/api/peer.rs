@@ -29,50 +29,6 @@ pub struct PeerIdentity {
     /// `exe`: together they name one process, so a session opened under an `exe` rule stays
     /// with that process and not with a later one that reuses the pid.
     pub start_time: Option<u64>,
-    /// The caller's `/proc/PID` directory, opened at accept; None where it could not be.
-    pub proc_dir: Option<ProcDir>,
-}
-
-/// An fd on a process's `/proc/PID` directory. It stays bound to that very process: once it
-/// exits, lookups through the fd fail, and a later process reusing the pid has a directory of
-/// its own. So the re-check at use is one `readlinkat(fd, "exe")` instead of reading the stat
-/// line and the exe link by path on every request.
-#[derive(Clone)]
-pub struct ProcDir(Arc<std::os::fd::OwnedFd>);
-
-impl ProcDir {
-    pub fn open(pid: i32) -> Option<ProcDir> {
-        use nix::fcntl::OFlag;
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        nix::fcntl::open(
-            format!("/proc/{pid}").as_str(),
-            flags,
-            nix::sys::stat::Mode::empty(),
-        )
-        .ok()
-        .map(|fd| ProcDir(Arc::new(fd)))
-    }
-
-    /// The process's executable now; None once it has exited.
-    pub fn exe(&self) -> Option<std::path::PathBuf> {
-        nix::fcntl::readlinkat(&*self.0, "exe")
-            .ok()
-            .map(std::path::PathBuf::from)
-    }
-}
-
-/// Identities compare by what they say, not by which fd pins them.
-impl PartialEq for ProcDir {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for ProcDir {}
-
-impl fmt::Debug for ProcDir {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ProcDir")
-    }
 }
 
 impl fmt::Display for PeerIdentity {
@@ -93,9 +49,6 @@ impl PeerIdentity {
         // The pidfd pins the very process that connected. While it has not exited, `pid`
         // cannot have been reused, so the exe we read belongs to the caller.
         let pidfd = getsockopt(stream, sockopt::PeerPidfd).ok();
-        // Opened before anything is read: if the process is alive after the reads, the
-        // directory is the caller's.
-        let proc_dir = ProcDir::open(pid);
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         let start_time = proc_start_time(pid);
         let alive = match &pidfd {
@@ -112,7 +65,6 @@ impl PeerIdentity {
             pid,
             exe: if alive { exe.map(Arc::from) } else { None },
             start_time: if alive { start_time } else { None },
-            proc_dir: if alive { proc_dir } else { None },
         })
     }
 }
@@ -126,18 +78,6 @@ impl PeerIdentity {
             return Ok(());
         };
         let pid = self.pid;
-        if let Some(dir) = &self.proc_dir {
-            return match dir.exe() {
-                Some(now) if *now == **exe => Ok(()),
-                Some(_) => Err(format!(
-                    "the process that opened this connection (pid {pid}) has executed another \
-                     program since; reconnect"
-                )),
-                None => Err(format!(
-                    "the process that opened this connection (pid {pid}) has exited; reconnect"
-                )),
-            };
-        }
         let start = proc_start_time(pid);
         if start.is_none() || start != self.start_time {
             return Err(format!(
@@ -289,25 +229,6 @@ impl AsyncWrite for PeerStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_dir_names_one_process_until_it_exits() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let dir = ProcDir::open(child.id() as i32).expect("own child's /proc dir");
-        let exe = dir.exe().expect("a live process has an exe");
-        assert!(exe.ends_with("sleep"), "{}", exe.display());
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert_eq!(
-            dir.exe(),
-            None,
-            "an exited process's directory resolves nothing"
-        );
-        assert!(ProcDir::open(-1).is_none());
-    }
 
     #[tokio::test]
     async fn handshake_deadline_table() {

@@ -246,7 +246,6 @@ fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
     let pid = holders[0];
     let start = proc_start_time;
     let before = start(pid).ok_or("its process exited")?;
-    let proc_dir = super::peer::ProcDir::open(pid);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
     let gid = status_egid(&status).ok_or("no Gid in /proc/PID/status")?;
@@ -264,7 +263,6 @@ fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
         pid,
         exe: exe.filter(|_| shared_exe).map(Arc::<Path>::from),
         start_time: Some(before),
-        proc_dir,
     })
 }
 
