@@ -2,7 +2,9 @@
 //! a manual clock: each step advances time and runs one whole housekeeping pass
 //! ([`Engine::tick`]), so slot boundaries, grace ends and renewals are checked to the second.
 
-use sidecred::api::peer::PeerIdentity;
+mod common;
+
+use common::engine::{manual_engine, ROOT};
 use sidecred::audit::Audit;
 use sidecred::clock::ManualClock;
 use sidecred::config::Config;
@@ -45,20 +47,8 @@ uids = [0]
 secrets = ["*"]
 "#;
 
-const ROOT: PeerIdentity = PeerIdentity {
-    uid: 0,
-    gid: 0,
-    pid: 1,
-    exe: None,
-    start_time: None,
-};
-
 fn owner() -> Owner {
-    Owner {
-        uid: 0,
-        rule: "root".into(),
-        process: None,
-    }
+    common::engine::owner("root")
 }
 
 /// One second past a 10 s boundary, so the first slot is 9 s away.
@@ -67,12 +57,7 @@ async fn engine() -> (Arc<Engine>, Arc<ManualClock>) {
 }
 
 async fn engine_with(config: &str) -> (Arc<Engine>, Arc<ManualClock>) {
-    let cfg = Config::parse(std::path::Path::new("/t/sidecred.toml"), config, &|_| None).unwrap();
-    let cat = Catalog::build(cfg, 1).await.unwrap();
-    let clock = Arc::new(ManualClock::new(
-        UNIX_EPOCH + Duration::from_secs(1_800_000_001),
-    ));
-    (Engine::new(cat, clock.clone(), Audit::disabled()), clock)
+    manual_engine(config, 1_800_000_001).await
 }
 
 async fn session(e: &Engine) -> Arc<Session> {

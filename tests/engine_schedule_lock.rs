@@ -5,9 +5,9 @@
 
 mod common;
 
+use common::engine::ROOT;
 use common::openbao::{token_file_backend, OpenBao, OPEN_POLICY};
 use serde_json::json;
-use sidecred::api::peer::PeerIdentity;
 use sidecred::audit::Audit;
 use sidecred::clock::{Clock, ManualClock};
 use sidecred::config::Config;
@@ -133,18 +133,6 @@ async fn served(e: &Engine, s: &Session) -> (String, Option<(String, SystemTime)
     (g.entry.version.clone(), prev)
 }
 
-const ROOT: PeerIdentity = PeerIdentity {
-    uid: 0,
-    gid: 0,
-    pid: 1,
-    exe: None,
-    start_time: None,
-};
-
 fn owner() -> Owner {
-    Owner {
-        uid: 0,
-        rule: "root-callers".into(),
-        process: None,
-    }
+    common::engine::owner("root-callers")
 }

@@ -1,14 +1,14 @@
 //! Lease, session and rotation-grace timing driven by a manual clock: time is advanced and one
 //! housekeeping pass runs, so each boundary is checked to the second without sleeping.
 
-use sidecred::api::peer::PeerIdentity;
-use sidecred::audit::Audit;
+mod common;
+
+use common::engine::{manual_engine, ROOT};
 use sidecred::clock::ManualClock;
-use sidecred::config::Config;
-use sidecred::engine::{Catalog, Engine, GetRequest};
+use sidecred::engine::{Engine, GetRequest};
 use sidecred::session::{Owner, Session};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 const CONFIG: &str = r#"
 [server]
@@ -35,29 +35,12 @@ uids = [0]
 secrets = ["*"]
 "#;
 
-const ROOT: PeerIdentity = PeerIdentity {
-    uid: 0,
-    gid: 0,
-    pid: 1,
-    exe: None,
-    start_time: None,
-};
-
 fn owner() -> Owner {
-    Owner {
-        uid: 0,
-        rule: "root".into(),
-        process: None,
-    }
+    common::engine::owner("root")
 }
 
 async fn engine() -> (Arc<Engine>, Arc<ManualClock>) {
-    let cfg = Config::parse(std::path::Path::new("/t/sidecred.toml"), CONFIG, &|_| None).unwrap();
-    let cat = Catalog::build(cfg, 1).await.unwrap();
-    let clock = Arc::new(ManualClock::new(
-        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-    ));
-    (Engine::new(cat, clock.clone(), Audit::disabled()), clock)
+    manual_engine(CONFIG, 1_800_000_000).await
 }
 
 async fn read(

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod ca;
+pub mod engine;
 pub mod envoy;
 
 use sidecred::api::pb::{admin_client::AdminClient, broker_client::BrokerClient};

@@ -1,0 +1,43 @@
+//! In-process engines on a manual clock, for tests where time itself is what is tested.
+
+use sidecred::api::peer::PeerIdentity;
+use sidecred::audit::Audit;
+use sidecred::clock::ManualClock;
+use sidecred::config::Config;
+use sidecred::engine::{Catalog, Engine};
+use sidecred::session::Owner;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The caller of every in-process request: root, with no process to re-check.
+pub const ROOT: PeerIdentity = PeerIdentity {
+    uid: 0,
+    gid: 0,
+    pid: 1,
+    exe: None,
+    start_time: None,
+};
+
+/// ROOT's session identity under the policy rule `rule`.
+pub fn owner(rule: &str) -> Owner {
+    Owner {
+        uid: 0,
+        rule: rule.into(),
+        process: None,
+    }
+}
+
+/// The catalog of a config text (its path is never read).
+pub async fn catalog(config: &str) -> Catalog {
+    let cfg = Config::parse(std::path::Path::new("/t/sidecred.toml"), config, &|_| None).unwrap();
+    Catalog::build(cfg, 1).await.unwrap()
+}
+
+/// An engine whose clock starts at `start_secs` after the Unix epoch and moves only when told.
+pub async fn manual_engine(config: &str, start_secs: u64) -> (Arc<Engine>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(
+        UNIX_EPOCH + Duration::from_secs(start_secs),
+    ));
+    let e = Engine::new(catalog(config).await, clock.clone(), Audit::disabled());
+    (e, clock)
+}
