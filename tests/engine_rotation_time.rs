@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::engine::{manual_engine, ROOT};
+use common::engine::{grant, manual_engine, ROOT};
 use sidecred::audit::Audit;
 use sidecred::clock::ManualClock;
 use sidecred::config::Config;
-use sidecred::engine::{Catalog, Engine, GetRequest};
+use sidecred::engine::{Catalog, Engine};
 use sidecred::session::{Owner, Session};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -72,25 +72,16 @@ async fn read(
     name: &str,
     version: Option<&str>,
 ) -> Result<String, sidecred::api::error::ApiError> {
-    let cat = e.catalog();
-    let spec = cat.secret(name)?.clone();
-    let o = owner();
-    let g = e
-        .get_secret(
-            &cat,
-            &spec,
-            &ROOT,
-            GetRequest {
-                owner: &o,
-                session_id: &s.meta.id,
-                call_id: None,
-                version,
-                // Only certificate secrets look at it; the CA test's rule carries it.
-                spiffe_id: Some("spiffe://test.example/root"),
-                sans: None,
-            },
-        )
-        .await?;
+    // Only certificate secrets look at the SPIFFE ID; the CA test's rule carries it.
+    let g = grant(
+        e,
+        s,
+        "root",
+        name,
+        version,
+        Some("spiffe://test.example/root"),
+    )
+    .await?;
     Ok(g.entry.version.clone())
 }
 

@@ -5,13 +5,13 @@
 
 mod common;
 
-use common::engine::ROOT;
+use common::engine::{grant, ROOT};
 use common::openbao::{token_file_backend, OpenBao, OPEN_POLICY};
 use serde_json::json;
 use sidecred::audit::Audit;
 use sidecred::clock::{Clock, ManualClock};
 use sidecred::config::Config;
-use sidecred::engine::{Catalog, Engine, GetRequest};
+use sidecred::engine::{Catalog, Engine};
 use sidecred::session::{Owner, Session};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -110,23 +110,7 @@ async fn eight_engines_on_one_clock_rotate_once_per_slot() {
 
 /// Version and previous version (with when it retires) one engine serves for `app/sched`.
 async fn served(e: &Engine, s: &Session) -> (String, Option<(String, SystemTime)>) {
-    let cat = e.catalog();
-    let spec = cat.secret("app/sched").unwrap().clone();
-    let o = owner();
-    let g = e
-        .get_secret(
-            &cat,
-            &spec,
-            &ROOT,
-            GetRequest {
-                owner: &o,
-                session_id: &s.meta.id,
-                call_id: None,
-                version: None,
-                spiffe_id: None,
-                sans: None,
-            },
-        )
+    let g = grant(e, s, "root-callers", "app/sched", None, None)
         .await
         .unwrap();
     let prev = g.previous.as_ref().map(|(p, at)| (p.version.clone(), *at));

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::engine::{manual_engine, ROOT};
+use common::engine::{grant, manual_engine, ROOT};
 use sidecred::clock::ManualClock;
-use sidecred::engine::{Engine, GetRequest};
+use sidecred::engine::Engine;
 use sidecred::session::{Owner, Session};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,24 +48,7 @@ async fn read(
     s: &Session,
     version: Option<&str>,
 ) -> Result<(String, String), sidecred::api::error::ApiError> {
-    let cat = e.catalog();
-    let spec = cat.secret("app/a")?.clone();
-    let o = owner();
-    let g = e
-        .get_secret(
-            &cat,
-            &spec,
-            &ROOT,
-            GetRequest {
-                owner: &o,
-                session_id: &s.meta.id,
-                call_id: None,
-                version,
-                spiffe_id: None,
-                sans: None,
-            },
-        )
-        .await?;
+    let g = grant(e, s, "root", "app/a", version, None).await?;
     Ok((g.lease_id.clone(), g.entry.version.clone()))
 }
 

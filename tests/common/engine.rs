@@ -1,11 +1,12 @@
 //! In-process engines on a manual clock, for tests where time itself is what is tested.
 
+use sidecred::api::error::ApiError;
 use sidecred::api::peer::PeerIdentity;
 use sidecred::audit::Audit;
 use sidecred::clock::ManualClock;
 use sidecred::config::Config;
-use sidecred::engine::{Catalog, Engine};
-use sidecred::session::Owner;
+use sidecred::engine::{Catalog, Engine, GetRequest, Grant};
+use sidecred::session::{Owner, Session};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -40,4 +41,28 @@ pub async fn manual_engine(config: &str, start_secs: u64) -> (Arc<Engine>, Arc<M
     ));
     let e = Engine::new(catalog(config).await, clock.clone(), Audit::disabled());
     (e, clock)
+}
+
+/// One read through the engine by ROOT, under policy rule `rule`, in session `s`.
+/// `spiffe_id` matters only to certificate secrets.
+pub async fn grant(
+    e: &Engine,
+    s: &Session,
+    rule: &str,
+    name: &str,
+    version: Option<&str>,
+    spiffe_id: Option<&str>,
+) -> Result<Grant, ApiError> {
+    let cat = e.catalog();
+    let spec = cat.secret(name)?.clone();
+    let o = owner(rule);
+    let req = GetRequest {
+        owner: &o,
+        session_id: &s.meta.id,
+        call_id: None,
+        version,
+        spiffe_id,
+        sans: None,
+    };
+    e.get_secret(&cat, &spec, &ROOT, req).await
 }
