@@ -49,7 +49,18 @@ fn sockets_of(pid: u32) -> usize {
 async fn calls_are_spread_over_the_configured_connections() {
     let sc = Sidecar::start(&dev_body("", ""));
     for n in [1usize, 3] {
-        let before = sockets_of(sc.pid());
+        // Connections that are still closing (the start-up health probe, the last round) are
+        // not counted: wait for the count to hold still.
+        let mut before = sockets_of(sc.pid());
+        let settle = Instant::now() + Duration::from_secs(5);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = sockets_of(sc.pid());
+            if now == before || Instant::now() > settle {
+                break;
+            }
+            before = now;
+        }
         let opts = ClientOptions {
             connections: n,
             ..quick(1)
