@@ -286,7 +286,7 @@ pub async fn reload(engine: &Engine, path: &Path) {
         Err(e) => {
             tracing::error!(error = %e, "config reload rejected; keeping the running config");
             crate::metrics::METRICS.config_reload_errors.inc();
-            *engine.config_error.lock() = Some(e);
+            engine.set_config_error(e);
         }
     }
 }

@@ -3,9 +3,8 @@
 use super::error::{validate_id, validate_name, ApiError};
 use super::pb::{self, admin_server::Admin};
 use super::peer::PeerIdentity;
-use crate::audit::AuditEvent;
 use crate::clock::unix_secs;
-use crate::engine::{Engine, Step};
+use crate::engine::{Engine, StatusReport, Step};
 use crate::policy::Action;
 use crate::secret::SecretBytes;
 use std::sync::Arc;
@@ -34,17 +33,7 @@ impl AdminService {
         action: Action,
         secret: Option<&str>,
     ) -> Result<(), Status> {
-        let cat = self.engine.catalog();
-        match cat.config.admin_policy.check_action(caller, action, secret) {
-            Ok(_) => Ok(()),
-            Err(why) => {
-                let mut ev = AuditEvent::new("admin", "denied").caller(caller);
-                ev.secret = secret;
-                ev.detail = Some(&why);
-                let _ = self.engine.audit.record(ev).await;
-                Err(ApiError::Denied(why).into())
-            }
-        }
+        Ok(self.engine.allow_admin(caller, action, secret).await?)
     }
 }
 
@@ -107,23 +96,18 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let caller = super::caller(&req)?;
         self.allow(&caller, Action::ListSessions, None).await?;
-        let leases = self.engine.leases.lock();
         let sessions = self
             .engine
-            .sessions
-            .list()
+            .sessions_with_leases()
             .into_iter()
-            .map(|s| {
-                let ids = leases.session_lease_ids(&s.meta.id);
-                pb::SessionInfo {
-                    session_id: s.meta.id.clone(),
-                    labels: s.meta.labels.clone().into_iter().collect(),
-                    opened_at: unix_secs(s.opened_at),
-                    expires_at: unix_secs(s.expires_at),
-                    owner_uid: s.owner.uid,
-                    lease_count: ids.len() as u32,
-                    lease_ids: ids,
-                }
+            .map(|(s, ids)| pb::SessionInfo {
+                session_id: s.meta.id.clone(),
+                labels: s.meta.labels.clone().into_iter().collect(),
+                opened_at: unix_secs(s.opened_at),
+                expires_at: unix_secs(s.expires_at),
+                owner_uid: s.owner.uid,
+                lease_count: ids.len() as u32,
+                lease_ids: ids,
             })
             .collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
@@ -146,52 +130,37 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let caller = super::caller(&req)?;
         self.allow(&caller, Action::Status, None).await?;
-        Ok(Response::new(self.engine.status().await))
+        Ok(Response::new(status_reply(self.engine.status().await)))
     }
 }
 
-impl Engine {
-    /// A snapshot for `sidecred status`: backends and their health, counts, config generation.
-    pub async fn status(&self) -> pb::StatusResponse {
-        let cat = self.catalog();
-        let checks = cat.backends.iter().map(|(name, b)| async move {
-            let h = tokio::time::timeout(Duration::from_secs(2), b.health()).await;
-            let (healthy, detail) = match h {
-                Ok(Ok(d)) => (true, d),
-                Ok(Err(e)) => (false, e.to_string()),
-                Err(_) => (false, "health check timed out after 2s".into()),
-            };
-            pb::BackendStatus {
-                name: name.clone(),
-                kind: b.kind().into(),
-                healthy,
-                detail,
-                fetches: self.backend_fetches(name),
-            }
-        });
-        let backends = futures::future::join_all(checks).await;
-        let pending_retirements = self
-            .rotations
-            .lock()
-            .values()
-            .filter(|r| r.previous.is_some())
-            .count() as u32;
-        pb::StatusResponse {
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            sessions: self.sessions.count() as u32,
-            leases: self.leases.lock().len() as u32,
-            cached_values: self.cache.len() as u32,
-            backends,
-            pending_revocations: self.pending_count() as u32,
-            pending_retirements,
-            config_generation: cat.generation,
-            config_error: self.config_error.lock().clone().unwrap_or_default(),
-            revoked_sessions: self.sessions.revoked_count() as u32,
-            locked_pages: crate::harden::locked_pages() as u32,
-            lock_failures: crate::harden::lock_failures(),
-            dumpable: crate::harden::is_dumpable(),
-            watches: self.watch_count() as u32,
-        }
+/// The wire form of an engine status snapshot.
+fn status_reply(s: StatusReport) -> pb::StatusResponse {
+    pb::StatusResponse {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_seconds: s.uptime.as_secs(),
+        sessions: s.sessions,
+        leases: s.leases,
+        cached_values: s.cached_values,
+        backends: s
+            .backends
+            .into_iter()
+            .map(|b| pb::BackendStatus {
+                name: b.name,
+                kind: b.kind.into(),
+                healthy: b.healthy,
+                detail: b.detail,
+                fetches: b.fetches,
+            })
+            .collect(),
+        pending_revocations: s.pending_revocations,
+        pending_retirements: s.pending_retirements,
+        config_generation: s.config_generation,
+        config_error: s.config_error.unwrap_or_default(),
+        revoked_sessions: s.revoked_sessions,
+        locked_pages: crate::harden::locked_pages() as u32,
+        lock_failures: crate::harden::lock_failures(),
+        dumpable: crate::harden::is_dumpable(),
+        watches: s.watches,
     }
 }

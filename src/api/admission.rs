@@ -7,8 +7,8 @@
 
 use super::limits::Limits;
 use super::peer::PeerIdentity;
-use crate::audit::AuditEvent;
 use crate::engine::Engine;
+use crate::engine::RequestLine;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -196,9 +196,13 @@ impl Gate {
         let engine = self.engine.clone();
         let id = id.clone();
         tokio::spawn(async move {
-            let mut ev = AuditEvent::new("connection_refused", "denied").caller(&id);
-            ev.detail = Some(&detail);
-            let _ = engine.audit.record(ev).await;
+            let line = RequestLine {
+                event: "connection_refused",
+                outcome: "denied",
+                detail: &detail,
+                ..Default::default()
+            };
+            engine.record_request(&id, line).await;
         });
     }
 

@@ -1,14 +1,10 @@
 //! The workload-facing `Broker` service: policy check, then the engine, then an audit line.
 
-use super::error::{validate_id, validate_name, ApiError};
+use super::error::{validate_id, ApiError};
 use super::pb::{self, broker_server::Broker};
 use super::peer::PeerIdentity;
-use crate::audit::AuditEvent;
 use crate::clock::unix_secs;
-use crate::config::SecretSpec;
-use crate::engine::{Catalog, Engine, GetRequest, WatchKind};
-use crate::policy::Rule;
-use crate::session::Owner;
+use crate::engine::{Engine, GetRequest, WatchKind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,79 +19,6 @@ fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-/// The identity a session is bound to: uid and the first rule admitting the caller, plus the
-/// very process (exe and start time) when that rule names an executable.
-fn owner_of(caller: &PeerIdentity, principal: &Rule) -> Owner {
-    Owner {
-        uid: caller.uid,
-        rule: principal.name.clone(),
-        process: if principal.binds_exe() {
-            caller
-                .exe
-                .clone()
-                .map(|e| (e, caller.pid, caller.start_time.unwrap_or(0)))
-        } else {
-            None
-        },
-    }
-}
-
-impl BrokerService {
-    /// Audits and returns a policy denial.
-    async fn deny(
-        &self,
-        caller: &PeerIdentity,
-        event: &str,
-        session: &str,
-        secret: &str,
-        why: String,
-    ) -> ApiError {
-        let mut ev = AuditEvent::new(event, "denied").caller(caller);
-        ev.session = opt(session);
-        ev.secret = opt(secret);
-        ev.detail = Some(&why);
-        let _ = self.engine.audit.record(ev).await;
-        tracing::info!(caller = %caller, secret, reason = %why, "denied");
-        ApiError::Denied(why)
-    }
-
-    /// Checks that some rule admits the caller at all (every RPC passes this); returns the
-    /// identity its sessions are bound to.
-    pub(crate) async fn admit(
-        &self,
-        cat: &Catalog,
-        caller: &PeerIdentity,
-        event: &str,
-        session: &str,
-    ) -> Result<Owner, ApiError> {
-        match cat.config.workload_policy.caller_rule(caller) {
-            Ok(rule) => Ok(owner_of(caller, rule)),
-            Err(why) => Err(self.deny(caller, event, session, "", why).await),
-        }
-    }
-
-    /// Checks the caller may read `name`; returns its session identity, the granting rule (its
-    /// SPIFFE ID and allowed SANs matter to certificate issuers) and the secret's spec.
-    async fn authorize<'c>(
-        &self,
-        cat: &'c Catalog,
-        caller: &PeerIdentity,
-        event: &str,
-        session: &str,
-        name: &str,
-    ) -> Result<(Owner, &'c Rule, &'c SecretSpec), ApiError> {
-        validate_name(name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
-        validate_id("session_id", session)?;
-        let policy = &cat.config.workload_policy;
-        let owner = self.admit(cat, caller, event, session).await?;
-        let spec = cat.secret(name)?;
-        match policy.check_secret(caller, spec) {
-            Ok(rule) => Ok((owner, rule, spec)),
-            Err(why) => Err(self.deny(caller, event, session, name, why).await),
-        }
-    }
-}
-
 /// The unary handlers as plain functions from (caller, request) to (response | error): tonic's
 /// service below and the workload socket's HTTP/2 fast path both call these, as do the
 /// HTTP-compatible endpoints. Each re-checks that the caller's process is still the one that
@@ -108,7 +31,7 @@ impl BrokerService {
     ) -> Result<pb::OpenSessionResponse, ApiError> {
         bound(caller)?;
         let cat = self.engine.catalog();
-        let owner = self.admit(&cat, caller, "session_open", "").await?;
+        let owner = self.engine.admit(&cat, caller, "session_open", "").await?;
         let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
         let s = self
             .engine
@@ -129,6 +52,7 @@ impl BrokerService {
         validate_id("session_id", &r.session_id)?;
         let cat = self.engine.catalog();
         let owner = self
+            .engine
             .admit(&cat, caller, "session_close", &r.session_id)
             .await?;
         let n = self
@@ -146,6 +70,7 @@ impl BrokerService {
         bound(caller)?;
         let cat = self.engine.catalog();
         let (owner, rule, spec) = self
+            .engine
             .authorize(&cat, caller, "grant", &r.session_id, &r.name)
             .await?;
         if let Some(c) = opt(&r.call_id) {
@@ -197,6 +122,7 @@ impl BrokerService {
         validate_id("session_id", &r.session_id)?;
         let cat = self.engine.catalog();
         let owner = self
+            .engine
             .admit(&cat, caller, "lease_release", &r.session_id)
             .await?;
         self.engine
@@ -213,9 +139,10 @@ impl BrokerService {
         bound(caller)?;
         let cat = self.engine.catalog();
         let (owner, rule, _) = self
+            .engine
             .authorize(&cat, caller, "csr_sign", &r.session_id, &r.name)
             .await?;
-        let out = super::certs::sign_csr(
+        super::certs::sign_csr(
             &self.engine,
             caller,
             &owner,
@@ -223,15 +150,7 @@ impl BrokerService {
             rule.spiffe_id.as_deref(),
             &rule.sans,
         )
-        .await;
-        if let Err(ApiError::Denied(why)) = &out {
-            let mut ev = AuditEvent::new("csr_sign", "denied").caller(caller);
-            ev.session = opt(&r.session_id);
-            ev.secret = opt(&r.name);
-            ev.detail = Some(why);
-            let _ = self.engine.audit.record(ev).await;
-        }
-        out
+        .await
     }
 }
 
@@ -309,6 +228,7 @@ impl Broker for BrokerService {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
         let (owner, _, _) = self
+            .engine
             .authorize(
                 &self.engine.catalog(),
                 &caller,
@@ -320,9 +240,7 @@ impl Broker for BrokerService {
         let engine = self.engine.clone();
         let cat = engine.catalog();
         let slot = engine
-            .sessions
-            .get(&r.session_id, &owner, engine.now())
-            .map_err(|e| ApiError::from_session(&r.session_id, e))?
+            .session(&r.session_id, &owner)?
             .gate
             .watch(cat.config.server.max_watches_per_session)
             .map_err(|e| ApiError::from_gate(&r.session_id, e))?;
@@ -365,8 +283,8 @@ impl Broker for BrokerService {
                         Err(_) => break,
                     },
                     _ = check.tick() => {
-                        if let Err(e) = engine.sessions.get(&session, &owner, engine.now()) {
-                            yield Err(Status::from(ApiError::from_session(&session, e)));
+                        if let Err(e) = engine.session(&session, &owner) {
+                            yield Err(Status::from(e));
                             break;
                         }
                     }

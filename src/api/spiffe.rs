@@ -6,7 +6,6 @@
 use super::error::ApiError;
 use super::peer::PeerIdentity;
 use super::spiffe_pb::{self as wpb, spiffe_workload_api_server::SpiffeWorkloadApi};
-use crate::audit::AuditEvent;
 use crate::backend::ca::{timing, Authority, Issued, View};
 use crate::engine::Engine;
 use crate::policy::{dns, SanPolicy};
@@ -68,40 +67,25 @@ pub(crate) async fn workload(
         .and_then(|n| cat.backends.get(n))
         .and_then(|b| b.authority())
         .ok_or_else(|| ApiError::Unavailable("no certificate authority is configured".into()))?;
-    let rule = cat
-        .config
-        .workload_policy
-        .spiffe_rule(&caller)
-        .and_then(|r| {
-            let id = r.spiffe_id.clone().unwrap_or_default();
-            if id.starts_with(&format!("{}/", ca.trust_domain_id())) {
-                Ok((id, r.sans.clone()))
-            } else {
-                Err(format!(
-                    "rule `{}` assigns `{id}`, outside trust domain `{}`",
-                    r.name, ca.settings.trust_domain
-                ))
-            }
-        });
-    match rule {
-        Ok((spiffe_id, sans)) => {
-            let SanPolicy { dns, ips, .. } = sans;
-            Ok(Workload {
-                caller,
-                spiffe_id,
-                // Only the rule's literal host names; patterns and wildcards are for CSRs.
-                dns: dns.into_iter().filter(|d| dns::is_literal(d)).collect(),
-                ips,
-                ca,
-            })
-        }
-        Err(why) => {
-            let mut ev = AuditEvent::new(api, "denied").caller(&caller);
-            ev.detail = Some(&why);
-            let _ = engine.audit.record(ev).await;
-            Err(ApiError::Denied(why).into())
-        }
-    }
+    let rule = engine
+        .spiffe_rule(
+            &cat,
+            &caller,
+            api,
+            &ca.trust_domain_id(),
+            &ca.settings.trust_domain,
+        )
+        .await?;
+    let id = rule.spiffe_id.clone().unwrap_or_default();
+    let SanPolicy { dns, ips, .. } = rule.sans.clone();
+    Ok(Workload {
+        caller,
+        spiffe_id: id,
+        // Only the rule's literal host names; patterns and wildcards are for CSRs.
+        dns: dns.into_iter().filter(|d| dns::is_literal(d)).collect(),
+        ips,
+        ca,
+    })
 }
 
 /// One stream's current leaf, re-issued at about half its life, when the signing CA changes,
@@ -128,25 +112,14 @@ impl LeafSlot {
             _ => true,
         };
         if stale {
-            let issued =
-                w.ca.issue(&w.spiffe_id, &w.dns, &w.ips, None, None, now)
-                    .map_err(|e| ApiError::from_backend(&w.ca.settings.name, e))?;
+            let issued = engine
+                .issue_svid(&w.caller, &w.ca, api, &w.spiffe_id, (&w.dns, &w.ips))
+                .await?;
             self.renew_at = Some(timing::leaf_renew_at(
                 now,
                 issued.leaf.not_after,
                 rand::random(),
             ));
-            let serial = hex::encode(&issued.leaf.serial);
-            let detail = format!("spiffe_id={} ca={}", w.spiffe_id, issued.chain.id);
-            let mut ev = AuditEvent::new(api, "ok").caller(&w.caller);
-            ev.version = Some(&serial);
-            ev.detail = Some(&detail);
-            // With `audit.fail_closed`, a leaf that cannot be recorded is dropped unsent.
-            if let Err(e) = engine.audit.record(ev).await {
-                tracing::error!(spiffe_id = %w.spiffe_id, error = %e, "SVID not issued: audit line not written");
-                return Err(ApiError::Unavailable(e.to_string()).into());
-            }
-            tracing::debug!(spiffe_id = %w.spiffe_id, serial, "certificate issued for stream");
             self.issued = Some(issued);
         }
         Ok(self.issued.as_ref().expect("set above"))
@@ -290,18 +263,10 @@ impl SpiffeWorkloadApi for SpiffeService {
                 ApiError::Denied(format!("caller is not entitled to `{}`", r.spiffe_id)).into(),
             );
         }
-        let now = SystemTime::now();
-        let (svid, _) =
-            w.ca.jwt_mint(&w.spiffe_id, &r.audience, now)
-                .map_err(|e| ApiError::from_backend(&w.ca.settings.name, e))?;
-        let detail = format!("spiffe_id={} aud={}", w.spiffe_id, r.audience.join(","));
-        let mut ev = AuditEvent::new("svid_jwt", "ok").caller(&w.caller);
-        ev.detail = Some(&detail);
-        // With `audit.fail_closed`, a token that cannot be recorded is never sent.
-        if let Err(e) = self.engine.audit.record(ev).await {
-            tracing::error!(spiffe_id = %w.spiffe_id, error = %e, "JWT-SVID not issued: audit line not written");
-            return Err(ApiError::Unavailable(e.to_string()).into());
-        }
+        let svid = self
+            .engine
+            .mint_jwt_svid(&w.caller, &w.ca, &w.spiffe_id, &r.audience)
+            .await?;
         Ok(Response::new(wpb::JwtsvidResponse {
             svids: vec![wpb::Jwtsvid {
                 spiffe_id: w.spiffe_id,

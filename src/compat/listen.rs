@@ -11,8 +11,8 @@
 use crate::api::admission::{Gate, Refusal, Socket, LINGER};
 use crate::api::limits::{Limits, MAX_REQUEST_BYTES};
 use crate::api::peer::PeerIdentity;
-use crate::audit::AuditEvent;
 use crate::engine::Engine;
+use crate::engine::RequestLine;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -385,9 +385,13 @@ impl<E: Endpoint> Listener<E> {
 
     async fn audit(&self, id: &PeerIdentity, outcome: &str, detail: &str) {
         let event = format!("{}_request", self.endpoint.name());
-        let mut ev = AuditEvent::new(&event, outcome).caller(id);
-        ev.detail = Some(detail);
-        let _ = self.engine.audit.record(ev).await;
+        let line = RequestLine {
+            event: &event,
+            outcome,
+            detail,
+            ..Default::default()
+        };
+        self.engine.record_request(id, line).await;
         tracing::info!(endpoint = self.endpoint.name(), caller = %id, outcome, detail, "request refused");
     }
 }

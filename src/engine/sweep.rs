@@ -46,7 +46,7 @@ impl Engine {
     /// One pass of housekeeping.
     pub async fn sweep(&self) {
         let now = self.now();
-        let expired = self.leases.lock().take_expired(now);
+        let expired = self.grants.take_expired(now);
         for l in expired {
             self.end_lease(&l, "expired").await;
             let mut ev = crate::audit::AuditEvent::new("lease_expire", "ok");
@@ -64,7 +64,7 @@ impl Engine {
             }
         }
         let window = self.catalog().config.server.stale_window;
-        for e in self.cache.evict_dead(now, window) {
+        for e in self.grants.evict_dead(now, window) {
             if let Some(bl) = &e.backend_lease {
                 let cat = self.catalog();
                 if let Some(b) = cat.backends.get(&e.backend) {
@@ -75,12 +75,7 @@ impl Engine {
             }
         }
         self.renew_due().await;
-        let due: Vec<(String, String)> = {
-            let mut rot = self.rotations.lock();
-            rot.iter_mut()
-                .filter_map(|(n, st)| st.take_expired(now).map(|v| (n.clone(), v)))
-                .collect()
-        };
+        let due = self.rotation.take_expired(now);
         for (name, version) in due {
             self.retire(&name, &version).await;
         }
@@ -94,7 +89,7 @@ impl Engine {
     async fn renew_due(&self) {
         let now = self.now();
         let cat = self.catalog();
-        for (key, e) in self.cache.due_for_renewal(now) {
+        for (key, e) in self.grants.due_for_renewal(now) {
             let Some(bl) = &e.backend_lease else { continue };
             let Some(b) = cat.backends.get(&e.backend) else {
                 continue;

@@ -18,8 +18,8 @@ pub mod sessions;
 use crate::api::broker::BrokerService;
 use crate::api::peer::PeerIdentity;
 use crate::api::{validate_id, validate_name, ApiError};
-use crate::audit::AuditEvent;
 use crate::engine::Engine;
+use crate::engine::RequestLine;
 use crate::secret::SecretText;
 use config::AwsAgentApiConfig;
 use request::{Query, Reject, Route};
@@ -96,10 +96,14 @@ impl AwsAgentApi {
         secret: Option<&str>,
         why: &str,
     ) {
-        let mut ev = AuditEvent::new("aws_agent_request", outcome).caller(caller);
-        ev.secret = secret;
-        ev.detail = Some(why);
-        let _ = self.engine.audit.record(ev).await;
+        let line = RequestLine {
+            event: "aws_agent_request",
+            outcome,
+            secret,
+            detail: why,
+            ..Default::default()
+        };
+        self.engine.record_request(caller, line).await;
         tracing::info!(caller = %caller, outcome, reason = why, "aws agent API request refused");
     }
 
@@ -181,14 +185,10 @@ impl AwsAgentApi {
         spec: &crate::config::SecretSpec,
         v: &str,
     ) -> &'static [&'static str] {
-        let now = self.engine.now();
         let previous = self
             .engine
-            .rotations
-            .lock()
-            .get(&spec.name)
-            .and_then(|r| r.previous_valid(now))
-            .is_some_and(|p| p.version == v);
+            .previous_version(&spec.name)
+            .is_some_and(|p| p == v);
         if previous {
             &[PREVIOUS]
         } else if self.engine.current_version(cat, spec).await == v {

@@ -25,8 +25,8 @@ pub use config::{RawVaultApi, VaultApiConfig};
 use crate::api::broker::BrokerService;
 use crate::api::peer::PeerIdentity;
 use crate::api::ApiError;
-use crate::audit::AuditEvent;
 use crate::compat::listen::{clip, Endpoint};
+use crate::engine::RequestLine;
 use crate::engine::{Catalog, Engine};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -239,7 +239,7 @@ impl VaultApi {
         note: &Note,
         why: Option<String>,
     ) {
-        if !self.engine().audit.enabled() {
+        if !self.engine().audit_enabled() {
             return;
         }
         let outcome = match status.as_u16() {
@@ -260,12 +260,15 @@ impl VaultApi {
             detail.push_str(": ");
             detail.push_str(&w);
         }
-        let mut ev = AuditEvent::new("vault_api_request", outcome).caller(caller);
-        ev.secret = note.secret.as_deref();
-        ev.session = note.session.as_deref();
-        ev.lease = note.lease.as_deref();
-        ev.detail = Some(&detail);
-        let _ = self.engine().audit.record(ev).await;
+        let line = RequestLine {
+            event: "vault_api_request",
+            outcome,
+            session: note.session.as_deref(),
+            secret: note.secret.as_deref(),
+            lease: note.lease.as_deref(),
+            detail: &detail,
+        };
+        self.engine().record_request(caller, line).await;
     }
 
     /// `sys/internal/ui/mounts/<path>`: the CLIs ask which mount and KV version serve a path.

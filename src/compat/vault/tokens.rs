@@ -30,12 +30,10 @@ impl BrokerService {
         validate_id("session_id", session_id)?;
         let cat = self.engine.catalog();
         let owner = self
+            .engine
             .admit(&cat, caller, "session_lookup", session_id)
             .await?;
-        self.engine
-            .sessions
-            .get(session_id, &owner, self.engine.now())
-            .map_err(|e| ApiError::from_session(session_id, e))
+        self.engine.session(session_id, &owner)
     }
 
     /// A live lease of the caller's own session.
@@ -47,11 +45,8 @@ impl BrokerService {
     ) -> Result<Lease, ApiError> {
         self.session_view(caller, session_id).await?;
         validate_id("lease_id", lease_id)?;
-        let now = self.engine.now();
-        let t = self.engine.leases.lock();
-        t.get(lease_id)
-            .filter(|l| l.session_id == session_id && now < l.expires_at)
-            .cloned()
+        self.engine
+            .live_lease(session_id, lease_id)
             .ok_or_else(|| ApiError::InvalidArgument("lease not found".into()))
     }
 }

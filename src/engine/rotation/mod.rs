@@ -12,7 +12,10 @@
 //!
 //! Open windows are journaled (see `retirements`) and survive a restart.
 
-use super::retirements::{self, HeldLease, Line};
+mod recheck;
+mod retirements;
+mod scheduler;
+
 use super::{Engine, WatchEvent, WatchKind};
 use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
@@ -22,8 +25,10 @@ use crate::backend::{BackendLease, SessionHandle};
 use crate::clock::{from_millis, unix_millis};
 use crate::config::SecretSpec;
 use crate::lease::cache::{CacheKey, ScopeKey};
+use crate::rotation::{Previous, RotationState};
 use crate::secret::SecretBytes;
 use parking_lot::Mutex;
+use retirements::{HeldLease, Line};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -44,33 +49,72 @@ struct Held {
     handle: Option<SessionHandle>,
 }
 
-/// Rotation state beyond the per-secret grace windows (`Engine::rotations`).
-pub(crate) struct RotationCtl {
+/// The rotation component: each secret's current version and grace window, credentials held
+/// until their epoch retires, retired versions, the retirement journal, scheduled rotation
+/// slots and the drift rechecks.
+pub(super) struct Rotation {
+    windows: Mutex<HashMap<String, RotationState>>,
     held: Mutex<Vec<Held>>,
     /// Versions retired per secret (from the journal across restarts): never served again,
     /// whatever the backend still keeps.
     retired: Mutex<HashMap<String, HashSet<String>>>,
     journal: Mutex<Option<Appender>>,
     /// This process's id in lock records.
-    pub(crate) instance: String,
-    pub(crate) scheduler: super::scheduler::Scheduler,
+    instance: String,
+    scheduler: scheduler::Scheduler,
+    rechecks: recheck::Rechecks,
 }
 
-impl Default for RotationCtl {
+impl Default for Rotation {
     fn default() -> Self {
         Self {
+            windows: Mutex::new(HashMap::new()),
             held: Mutex::new(Vec::new()),
             retired: Mutex::new(HashMap::new()),
             journal: Mutex::new(None),
             instance: crate::session::new_id("sc"),
             scheduler: Default::default(),
+            rechecks: Default::default(),
         }
     }
 }
 
-impl RotationCtl {
+/// What the other components may ask of rotation.
+impl Rotation {
+    /// The previous version of `secret` while its grace window is open.
+    pub(super) fn previous_valid(&self, secret: &str, now: SystemTime) -> Option<Previous> {
+        self.windows
+            .lock()
+            .get(secret)?
+            .previous_valid(now)
+            .cloned()
+    }
+
+    /// The version a rotation made current, if one did.
+    pub(super) fn current(&self, secret: &str) -> Option<String> {
+        self.windows.lock().get(secret)?.current.clone()
+    }
+
+    /// Secrets whose previous version still awaits retirement.
+    pub(super) fn pending_retirements(&self) -> usize {
+        self.windows
+            .lock()
+            .values()
+            .filter(|r| r.previous.is_some())
+            .count()
+    }
+
+    /// Takes the versions whose grace window has closed; the caller retires them.
+    pub(super) fn take_expired(&self, now: SystemTime) -> Vec<(String, String)> {
+        self.windows
+            .lock()
+            .iter_mut()
+            .filter_map(|(n, st)| st.take_expired(now).map(|v| (n.clone(), v)))
+            .collect()
+    }
+
     /// Whether `version` of `secret` was retired (here, or before a restart).
-    pub(crate) fn is_retired(&self, secret: &str, version: &str) -> bool {
+    pub(super) fn is_retired(&self, secret: &str, version: &str) -> bool {
         self.retired
             .lock()
             .get(secret)
@@ -87,12 +131,19 @@ impl RotationCtl {
 }
 
 /// How a rotation came about, for the audit line.
-pub(crate) enum Origin<'a> {
+pub(in crate::engine) enum Origin<'a> {
     Admin(&'a PeerIdentity),
     Schedule(u64),
 }
 
 impl Engine {
+    /// The previous version of `secret` while its grace window is open.
+    pub fn previous_version(&self, secret: &str) -> Option<String> {
+        self.rotation
+            .previous_valid(secret, self.now())
+            .map(|p| p.version)
+    }
+
     /// Makes a new version current; the previous stays valid for `grace`.
     pub async fn rotate(
         &self,
@@ -105,7 +156,7 @@ impl Engine {
             .await
     }
 
-    pub(crate) async fn rotate_as(
+    pub(in crate::engine) async fn rotate_as(
         &self,
         origin: Origin<'_>,
         name: &str,
@@ -165,7 +216,7 @@ impl Engine {
     /// Takes over a rotation another sidecar made (from its rotation record). The record is
     /// shared storage another writer may forge: its end of grace never exceeds this secret's
     /// own `grace` from now.
-    pub(crate) async fn apply_remote(
+    pub(in crate::engine) async fn apply_remote(
         &self,
         spec: &SecretSpec,
         version: &str,
@@ -193,7 +244,8 @@ impl Engine {
     }
 
     fn current_epoch(&self, name: &str) -> String {
-        self.rotations
+        self.rotation
+            .windows
             .lock()
             .get(name)
             .and_then(|r| r.current.clone())
@@ -212,7 +264,7 @@ impl Engine {
         let name = &spec.name;
         let now = self.now();
         let (applied, prev) = {
-            let mut rot = self.rotations.lock();
+            let mut rot = self.rotation.windows.lock();
             let st = rot.entry(name.clone()).or_default();
             let a = st.apply_until(old.clone(), new.to_string(), now, retires_at);
             (a, st.previous_valid(now).cloned())
@@ -224,7 +276,7 @@ impl Engine {
         let mut held = Vec::new();
         if reissues {
             let epoch = old.clone().unwrap_or_default();
-            for (key, e) in self.cache.take_secret(name) {
+            for (key, e) in self.grants.take_secret(name) {
                 let Some(lease) = e.backend_lease.clone() else {
                     continue;
                 };
@@ -252,8 +304,8 @@ impl Engine {
                 version: None,
                 scope: ScopeKey::Shared,
             };
-            self.cache.remove_current(name);
-            self.cache.settle(&key, new).await;
+            self.grants.remove_current(name);
+            self.grants.settle(&key, new).await;
         }
         if let (Some(p), Some(old)) = (&prev, &old) {
             self.journal_retirement(Line::Grace {
@@ -282,7 +334,7 @@ impl Engine {
     }
 
     /// Retires a previous version: gone at the backend and from the cache, watchers told.
-    pub(crate) async fn retire(&self, name: &str, version: &str) {
+    pub(in crate::engine) async fn retire(&self, name: &str, version: &str) {
         // Refused from now on, before the backend and the cache let go of it.
         self.rotation.mark_retired(name, version);
         let held: Vec<Held> = {
@@ -316,7 +368,7 @@ impl Engine {
                 }
             }
         }
-        self.cache.remove_secret(name, Some(version));
+        self.grants.remove_secret(name, Some(version));
         self.journal_retirement(Line::Retired {
             secret: name.to_string(),
             version: version.to_string(),
@@ -393,7 +445,8 @@ impl Engine {
                 }
             }
             let applied = self
-                .rotations
+                .rotation
+                .windows
                 .lock()
                 .entry(secret.clone())
                 .or_default()
@@ -414,7 +467,7 @@ impl Engine {
 }
 
 /// The end of a grace window read from a record, bounded by the secret's configured grace.
-pub(crate) fn bounded_retirement(
+pub(in crate::engine) fn bounded_retirement(
     retires_at: SystemTime,
     now: SystemTime,
     grace: Duration,

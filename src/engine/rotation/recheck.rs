@@ -6,9 +6,9 @@
 //! sidecar published (see `scheduler`), it is taken over instead: `previous` is served for the
 //! rest of that rotation's grace window and watchers get `Rotated`.
 
-use super::{Engine, WatchEvent, WatchKind};
 use crate::backend::Backend;
 use crate::config::SecretSpec;
+use crate::engine::{Engine, WatchEvent, WatchKind};
 use crate::lease::cache::{CacheKey, Entry, ScopeKey};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -17,14 +17,14 @@ use std::time::{Duration, SystemTime};
 
 /// When each secret is next due, and which checks are running.
 #[derive(Default)]
-pub(crate) struct Rechecks {
+pub(in crate::engine) struct Rechecks {
     next: Mutex<HashMap<String, SystemTime>>,
     running: Mutex<HashSet<String>>,
 }
 
 /// Pure scheduling: whether a check is due now, and the next due time to store.
 /// A secret seen for the first time waits one interval (its value was just fetched).
-pub(crate) fn schedule(
+pub(in crate::engine) fn schedule(
     next: Option<SystemTime>,
     now: SystemTime,
     every: Duration,
@@ -63,11 +63,11 @@ impl Rechecks {
 impl Engine {
     /// Starts the checks that are due; never waits for them (a slow backend must not hold up
     /// lease expiry). Called from the housekeeping tick.
-    pub(crate) fn spawn_rechecks(self: &Arc<Self>) {
+    pub(in crate::engine) fn spawn_rechecks(self: &Arc<Self>) {
         let now = self.now();
         let cat = self.catalog();
         let mut live = HashSet::new();
-        for (key, entry) in self.cache.shared_current() {
+        for (key, entry) in self.grants.shared_current() {
             let Ok(spec) = cat.secret(&key.secret) else {
                 continue;
             };
@@ -78,16 +78,16 @@ impl Engine {
                 continue;
             };
             live.insert(key.secret.clone());
-            if !self.rechecks.claim(&key.secret, now, every) {
+            if !self.rotation.rechecks.claim(&key.secret, now, every) {
                 continue;
             }
             let (engine, spec, backend) = (self.clone(), spec.clone(), backend.clone());
             tokio::spawn(async move {
                 engine.recheck(&spec, backend, entry).await;
-                engine.rechecks.done(&spec.name);
+                engine.rotation.rechecks.done(&spec.name);
             });
         }
-        self.rechecks.retain(&live);
+        self.rotation.rechecks.retain(&live);
     }
 
     async fn recheck(&self, spec: &SecretSpec, backend: Arc<dyn Backend>, entry: Arc<Entry>) {
@@ -111,14 +111,15 @@ impl Engine {
             scope: ScopeKey::Shared,
         };
         // A newer entry replaced this one meanwhile: that fetch already saw the change.
-        if !self.cache.remove_if_same(&key, &entry) {
+        if !self.grants.remove_if_same(&key, &entry) {
             return;
         }
         // Another sidecar's rotation: serve its previous version until its window ends.
         if self.take_over_published(spec, &current).await {
             return;
         }
-        self.rotations
+        self.rotation
+            .windows
             .lock()
             .entry(spec.name.clone())
             .or_default()

@@ -8,11 +8,11 @@
 //! sidecar does. A claim that is not completed within `claim_ttl` (its holder crashed) may be
 //! taken over by another sidecar, as long as the slot has not passed.
 
-use super::rotate::Origin;
-use super::Engine;
+use super::Origin;
 use crate::backend::{Backend, BackendError};
 use crate::clock::{from_millis, unix_millis};
 use crate::config::SecretSpec;
+use crate::engine::Engine;
 use crate::schedule::Schedule;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -25,14 +25,14 @@ const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum SlotState {
+pub(in crate::engine) enum SlotState {
     Claimed,
     Done,
 }
 
 /// The lock and rotation record of one secret (its latest slot). Versions and times only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SlotRecord {
+pub(in crate::engine) struct SlotRecord {
     pub slot_ms: u64,
     pub holder: String,
     pub state: SlotState,
@@ -46,7 +46,7 @@ pub(crate) struct SlotRecord {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Decision {
+pub(in crate::engine) enum Decision {
     /// Write a claim with this check-and-set version.
     Claim { cas: u64 },
     /// Another sidecar holds a live claim: read again shortly.
@@ -58,7 +58,7 @@ pub(crate) enum Decision {
 }
 
 /// Pure: what to do about `slot_ms` given the record found (`version` 0: none).
-pub(crate) fn decide(
+pub(in crate::engine) fn decide(
     rec: Option<&SlotRecord>,
     version: u64,
     slot_ms: u64,
@@ -85,7 +85,7 @@ pub(crate) fn decide(
 
 /// Next slot per scheduled secret, and which slots are being worked on.
 #[derive(Default)]
-pub(crate) struct Scheduler {
+pub(in crate::engine) struct Scheduler {
     next: Mutex<HashMap<String, (Schedule, Option<SystemTime>)>>,
     running: Mutex<HashSet<String>>,
 }
@@ -117,7 +117,7 @@ impl Scheduler {
 impl Engine {
     /// Starts the slot work that is due; never waits for it. Called from the housekeeping tick.
     /// The handles let [`Engine::tick`] await the slots it started.
-    pub(crate) fn spawn_scheduled(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(in crate::engine) fn spawn_scheduled(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let cat = self.catalog();
         let now = self.now();
         let mut started = Vec::new();
@@ -275,7 +275,7 @@ impl Engine {
 
     /// Records a rotation made here on request, so the other sidecars take over its previous
     /// version and window when they notice the new version. The slot bookkeeping is kept.
-    pub(crate) async fn publish_rotation(&self, name: &str, out: &super::RotateOutcome) {
+    pub(in crate::engine) async fn publish_rotation(&self, name: &str, out: &super::RotateOutcome) {
         let Some((lock, b, mount, path)) = self.lock_record(name) else {
             return;
         };
@@ -308,7 +308,11 @@ impl Engine {
 
     /// Called when a version change is noticed: if another sidecar published a rotation to
     /// `current`, takes it over (previous version served until the same end). True if so.
-    pub(crate) async fn take_over_published(&self, spec: &SecretSpec, current: &str) -> bool {
+    pub(in crate::engine) async fn take_over_published(
+        &self,
+        spec: &SecretSpec,
+        current: &str,
+    ) -> bool {
         let Some((lock, b, mount, path)) = self.lock_record(&spec.name) else {
             return false;
         };

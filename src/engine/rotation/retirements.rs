@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 
 /// A backend lease kept valid for the window (credentials of a reissued secret).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct HeldLease {
+pub(in crate::engine) struct HeldLease {
     pub backend: String,
     pub id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub(crate) enum Line {
+pub(in crate::engine) enum Line {
     Grace {
         secret: String,
         current: String,
@@ -35,20 +35,20 @@ pub(crate) enum Line {
 }
 
 /// Retired versions remembered per secret; older ones are forgotten first.
-pub(crate) const MAX_RETIRED_PER_SECRET: usize = 1024;
+pub(in crate::engine) const MAX_RETIRED_PER_SECRET: usize = 1024;
 
 /// What replay finds: windows to resume (the newest per secret), versions to retire now
 /// (older windows of a secret that rotated again before the journal saw them close), and
 /// versions already retired (`Retired` lines, in file order).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Replayed {
+pub(in crate::engine) struct Replayed {
     pub open: Vec<Line>,
     pub superseded: Vec<Line>,
     pub retired: Vec<Line>,
 }
 
 /// Pure fold over journal lines in file order.
-pub(crate) fn replay(lines: impl IntoIterator<Item = Line>) -> Replayed {
+pub(in crate::engine) fn replay(lines: impl IntoIterator<Item = Line>) -> Replayed {
     let mut pending: Vec<Line> = Vec::new();
     let mut retired: Vec<Line> = Vec::new();
     for l in lines {
@@ -97,12 +97,12 @@ pub(crate) fn replay(lines: impl IntoIterator<Item = Line>) -> Replayed {
     out
 }
 
-pub(crate) fn path(state_dir: &Path) -> PathBuf {
+pub(in crate::engine) fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("retirements.jsonl")
 }
 
 /// Reads and compacts the journal, then opens it for appending (fsynced lines).
-pub(crate) async fn open(state_dir: &Path) -> std::io::Result<(Replayed, Appender)> {
+pub(in crate::engine) async fn open(state_dir: &Path) -> std::io::Result<(Replayed, Appender)> {
     tokio::fs::create_dir_all(state_dir).await?;
     let p = path(state_dir);
     let text = match tokio::fs::read_to_string(&p).await {
@@ -149,7 +149,7 @@ pub(crate) async fn open(state_dir: &Path) -> std::io::Result<(Replayed, Appende
     Ok((r, app))
 }
 
-pub(crate) fn encode(l: &Line) -> String {
+pub(in crate::engine) fn encode(l: &Line) -> String {
     let mut s = serde_json::to_string(l).unwrap_or_default();
     s.push('\n');
     s

@@ -1,4 +1,7 @@
-//! Session teardown and revocation, and retries of backend revocations that failed.
+//! The revocation component: session teardown and revocation, the fleet's revocation bus, the
+//! journal of revocations not yet done at their backends, and their retries.
+
+mod fleet;
 
 use super::Engine;
 use crate::api::error::ApiError;
@@ -7,8 +10,19 @@ use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle, SessionMeta};
 use crate::journal::Record;
 use crate::session::{Owner, Session};
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// What revocation owns: work that failed at a backend and waits for a retry, the fleet bus
+/// (set once at start when `[fleet]` is configured) and the journal (when
+/// `server.state_dir` is).
+#[derive(Default)]
+pub(super) struct Revocation {
+    pending: Mutex<Vec<Pending>>,
+    fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
+    journal: std::sync::OnceLock<crate::journal::Journal>,
+}
 
 /// One line of a revocation report.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +41,7 @@ pub struct RevocationReport {
 
 /// A backend revocation that failed and is retried with backoff until it succeeds.
 #[derive(Clone, Debug)]
-pub(crate) enum PendingWork {
+pub(super) enum PendingWork {
     Session {
         meta: SessionMeta,
         handle: SessionHandle,
@@ -40,7 +54,7 @@ pub(crate) enum PendingWork {
 
 impl PendingWork {
     /// The journal line for this work (ids only).
-    pub(crate) fn record(&self, backend: &str) -> Record {
+    pub(in crate::engine) fn record(&self, backend: &str) -> Record {
         match self {
             PendingWork::Session { meta, handle } => Record::Session {
                 backend: backend.into(),
@@ -56,7 +70,7 @@ impl PendingWork {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Pending {
+pub(super) struct Pending {
     pub backend: String,
     pub work: PendingWork,
     pub attempts: u32,
@@ -64,11 +78,16 @@ pub(crate) struct Pending {
 }
 
 /// Exponential backoff for retries: 1 s doubling to 60 s.
-pub(crate) fn backoff(attempts: u32) -> Duration {
+pub(in crate::engine) fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.min(6)).min(Duration::from_secs(60))
 }
 
-pub(crate) fn step(target: &str, what: &str, count: u32, detail: impl Into<String>) -> Step {
+pub(in crate::engine) fn step(
+    target: &str,
+    what: &str,
+    count: u32,
+    detail: impl Into<String>,
+) -> Step {
     Step {
         target: target.into(),
         what: what.into(),
@@ -79,14 +98,17 @@ pub(crate) fn step(target: &str, what: &str, count: u32, detail: impl Into<Strin
 
 impl Engine {
     /// Removes a session's leases and values and revokes its backend state.
-    pub(crate) async fn teardown(&self, session: &Arc<Session>, why: &str) -> RevocationReport {
+    pub(in crate::engine) async fn teardown(
+        &self,
+        session: &Arc<Session>,
+        why: &str,
+    ) -> RevocationReport {
         let id = &session.meta.id;
         // First the gate: from here on nothing is recorded or replied for the session, and
         // replies already let through are out. What exists now is all there will ever be.
         session.gate.close().await;
         self.sessions.remove(id);
-        let leases = self.leases.lock().remove_session(id);
-        let entries = self.cache.remove_session(id);
+        let (leases, entries) = self.grants.remove_session(id);
         let mut report = RevocationReport::default();
         report
             .done
@@ -181,7 +203,7 @@ impl Engine {
     }
 
     /// Queues a failed backend revocation for retry, journaled so a restart retries it too.
-    pub(crate) async fn queue(&self, backend: &str, work: PendingWork) {
+    pub(in crate::engine) async fn queue(&self, backend: &str, work: PendingWork) {
         self.journal(&work.record(backend)).await;
         let p = Pending {
             backend: backend.to_string(),
@@ -189,10 +211,10 @@ impl Engine {
             attempts: 0,
             next_at: self.now() + backoff(0),
         };
-        self.pending.lock().push(p);
+        self.revocation.pending.lock().push(p);
     }
 
-    pub(crate) async fn queue_lease_revocation(
+    pub(in crate::engine) async fn queue_lease_revocation(
         &self,
         backend: &str,
         lease: BackendLease,
@@ -203,10 +225,10 @@ impl Engine {
     }
 
     /// Retries due backend revocations; failures back off, nothing is dropped.
-    pub(crate) async fn retry_pending(&self) {
+    pub(in crate::engine) async fn retry_pending(&self) {
         let now = self.now();
         let due: Vec<Pending> = {
-            let mut p = self.pending.lock();
+            let mut p = self.revocation.pending.lock();
             let (due, later): (Vec<_>, Vec<_>) = p.drain(..).partition(|x| x.next_at <= now);
             *p = later;
             due
@@ -216,7 +238,7 @@ impl Engine {
             let Some(b) = cat.backends.get(&p.backend) else {
                 tracing::error!(backend = %p.backend, "pending revocation for a backend no longer configured; kept");
                 p.next_at = now + backoff(6);
-                self.pending.lock().push(p);
+                self.revocation.pending.lock().push(p);
                 continue;
             };
             let r = match &p.work {
@@ -238,7 +260,7 @@ impl Engine {
                     p.attempts += 1;
                     p.next_at = self.now() + backoff(p.attempts);
                     tracing::warn!(backend = %p.backend, attempts = p.attempts, error = %e, "revocation still pending");
-                    self.pending.lock().push(p);
+                    self.revocation.pending.lock().push(p);
                 }
             }
         }
@@ -246,7 +268,7 @@ impl Engine {
 
     /// Backend revocations and fleet publications not yet done.
     pub fn pending_count(&self) -> usize {
-        let fleet = self.fleet.get().map_or(0, |f| f.pending_count());
-        self.pending.lock().len() + fleet
+        let fleet = self.revocation.fleet.get().map_or(0, |f| f.pending_count());
+        self.revocation.pending.lock().len() + fleet
     }
 }

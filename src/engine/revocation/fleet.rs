@@ -2,12 +2,12 @@
 //! revocations other sidecars published, the watcher that polls for them, the journal replay
 //! at start, and the session records that let anyone revoke a session's token by accessor.
 
-use super::ops::{backoff, step, Pending, PendingWork, RevocationReport};
-use super::Engine;
+use super::{backoff, step, Pending, PendingWork, RevocationReport};
 use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendError, BackendLease, SessionHandle, SessionMeta};
+use crate::engine::Engine;
 use crate::fleet::{self, plan, Fleet, FleetConfig, Plan, Retry, SessionRecord, Store, Tombstone};
 use crate::journal::{Journal, Record};
 use crate::metrics::METRICS;
@@ -22,7 +22,7 @@ impl Engine {
     /// Attaches the journal and the fleet at start, and requeues what the journal still owes.
     pub fn attach(&self, journal: Option<(Journal, Vec<Record>)>, fleet: Option<FleetConfig>) {
         if let Some(cfg) = fleet {
-            let _ = self.fleet.set(Arc::new(Fleet::new(cfg)));
+            let _ = self.revocation.fleet.set(Arc::new(Fleet::new(cfg)));
         }
         let Some((j, owed)) = journal else { return };
         let now = self.now();
@@ -54,7 +54,7 @@ impl Engine {
                 } => {
                     self.sessions
                         .tombstone(&session, fleet::from_ms(at_ms), &reason);
-                    if let Some(f) = self.fleet.get() {
+                    if let Some(f) = self.revocation.fleet.get() {
                         f.retries.lock().push(Retry {
                             tomb: Tombstone {
                                 session_id: session,
@@ -77,11 +77,11 @@ impl Engine {
                 "journal replayed: unfinished revocations will be retried"
             );
         }
-        let _ = self.journal.set(j);
+        let _ = self.revocation.journal.set(j);
     }
 
     fn push_pending(&self, backend: String, work: PendingWork, now: SystemTime) {
-        self.pending.lock().push(Pending {
+        self.revocation.pending.lock().push(Pending {
             backend,
             work,
             attempts: 0,
@@ -90,8 +90,8 @@ impl Engine {
     }
 
     /// Appends to the journal, when there is one, and waits for the fsync.
-    pub(crate) async fn journal(&self, r: &Record) {
-        if let Some(j) = self.journal.get() {
+    pub(in crate::engine) async fn journal(&self, r: &Record) {
+        if let Some(j) = self.revocation.journal.get() {
             j.write(r).await;
         }
     }
@@ -110,13 +110,15 @@ impl Engine {
     }
 
     /// Records a new session's token accessor in the fleet so it can be revoked from anywhere.
-    pub(crate) async fn record_session(
+    pub(in crate::engine) async fn record_session(
         &self,
         meta: &SessionMeta,
         handles: &BTreeMap<String, SessionHandle>,
         expires: SystemTime,
     ) {
-        let Some(f) = self.fleet.get() else { return };
+        let Some(f) = self.revocation.fleet.get() else {
+            return;
+        };
         let Some(h) = handles.get(&f.cfg.backend) else {
             return;
         };
@@ -141,8 +143,14 @@ impl Engine {
     }
 
     /// Drops a closed session's fleet record in the background.
-    pub(crate) fn forget_session(&self, id: &str, handles: &BTreeMap<String, SessionHandle>) {
-        let Some(f) = self.fleet.get() else { return };
+    pub(in crate::engine) fn forget_session(
+        &self,
+        id: &str,
+        handles: &BTreeMap<String, SessionHandle>,
+    ) {
+        let Some(f) = self.revocation.fleet.get() else {
+            return;
+        };
         if !handles.contains_key(&f.cfg.backend) {
             return;
         }
@@ -166,7 +174,7 @@ impl Engine {
         reason: &str,
     ) -> Result<RevocationReport, ApiError> {
         let open = self.sessions.list().into_iter().find(|s| s.meta.id == id);
-        let fleet = self.fleet.get().cloned();
+        let fleet = self.revocation.fleet.get().cloned();
         let already = self.sessions.is_revoked(id);
         if open.is_none() && !already {
             let Some(f) = &fleet else {
@@ -433,7 +441,7 @@ impl Engine {
         self: &Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let f = self.fleet.get()?.clone();
+        let f = self.revocation.fleet.get()?.clone();
         let engine = self.clone();
         Some(tokio::spawn(async move {
             let mut seen = None;

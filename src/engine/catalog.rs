@@ -1,0 +1,85 @@
+//! The catalog: the config and the backends built from it, swapped whole on reload.
+
+use crate::api::error::ApiError;
+use crate::backend::Backend;
+use crate::config::{Config, SecretSpec};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Config plus the backends built from it; swapped whole on reload.
+pub struct Catalog {
+    pub config: Config,
+    pub backends: BTreeMap<String, Arc<dyn Backend>>,
+    pub generation: u64,
+}
+
+impl Catalog {
+    pub async fn build(config: Config, generation: u64) -> Result<Catalog, String> {
+        let mut backends = BTreeMap::new();
+        for (name, b) in &config.backends {
+            let built = b
+                .build(name, config.server.backend_timeout)
+                .await
+                .map_err(|e| format!("backend `{name}`: {e}"))?;
+            backends.insert(name.clone(), built);
+        }
+        Ok(Catalog {
+            config,
+            backends,
+            generation,
+        })
+    }
+
+    /// A catalog for a reloaded config. CA backends carry state no config holds (generated keys,
+    /// the deny list, issued serials), so they carry over as they are; changing one's settings
+    /// needs a restart. Other backends are built anew.
+    pub async fn rebuild(config: Config, old: &Catalog) -> Result<Catalog, String> {
+        let mut backends = BTreeMap::new();
+        for (name, b) in &config.backends {
+            let before = old.config.backends.get(name);
+            let kept = old.backends.get(name).filter(|_| b.kind() == "ca");
+            let built = match (before, kept) {
+                (Some(prev), Some(running)) if format!("{prev:?}") == format!("{b:?}") => {
+                    running.clone()
+                }
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "backends.{name}: a CA backend's settings cannot change on reload (it \
+                         holds keys and a deny list); restart to change them"
+                    ))
+                }
+                _ => b
+                    .build(name, config.server.backend_timeout)
+                    .await
+                    .map_err(|e| format!("backend `{name}`: {e}"))?,
+            };
+            backends.insert(name.clone(), built);
+        }
+        for (name, b) in &old.config.backends {
+            if b.kind() == "ca" && !config.backends.contains_key(name) {
+                return Err(format!(
+                    "backends.{name}: a CA backend cannot be removed on reload; restart to remove it"
+                ));
+            }
+        }
+        Ok(Catalog {
+            config,
+            backends,
+            generation: old.generation + 1,
+        })
+    }
+
+    pub fn secret(&self, name: &str) -> Result<&SecretSpec, ApiError> {
+        self.config
+            .secrets
+            .get(name)
+            .ok_or_else(|| ApiError::NotFound(format!("unknown secret `{name}`")))
+    }
+
+    pub(super) fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, ApiError> {
+        self.backends
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::Internal(format!("backend `{name}` is not running")))
+    }
+}

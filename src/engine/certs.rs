@@ -1,0 +1,188 @@
+//! The certificates component: CSR signing for CA-backed secrets and SVID issuance for the
+//! SPIFFE Workload API. Issuing and the audit line that answers for it happen together here;
+//! with `audit.fail_closed`, a certificate that cannot be recorded is never handed out.
+
+use super::{Catalog, Engine};
+use crate::api::error::{validate_id, ApiError};
+use crate::api::peer::PeerIdentity;
+use crate::audit::AuditEvent;
+use crate::backend::ca::{check_sans, issuer, Authority, Issued};
+use crate::policy::SanPolicy;
+use crate::session::Owner;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Largest CSR accepted.
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// What a caller asks to have signed.
+pub struct CsrRequest<'a> {
+    pub session_id: &'a str,
+    pub name: &'a str,
+    pub csr_pem: &'a str,
+    /// 0 asks for the secret's ttl.
+    pub ttl_seconds: u64,
+}
+
+/// A signed CSR, with the bundle to verify it against.
+pub struct SignedCsr {
+    pub chain_pem: String,
+    pub bundle_pem: String,
+    pub serial: String,
+    pub spiffe_id: String,
+    pub expires_at: SystemTime,
+}
+
+/// The CA behind a secret, or why the secret is not CA-backed.
+pub fn authority_of(cat: &Catalog, name: &str) -> Result<Arc<Authority>, ApiError> {
+    let spec = cat.secret(name)?;
+    cat.backends
+        .get(&spec.backend)
+        .and_then(|b| b.authority())
+        .ok_or_else(|| {
+            ApiError::Precondition(format!(
+                "secret `{name}` is not backed by a certificate authority"
+            ))
+        })
+}
+
+impl Engine {
+    /// Signs a CSR for the caller: the URI SAN must be (or default to) the rule's SPIFFE ID,
+    /// and every DNS/IP SAN must be allowed by the rule. A refusal by those checks is audited.
+    pub async fn sign_csr(
+        &self,
+        caller: &PeerIdentity,
+        owner: &Owner,
+        r: CsrRequest<'_>,
+        spiffe_id: Option<&str>,
+        sans: &SanPolicy,
+    ) -> Result<SignedCsr, ApiError> {
+        let out = self
+            .sign_csr_inner(caller, owner, &r, spiffe_id, sans)
+            .await;
+        if let Err(ApiError::Denied(why)) = &out {
+            let mut ev = AuditEvent::new("csr_sign", "denied").caller(caller);
+            ev.session = (!r.session_id.is_empty()).then_some(r.session_id);
+            ev.secret = (!r.name.is_empty()).then_some(r.name);
+            ev.detail = Some(why);
+            let _ = self.audit.record(ev).await;
+        }
+        out
+    }
+
+    async fn sign_csr_inner(
+        &self,
+        caller: &PeerIdentity,
+        owner: &Owner,
+        r: &CsrRequest<'_>,
+        spiffe_id: Option<&str>,
+        sans: &SanPolicy,
+    ) -> Result<SignedCsr, ApiError> {
+        validate_id("session_id", r.session_id)?;
+        let session = self.session(r.session_id, owner)?;
+        let cat = self.catalog();
+        let ca = authority_of(&cat, r.name)?;
+        if r.csr_pem.is_empty() || r.csr_pem.len() > MAX_CSR_BYTES {
+            return Err(ApiError::InvalidArgument(format!(
+                "csr_pem: 1 to {MAX_CSR_BYTES} bytes of PEM"
+            )));
+        }
+        let spiffe = spiffe_id.ok_or_else(|| {
+            ApiError::Denied(format!(
+                "secret `{}` issues certificates: the caller's policy rule needs a spiffe_id",
+                r.name
+            ))
+        })?;
+        let ask = issuer::parse_csr(r.csr_pem).map_err(ApiError::InvalidArgument)?;
+        if let Some(u) = ask.uris.iter().find(|u| u.as_str() != spiffe) {
+            return Err(ApiError::Denied(format!(
+                "policy does not allow URI SAN `{u}` (this caller is `{spiffe}`)"
+            )));
+        }
+        check_sans(Some(sans), &ask.dns, &ask.ips).map_err(ApiError::Denied)?;
+        // Never longer than the secret's ttl (nor the CA's leaf ttl, which the CA applies).
+        let max = cat.secret(r.name)?.ttl;
+        let ttl = Some(match r.ttl_seconds {
+            0 => max,
+            s => Duration::from_secs(s).min(max),
+        });
+        let issued = ca
+            .sign_csr(&ask, spiffe, ttl, Some(&session.meta.id), self.now())
+            .map_err(|e| ApiError::from_backend(r.name, e))?;
+        // The session may have ended while the CSR was signed: then the leaf goes straight to
+        // the deny list and no reply carries it. Otherwise the guard holds off revocation
+        // until the reply is out, and revocation then finds the leaf under the session.
+        let _hold = match session.gate.reply(None).await {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = ca.revoke_serial(&issued.leaf.serial, self.now());
+                return Err(ApiError::from_gate(&session.meta.id, e));
+            }
+        };
+        let serial = hex::encode(&issued.leaf.serial);
+        let mut ev = AuditEvent::new("csr_sign", "ok").caller(caller);
+        ev.session = Some(&session.meta.id);
+        ev.secret = Some(r.name);
+        ev.version = Some(&serial);
+        self.audit
+            .record(ev)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let view = ca.view(self.now());
+        Ok(SignedCsr {
+            chain_pem: issued.chain_pem(),
+            bundle_pem: issuer::pem_certs(&view.bundle),
+            serial,
+            spiffe_id: spiffe.to_string(),
+            expires_at: issued.leaf.not_after,
+        })
+    }
+
+    /// Issues an X.509-SVID for a Workload API stream (`event` names the API).
+    pub async fn issue_svid(
+        &self,
+        caller: &PeerIdentity,
+        ca: &Authority,
+        event: &str,
+        spiffe_id: &str,
+        (dns, ips): (&[String], &[IpAddr]),
+    ) -> Result<Issued, ApiError> {
+        let now = self.now();
+        let issued = ca
+            .issue(spiffe_id, dns, ips, None, None, now)
+            .map_err(|e| ApiError::from_backend(&ca.settings.name, e))?;
+        let serial = hex::encode(&issued.leaf.serial);
+        let detail = format!("spiffe_id={spiffe_id} ca={}", issued.chain.id);
+        let mut ev = AuditEvent::new(event, "ok").caller(caller);
+        ev.version = Some(&serial);
+        ev.detail = Some(&detail);
+        if let Err(e) = self.audit.record(ev).await {
+            tracing::error!(spiffe_id, error = %e, "SVID not issued: audit line not written");
+            return Err(ApiError::Unavailable(e.to_string()));
+        }
+        tracing::debug!(spiffe_id, serial, "certificate issued for stream");
+        Ok(issued)
+    }
+
+    /// Mints a JWT-SVID for the caller's SPIFFE ID.
+    pub async fn mint_jwt_svid(
+        &self,
+        caller: &PeerIdentity,
+        ca: &Authority,
+        spiffe_id: &str,
+        audience: &[String],
+    ) -> Result<String, ApiError> {
+        let (svid, _) = ca
+            .jwt_mint(spiffe_id, audience, self.now())
+            .map_err(|e| ApiError::from_backend(&ca.settings.name, e))?;
+        let detail = format!("spiffe_id={spiffe_id} aud={}", audience.join(","));
+        let mut ev = AuditEvent::new("svid_jwt", "ok").caller(caller);
+        ev.detail = Some(&detail);
+        if let Err(e) = self.audit.record(ev).await {
+            tracing::error!(spiffe_id, error = %e, "JWT-SVID not issued: audit line not written");
+            return Err(ApiError::Unavailable(e.to_string()));
+        }
+        Ok(svid)
+    }
+}
