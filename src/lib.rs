@@ -11,6 +11,7 @@ pub mod clock;
 pub mod compat;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod fileperm;
 pub mod fleet;
 pub mod harden;

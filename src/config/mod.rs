@@ -671,7 +671,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
 
     let mut backends = BTreeMap::new();
     for (name, b) in raw.backends {
-        crate::api::validate_name(&name)
+        crate::error::validate_name(&name)
             .map_err(|m| loc.at(b.span(), format!("backends.{name}"), m))?;
         b.get_ref()
             .validate()

@@ -65,7 +65,7 @@ pub(super) fn build(
     for (i, rs) in raw.into_iter().enumerate() {
         let key = |f: &str| format!("secret[{i}].{f}");
         let name = rs.name.get_ref().clone();
-        crate::api::validate_name(&name).map_err(|m| loc.at(rs.name.span(), key("name"), m))?;
+        crate::error::validate_name(&name).map_err(|m| loc.at(rs.name.span(), key("name"), m))?;
         if secrets.contains_key(&name) {
             return Err(loc.at(
                 rs.name.span(),

@@ -3,10 +3,10 @@
 //! components, and refusals that transports report through [`Engine::record_request`].
 
 use super::{Catalog, Engine};
-use crate::api::error::{validate_id, validate_name, ApiError};
 use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::config::SecretSpec;
+use crate::error::{validate_id, validate_name, ApiError};
 use crate::policy::{Action, Rule};
 use crate::session::Owner;
 

@@ -1,8 +1,8 @@
 //! The catalog: the config and the backends built from it, swapped whole on reload.
 
-use crate::api::error::ApiError;
 use crate::backend::Backend;
 use crate::config::{Config, SecretSpec};
+use crate::error::ApiError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

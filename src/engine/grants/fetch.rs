@@ -2,12 +2,12 @@
 //! refresh, and revoking what a read made after its session or call ended.
 
 use super::CertIdent;
-use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
 use crate::backend::{Backend, BackendError, FetchRequest, SessionHandle};
 use crate::clock::renew_at;
 use crate::config::SecretSpec;
 use crate::engine::{Catalog, Engine};
+use crate::error::ApiError;
 use crate::lease::cache::{CacheKey, Entry, Lookup, ScopeKey};
 use crate::metrics::METRICS;
 use crate::session::Session;

@@ -7,10 +7,10 @@ use fetch::{late_revoke, test_panic};
 
 use super::Catalog;
 use super::Engine;
-use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::config::{Scope, SecretSpec};
+use crate::error::ApiError;
 use crate::lease::cache::{Cache, CacheKey, Entry, Lookup, ScopeKey};
 use crate::lease::{Lease, LeaseTable};
 use crate::session::{new_id, Owner, Session};

@@ -3,11 +3,11 @@
 //! at start, and the session records that let anyone revoke a session's token by accessor.
 
 use super::{backoff, step, Pending, PendingWork, RevocationReport};
-use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendError, BackendLease, SessionHandle, SessionMeta};
 use crate::engine::Engine;
+use crate::error::ApiError;
 use crate::fleet::{self, plan, Fleet, FleetConfig, Plan, Retry, SessionRecord, Store, Tombstone};
 use crate::journal::{Journal, Record};
 use crate::metrics::METRICS;

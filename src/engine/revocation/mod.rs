@@ -4,10 +4,10 @@
 mod fleet;
 
 use super::Engine;
-use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle, SessionMeta};
+use crate::error::ApiError;
 use crate::journal::Record;
 use crate::session::{Owner, Session};
 use parking_lot::Mutex;

@@ -17,13 +17,13 @@ mod retirements;
 mod scheduler;
 
 use super::{Engine, WatchEvent, WatchKind};
-use crate::api::error::ApiError;
 use crate::api::peer::PeerIdentity;
 use crate::appender::Appender;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle};
 use crate::clock::{from_millis, unix_millis};
 use crate::config::SecretSpec;
+use crate::error::ApiError;
 use crate::lease::cache::{CacheKey, ScopeKey};
 use crate::rotation::{Previous, RotationState};
 use crate::secret::SecretBytes;
