@@ -2,7 +2,7 @@
 
 use crate::api::server;
 use crate::audit::Audit;
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LogFormat};
 use crate::engine::{Catalog, Engine};
 use std::path::Path;
@@ -101,8 +101,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     };
     let server_cfg = cfg.server.clone();
     let fleet = cfg.fleet.clone();
-    let catalog = Catalog::build(cfg, 1).await?;
-    let engine = Engine::new(catalog, Arc::new(SystemClock), audit);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let catalog = Catalog::build(cfg, 1, clock.clone()).await?;
+    let engine = Engine::new(catalog, clock, audit);
     let journal = match &server_cfg.state_dir {
         Some(dir) => Some(
             crate::journal::Journal::open(dir)
@@ -272,7 +273,7 @@ pub async fn reload(engine: &Engine, path: &Path) {
                 Some(key) => Err(format!(
                     "{key} cannot change on reload (it is set up once at start); restart to change it"
                 )),
-                None => Catalog::rebuild(cfg, &old).await,
+                None => Catalog::rebuild(cfg, &old, engine.clock()).await,
             }
         }
         Err(e) => Err(e.to_string()),

@@ -5,10 +5,8 @@
 mod common;
 
 use common::engine::{grant, manual_engine, ROOT};
-use sidecred::audit::Audit;
 use sidecred::clock::ManualClock;
-use sidecred::config::Config;
-use sidecred::engine::{Catalog, Engine};
+use sidecred::engine::Engine;
 use sidecred::session::{Owner, Session};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -264,14 +262,8 @@ spiffe_id = "spiffe://test.example/root"
 
 #[tokio::test]
 async fn the_old_ca_stays_trusted_exactly_the_rotation_grace() {
-    // The CA signs on wall-clock time, so the manual clock starts at it.
-    let cfg = Config::parse(std::path::Path::new("/t/sidecred.toml"), CA_CONFIG, &|_| {
-        None
-    })
-    .unwrap();
-    let cat = Catalog::build(cfg, 1).await.unwrap();
-    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
-    let e = Engine::new(cat, clock.clone(), Audit::disabled());
+    // The CA keeps time on the engine's clock: issuance, grace and retirement all move with it.
+    let (e, clock) = engine_with(CA_CONFIG).await;
     let bundle = || {
         let ca = e.catalog().backends["ca"].authority().unwrap();
         ca.view(clock_now(&clock)).bundle.len()
@@ -306,4 +298,36 @@ async fn the_old_ca_stays_trusted_exactly_the_rotation_grace() {
     );
     step(&e, &clock, 1).await;
     assert_eq!(bundle(), 1, "old CA left the bundle at 30 s");
+}
+
+#[tokio::test]
+async fn a_staged_ca_signs_only_once_its_stage_has_passed() {
+    let config = CA_CONFIG.replace("rotation_stage = \"0s\"", "rotation_stage = \"10s\"");
+    let (e, clock) = engine_with(&config).await;
+    let ca = e.catalog().backends["ca"].authority().unwrap();
+    let s = session(&e).await;
+    assert_eq!(read(&e, &s, "mtls/router", None).await.unwrap(), "1");
+    e.rotate(&ROOT, "mtls/router", Some(Duration::from_secs(60)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ca.view(clock_now(&clock)).bundle.len(),
+        2,
+        "the staged CA is trusted from the start"
+    );
+    step(&e, &clock, 9).await;
+    let early = session(&e).await;
+    assert_eq!(
+        read(&e, &early, "mtls/router", None).await.unwrap(),
+        "1",
+        "9 s into a 10 s stage the old CA still signs"
+    );
+    step(&e, &clock, 1).await;
+    let late = session(&e).await;
+    assert_eq!(
+        read(&e, &late, "mtls/router", None).await.unwrap(),
+        "2",
+        "at 10 s the new CA signs"
+    );
+    assert_eq!(elapsed(&clock), Duration::from_secs(10));
 }

@@ -77,7 +77,7 @@ async fn eight_engines_on_one_clock_rotate_once_per_slot() {
     let mut engines = Vec::new();
     for _ in 0..8 {
         let cfg = Config::parse(&tmp.path().join("sidecred.toml"), &text, &|_| None).unwrap();
-        let cat = Catalog::build(cfg, 1).await.unwrap();
+        let cat = Catalog::build(cfg, 1, clock.clone()).await.unwrap();
         engines.push(Engine::new(cat, clock.clone(), Audit::disabled()));
     }
     let mut sessions = Vec::new();

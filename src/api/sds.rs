@@ -17,7 +17,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -138,8 +137,8 @@ impl SecretDiscoveryService for SdsService {
             let mut version = 0u64;
             let mut last: Option<(BTreeSet<String>, Vec<prost_types::Any>)> = None;
             loop {
-                let view = w.ca.view(SystemTime::now());
-                let pause = slot.sleep_for(&view);
+                let view = w.ca.view(engine.now());
+                let pause = slot.sleep_for(&view, engine.now());
                 let ev = tokio::select! {
                     msg = inbound.next() => match msg {
                         Some(Ok(r)) => Event::Request(r),
@@ -174,7 +173,7 @@ impl SecretDiscoveryService for SdsService {
                 if names.is_empty() {
                     continue;
                 }
-                let view = w.ca.view(SystemTime::now());
+                let view = w.ca.view(engine.now());
                 let res = resources(&engine, &w, &mut slot, &view, &names).await?;
                 let set: BTreeSet<String> = names.iter().cloned().collect();
                 if last.as_ref().is_some_and(|(s, r)| *s == set && *r == res) {
@@ -201,7 +200,7 @@ impl SecretDiscoveryService for SdsService {
         let w = workload(&self.engine, caller, "sds").await?;
         let r = req.into_inner();
         check_request(&r)?;
-        let view = w.ca.view(SystemTime::now());
+        let view = w.ca.view(self.engine.now());
         let mut slot = LeafSlot::default();
         let res = resources(&self.engine, &w, &mut slot, &view, &r.resource_names).await?;
         Ok(Response::new(DiscoveryResponse {

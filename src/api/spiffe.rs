@@ -104,7 +104,7 @@ impl LeafSlot {
         view: &View,
         api: &str,
     ) -> Result<&Issued, Status> {
-        let now = SystemTime::now();
+        let now = engine.now();
         let stale = match (&self.issued, self.renew_at) {
             (Some(i), Some(at)) => {
                 now >= at || i.chain.id != view.signer || w.ca.is_revoked(&i.leaf.serial)
@@ -126,8 +126,7 @@ impl LeafSlot {
     }
 
     /// How long a stream may sleep before something of its own is due.
-    pub fn sleep_for(&self, view: &View) -> Duration {
-        let now = SystemTime::now();
+    pub fn sleep_for(&self, view: &View, now: SystemTime) -> Duration {
         [self.renew_at, view.next_activation]
             .into_iter()
             .flatten()
@@ -177,7 +176,7 @@ impl SpiffeWorkloadApi for SpiffeService {
             let mut slot = LeafSlot::default();
             let mut rx = w.ca.subscribe();
             loop {
-                let view = w.ca.view(SystemTime::now());
+                let view = w.ca.view(engine.now());
                 let issued = slot.current(&engine, &w, &view, "svid_x509").await?;
                 yield wpb::X509svidResponse {
                     svids: vec![wpb::X509svid {
@@ -193,7 +192,7 @@ impl SpiffeWorkloadApi for SpiffeService {
                 let serial = issued.leaf.serial.clone();
                 // Wait for a change, a due renewal, or a periodic policy re-check.
                 loop {
-                    let pause = slot.sleep_for(&view);
+                    let pause = slot.sleep_for(&view, engine.now());
                     tokio::select! {
                         r = rx.changed() => if r.is_err() { break },
                         _ = tokio::time::sleep(pause) => {}
@@ -205,13 +204,13 @@ impl SpiffeWorkloadApi for SpiffeService {
                         slot = LeafSlot::default();
                     }
                     w = next;
-                    let now_view = w.ca.view(SystemTime::now());
+                    let now_view = w.ca.view(engine.now());
                     let changed = moved
                         || now_view.signer != view.signer
                         || now_view.bundle != view.bundle
                         || now_view.crls.len() != view.crls.len()
                         || now_view.crls.iter().zip(&view.crls).any(|(a, b)| a.der != b.der)
-                        || slot.renew_at.is_some_and(|t| t <= SystemTime::now())
+                        || slot.renew_at.is_some_and(|t| t <= engine.now())
                         || w.ca.is_revoked(&serial);
                     if changed {
                         break;
@@ -230,10 +229,11 @@ impl SpiffeWorkloadApi for SpiffeService {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = check_header(&req)?;
         let w = workload(&self.engine, caller, "bundle_x509").await?;
+        let engine = self.engine.clone();
         let stream = async_stream::try_stream! {
             let mut rx = w.ca.subscribe();
             loop {
-                let view = w.ca.view(SystemTime::now());
+                let view = w.ca.view(engine.now());
                 yield wpb::X509BundlesResponse {
                     crl: crls(&view),
                     bundles: HashMap::from([(w.ca.trust_domain_id(), bundle_der(&view))]),
@@ -311,7 +311,7 @@ impl SpiffeWorkloadApi for SpiffeService {
             )));
         }
         let v =
-            w.ca.jwt_validate(&r.svid, &r.audience, SystemTime::now())
+            w.ca.jwt_validate(&r.svid, &r.audience, self.engine.now())
                 .map_err(|e| {
                     Status::from(ApiError::InvalidArgument(format!("JWT-SVID rejected: {e}")))
                 })?;

@@ -283,10 +283,13 @@ impl BackendConfig {
         })
     }
 
+    /// Builds the backend. `clock` is the engine's: a backend that keeps time itself (the CA's
+    /// staged activation, grace and leaf lifetimes) keeps it on the same clock.
     pub async fn build(
         &self,
         name: &str,
         timeout: Duration,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> Result<Arc<dyn Backend>, SetupError> {
         match self {
             BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),
@@ -294,7 +297,7 @@ impl BackendConfig {
                 openbao::OpenBaoBackend::new(name, c, timeout).await?,
             )),
             BackendConfig::Aws(c) => Ok(Arc::new(aws::AwsBackend::new(name, c, timeout).await?)),
-            BackendConfig::Ca(c) => Ok(Arc::new(ca::CaBackend::new(name, c)?)),
+            BackendConfig::Ca(c) => Ok(Arc::new(ca::CaBackend::new(name, c, clock)?)),
         }
     }
 }

@@ -53,7 +53,7 @@ secrets = ["*"]
         d = dir.display()
     );
     let cfg = Config::parse(Path::new("t.toml"), &text, &|_| None).unwrap();
-    let cat = Catalog::build(cfg, 1).await.unwrap();
+    let cat = Catalog::build(cfg, 1, Arc::new(SystemClock)).await.unwrap();
     Engine::new(cat, Arc::new(SystemClock), Audit::disabled())
 }
 

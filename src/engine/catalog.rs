@@ -1,6 +1,7 @@
 //! The catalog: the config and the backends built from it, swapped whole on reload.
 
 use crate::backend::Backend;
+use crate::clock::Clock;
 use crate::config::{Config, SecretSpec};
 use crate::error::ApiError;
 use std::collections::BTreeMap;
@@ -14,11 +15,15 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub async fn build(config: Config, generation: u64) -> Result<Catalog, String> {
+    pub async fn build(
+        config: Config,
+        generation: u64,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Catalog, String> {
         let mut backends = BTreeMap::new();
         for (name, b) in &config.backends {
             let built = b
-                .build(name, config.server.backend_timeout)
+                .build(name, config.server.backend_timeout, clock.clone())
                 .await
                 .map_err(|e| format!("backend `{name}`: {e}"))?;
             backends.insert(name.clone(), built);
@@ -33,7 +38,11 @@ impl Catalog {
     /// A catalog for a reloaded config. CA backends carry state no config holds (generated keys,
     /// the deny list, issued serials), so they carry over as they are; changing one's settings
     /// needs a restart. Other backends are built anew.
-    pub async fn rebuild(config: Config, old: &Catalog) -> Result<Catalog, String> {
+    pub async fn rebuild(
+        config: Config,
+        old: &Catalog,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Catalog, String> {
         let mut backends = BTreeMap::new();
         for (name, b) in &config.backends {
             let before = old.config.backends.get(name);
@@ -49,7 +58,7 @@ impl Catalog {
                     ))
                 }
                 _ => b
-                    .build(name, config.server.backend_timeout)
+                    .build(name, config.server.backend_timeout, clock.clone())
                     .await
                     .map_err(|e| format!("backend `{name}`: {e}"))?,
             };

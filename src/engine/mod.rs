@@ -97,6 +97,11 @@ impl Engine {
         self.clock.now()
     }
 
+    /// The engine's clock, which backends built for it keep time on too.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// Records why the last reload was refused (Status reports it until a reload succeeds).
     pub fn set_config_error(&self, why: String) {
         *self.config_error.lock() = Some(why);

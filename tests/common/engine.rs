@@ -3,7 +3,7 @@
 use sidecred::api::error::ApiError;
 use sidecred::api::peer::PeerIdentity;
 use sidecred::audit::Audit;
-use sidecred::clock::ManualClock;
+use sidecred::clock::{Clock, ManualClock};
 use sidecred::config::Config;
 use sidecred::engine::{Catalog, Engine, GetRequest, Grant};
 use sidecred::session::{Owner, Session};
@@ -28,18 +28,23 @@ pub fn owner(rule: &str) -> Owner {
     }
 }
 
-/// The catalog of a config text (its path is never read).
-pub async fn catalog(config: &str) -> Catalog {
+/// The catalog of a config text (its path is never read), its backends on `clock`.
+pub async fn catalog(config: &str, clock: Arc<dyn Clock>) -> Catalog {
     let cfg = Config::parse(std::path::Path::new("/t/sidecred.toml"), config, &|_| None).unwrap();
-    Catalog::build(cfg, 1).await.unwrap()
+    Catalog::build(cfg, 1, clock).await.unwrap()
 }
 
 /// An engine whose clock starts at `start_secs` after the Unix epoch and moves only when told.
+/// Its backends (the CA's staged activation and grace among them) keep time on that clock.
 pub async fn manual_engine(config: &str, start_secs: u64) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(
         UNIX_EPOCH + Duration::from_secs(start_secs),
     ));
-    let e = Engine::new(catalog(config).await, clock.clone(), Audit::disabled());
+    let e = Engine::new(
+        catalog(config, clock.clone()).await,
+        clock.clone(),
+        Audit::disabled(),
+    );
     (e, clock)
 }
 

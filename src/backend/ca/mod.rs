@@ -20,6 +20,7 @@ use super::setup::SetupError;
 use super::{
     Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
+use crate::clock::Clock;
 use crate::config::{Dur, SecretSpec};
 use crate::policy::SanPolicy;
 use crate::secret::SecretBytes;
@@ -28,7 +29,7 @@ use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use zeroize::Zeroize;
 
 fn default_sds_certificate() -> String {
@@ -197,13 +198,15 @@ pub fn pem_bundle(issued: &Issued) -> SecretBytes {
 
 pub struct CaBackend {
     authority: Arc<Authority>,
+    clock: Arc<dyn Clock>,
 }
 
 impl CaBackend {
-    pub fn new(name: &str, cfg: &CaConfig) -> Result<Self, SetupError> {
-        let authority = Authority::new(cfg.settings(name), SystemTime::now())?;
+    pub fn new(name: &str, cfg: &CaConfig, clock: Arc<dyn Clock>) -> Result<Self, SetupError> {
+        let authority = Authority::new(cfg.settings(name), clock.now())?;
         Ok(Self {
             authority: Arc::new(authority),
+            clock,
         })
     }
 }
@@ -239,12 +242,12 @@ impl Backend for CaBackend {
             ips,
             Some(ttl),
             Some(&req.session.id),
-            SystemTime::now(),
+            self.clock.now(),
         )?;
         let life = issued
             .leaf
             .not_after
-            .duration_since(SystemTime::now())
+            .duration_since(self.clock.now())
             .unwrap_or_default();
         Ok(Fetched {
             value: pem_bundle(&issued),
@@ -264,7 +267,7 @@ impl Backend for CaBackend {
     ) -> Result<Rotated, BackendError> {
         let (id, prev) = self
             .authority
-            .rotate(value.as_ref().map(|v| v.expose()), SystemTime::now())?;
+            .rotate(value.as_ref().map(|v| v.expose()), self.clock.now())?;
         Ok(Rotated {
             version: id.to_string(),
             previous_version: prev.map(|p| p.to_string()),
@@ -273,13 +276,13 @@ impl Backend for CaBackend {
 
     async fn retire(&self, spec: &SecretSpec, version: &str) -> Result<(), BackendError> {
         let id = parse_version(spec, version)?;
-        self.authority.retire(id, SystemTime::now())
+        self.authority.retire(id, self.clock.now())
     }
 
     async fn current_version(&self, _spec: &SecretSpec) -> Result<Option<String>, BackendError> {
         Ok(self
             .authority
-            .signer_id(SystemTime::now())
+            .signer_id(self.clock.now())
             .map(|v| v.to_string()))
     }
 
@@ -299,8 +302,7 @@ impl Backend for CaBackend {
         session: &SessionMeta,
         _handle: &SessionHandle,
     ) -> Result<u32, BackendError> {
-        self.authority
-            .revoke_session(&session.id, SystemTime::now())
+        self.authority.revoke_session(&session.id, self.clock.now())
     }
 
     /// A leaf's lease id is its serial: ending the lease early puts it on the deny list.
@@ -311,7 +313,7 @@ impl Backend for CaBackend {
     ) -> Result<(), BackendError> {
         let serial = hex::decode(&lease.id)
             .map_err(|_| BackendError::Invalid(format!("lease `{}` is not a serial", lease.id)))?;
-        self.authority.revoke_serial(&serial, SystemTime::now())?;
+        self.authority.revoke_serial(&serial, self.clock.now())?;
         Ok(())
     }
 
@@ -325,7 +327,7 @@ impl Backend for CaBackend {
     }
 
     async fn health(&self) -> Result<String, BackendError> {
-        Ok(self.authority.health(SystemTime::now()))
+        Ok(self.authority.health(self.clock.now()))
     }
 
     fn authority(&self) -> Option<Arc<Authority>> {
