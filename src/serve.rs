@@ -102,7 +102,9 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     let server_cfg = cfg.server.clone();
     let fleet = cfg.fleet.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let catalog = Catalog::build(cfg, 1, clock.clone()).await?;
+    let catalog = Catalog::build(cfg, 1, clock.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     let engine = Engine::new(catalog, clock, audit);
     let journal = match &server_cfg.state_dir {
         Some(dir) => Some(
@@ -119,7 +121,10 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     };
     engine.attach(journal, fleet);
     if let Some(dir) = &server_cfg.state_dir {
-        let n = engine.resume_retirements(dir).await?;
+        let n = engine
+            .resume_retirements(dir)
+            .await
+            .map_err(|e| e.to_string())?;
         tracing::info!(pending = n, "retirement journal opened");
     }
     let (workload, w_guard) =
@@ -273,7 +278,9 @@ pub async fn reload(engine: &Engine, path: &Path) {
                 Some(key) => Err(format!(
                     "{key} cannot change on reload (it is set up once at start); restart to change it"
                 )),
-                None => Catalog::rebuild(cfg, &old, engine.clock()).await,
+                None => Catalog::rebuild(cfg, &old, engine.clock())
+                    .await
+                    .map_err(|e| e.to_string()),
             }
         }
         Err(e) => Err(e.to_string()),

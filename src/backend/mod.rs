@@ -23,30 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Why a backend call failed. Messages carry names and paths, never secret values.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BackendError {
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("denied by backend: {0}")]
-    Denied(String),
-    /// Transient: the only kind that allows serving a stale cached value.
-    #[error("backend unavailable: {0}")]
-    Unavailable(String),
-    #[error("failed precondition: {0}")]
-    Precondition(String),
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    #[error("backend error: {0}")]
-    Internal(String),
-}
-
-impl BackendError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, BackendError::Unavailable(_))
-    }
-}
+pub use sidecred_core::BackendError;
 
 /// A lease the backend itself tracks (dynamic credentials), renewable and revocable there.
 #[derive(Clone, Debug)]

@@ -1,11 +1,29 @@
 //! The catalog: the config and the backends built from it, swapped whole on reload.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, SetupError};
 use crate::clock::Clock;
 use crate::config::{Config, SecretSpec};
 use crate::error::ApiError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// Why a catalog could not be built or rebuilt.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("backend `{name}`: {source}")]
+    Backend {
+        name: String,
+        #[source]
+        source: SetupError,
+    },
+    #[error(
+        "backends.{0}: a CA backend's settings cannot change on reload (it holds keys and a \
+         deny list); restart to change them"
+    )]
+    CaChanged(String),
+    #[error("backends.{0}: a CA backend cannot be removed on reload; restart to remove it")]
+    CaRemoved(String),
+}
 
 /// Config plus the backends built from it; swapped whole on reload.
 pub struct Catalog {
@@ -19,13 +37,16 @@ impl Catalog {
         config: Config,
         generation: u64,
         clock: Arc<dyn Clock>,
-    ) -> Result<Catalog, String> {
+    ) -> Result<Catalog, CatalogError> {
         let mut backends = BTreeMap::new();
         for (name, b) in &config.backends {
             let built = b
                 .build(name, config.server.backend_timeout, clock.clone())
                 .await
-                .map_err(|e| format!("backend `{name}`: {e}"))?;
+                .map_err(|source| CatalogError::Backend {
+                    name: name.clone(),
+                    source,
+                })?;
             backends.insert(name.clone(), built);
         }
         Ok(Catalog {
@@ -42,7 +63,7 @@ impl Catalog {
         config: Config,
         old: &Catalog,
         clock: Arc<dyn Clock>,
-    ) -> Result<Catalog, String> {
+    ) -> Result<Catalog, CatalogError> {
         let mut backends = BTreeMap::new();
         for (name, b) in &config.backends {
             let before = old.config.backends.get(name);
@@ -51,24 +72,20 @@ impl Catalog {
                 (Some(prev), Some(running)) if format!("{prev:?}") == format!("{b:?}") => {
                     running.clone()
                 }
-                (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "backends.{name}: a CA backend's settings cannot change on reload (it \
-                         holds keys and a deny list); restart to change them"
-                    ))
-                }
+                (Some(_), Some(_)) => return Err(CatalogError::CaChanged(name.clone())),
                 _ => b
                     .build(name, config.server.backend_timeout, clock.clone())
                     .await
-                    .map_err(|e| format!("backend `{name}`: {e}"))?,
+                    .map_err(|source| CatalogError::Backend {
+                        name: name.clone(),
+                        source,
+                    })?,
             };
             backends.insert(name.clone(), built);
         }
         for (name, b) in &old.config.backends {
             if b.kind() == "ca" && !config.backends.contains_key(name) {
-                return Err(format!(
-                    "backends.{name}: a CA backend cannot be removed on reload; restart to remove it"
-                ));
+                return Err(CatalogError::CaRemoved(name.clone()));
             }
         }
         Ok(Catalog {

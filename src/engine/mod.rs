@@ -23,7 +23,7 @@ mod sweep;
 mod watch;
 
 pub use access::RequestLine;
-pub use catalog::Catalog;
+pub use catalog::{Catalog, CatalogError};
 pub use certs::{authority_of, CsrRequest, SignedCsr};
 pub use grants::{GetRequest, Grant};
 pub use revocation::{RevocationReport, Step};

@@ -11,18 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-/// Why the gate refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GateError {
-    /// The session ended (closed, revoked or expired).
-    Closed,
-    /// This call's lease of this secret was released after the request began.
-    Released,
-    /// The session already has this many distinct call ids.
-    TooManyCalls(usize),
-    /// The session already has this many open watches.
-    TooManyWatches(usize),
-}
+pub use sidecred_core::GateError;
 
 #[derive(Debug, Default)]
 struct State {

@@ -38,19 +38,7 @@ pub struct Session {
     pub gate: Arc<Gate>,
 }
 
-/// Why a session cannot be used.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SessionError {
-    /// Unknown here, or not the caller's: the two look alike so nothing leaks to a stranger.
-    NotOpen,
-    Revoked {
-        at: SystemTime,
-        reason: String,
-    },
-    /// Revoked through another sidecar; it was never open here.
-    RevokedElsewhere,
-    Expired,
-}
+pub use sidecred_core::SessionError;
 
 #[derive(Clone, Debug)]
 pub struct Tombstone {
@@ -186,11 +174,7 @@ impl Sessions {
     }
 }
 
-/// A fresh random id with a readable prefix.
-pub fn new_id(prefix: &str) -> String {
-    let bytes: [u8; 16] = rand::random();
-    format!("{prefix}_{}", hex::encode(bytes))
-}
+pub use sidecred_core::new_id;
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,15 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+/// The retirement journal could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct JournalError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
 #[derive(Clone, Debug)]
 pub struct RotateOutcome {
     pub version: String,
@@ -404,10 +413,13 @@ impl Engine {
 
     /// Opens `state_dir/retirements.jsonl` and resumes the grace windows it holds: open ones
     /// run to their end, overdue ones retire at the next housekeeping pass.
-    pub async fn resume_retirements(&self, state_dir: &Path) -> Result<usize, String> {
+    pub async fn resume_retirements(&self, state_dir: &Path) -> Result<usize, JournalError> {
         let (r, app) = retirements::open(state_dir)
             .await
-            .map_err(|e| format!("{}: {e}", retirements::path(state_dir).display()))?;
+            .map_err(|source| JournalError {
+                path: retirements::path(state_dir),
+                source,
+            })?;
         *self.rotation.journal.lock() = Some(app);
         for l in &r.retired {
             if let Line::Retired { secret, version } = l {

@@ -1,0 +1,70 @@
+//! sidecred's leaf types: what every layer shares and what depends on nothing else of
+//! sidecred's. Time (a clock that tests replace) and the grace-window math, the errors
+//! backends and sessions report, and id generation. The server crate builds everything else
+//! on these; `scripts/test` checks this crate stays free of the transport, TLS and backend
+//! stacks.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod rotation;
+
+use std::time::SystemTime;
+
+/// Why a backend call failed. Messages carry names and paths, never secret values. Not
+/// `non_exhaustive`: every layer that reports one must say what each kind means to its caller.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackendError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("denied by backend: {0}")]
+    Denied(String),
+    /// Transient: the only kind that allows serving a stale cached value.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("failed precondition: {0}")]
+    Precondition(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("backend error: {0}")]
+    Internal(String),
+}
+
+impl BackendError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Unavailable(_))
+    }
+}
+
+/// Why a session cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// Unknown here, or not the caller's: the two look alike so nothing leaks to a stranger.
+    NotOpen,
+    Revoked {
+        at: SystemTime,
+        reason: String,
+    },
+    /// Revoked through another sidecar; it was never open here.
+    RevokedElsewhere,
+    Expired,
+}
+
+/// Why the gate refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateError {
+    /// The session ended (closed, revoked or expired).
+    Closed,
+    /// This call's lease of this secret was released after the request began.
+    Released,
+    /// The session already has this many distinct call ids.
+    TooManyCalls(usize),
+    /// The session already has this many open watches.
+    TooManyWatches(usize),
+}
+
+/// A fresh random id with a readable prefix.
+pub fn new_id(prefix: &str) -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!("{prefix}_{}", hex::encode(bytes))
+}
