@@ -19,7 +19,11 @@ pub struct RequestLine<'a> {
     pub outcome: &'a str,
     pub session: Option<&'a str>,
     pub secret: Option<&'a str>,
+    /// The secret's version(s), where the line reports what was handed on (the proxy).
+    pub version: Option<&'a str>,
     pub lease: Option<&'a str>,
+    /// The policy or injection rule the request matched.
+    pub rule: Option<&'a str>,
     pub detail: &'a str,
 }
 
@@ -150,7 +154,9 @@ impl Engine {
         let mut ev = AuditEvent::new(r.event, r.outcome).caller(caller);
         ev.session = r.session;
         ev.secret = r.secret;
+        ev.version = r.version;
         ev.lease = r.lease;
+        ev.rule = r.rule;
         ev.detail = Some(r.detail);
         let _ = self.audit.record(ev).await;
     }

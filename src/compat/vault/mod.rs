@@ -267,6 +267,7 @@ impl VaultApi {
             secret: note.secret.as_deref(),
             lease: note.lease.as_deref(),
             detail: &detail,
+            ..Default::default()
         };
         self.engine().record_request(caller, line).await;
     }
