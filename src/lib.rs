@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod panic_hook;
 pub mod policy;
+pub mod proxy;
 pub mod rotation;
 pub mod schedule;
 pub mod secret;
