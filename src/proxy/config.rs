@@ -124,8 +124,14 @@ fn default_scheme() -> String {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Wire {
     None,
-    Header { name: http::HeaderName, template: String },
-    Basic { user: String, pass: String },
+    Header {
+        name: http::HeaderName,
+        template: String,
+    },
+    Basic {
+        user: String,
+        pass: String,
+    },
     Query(String),
 }
 
@@ -147,12 +153,22 @@ pub struct Rule {
 
 impl Rule {
     /// Whether the rule applies to this request.
-    pub fn matches(&self, tls: bool, host: &str, port: u16, method: &http::Method, path: &str) -> bool {
+    pub fn matches(
+        &self,
+        tls: bool,
+        host: &str,
+        port: u16,
+        method: &http::Method,
+        path: &str,
+    ) -> bool {
         self.tls == tls
             && self.port == port
             && self.host.eq_ignore_ascii_case(host)
             && (self.methods.is_empty() || self.methods.contains(method))
-            && self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
     }
 }
 
@@ -189,34 +205,57 @@ impl RawProxy {
         let tunnel_unmatched = match self.unmatched.as_str() {
             "refuse" => false,
             "tunnel" => true,
-            o => return Err(("proxy.unmatched", format!("`{o}`: expected \"refuse\" or \"tunnel\""))),
+            o => {
+                return Err((
+                    "proxy.unmatched",
+                    format!("`{o}`: expected \"refuse\" or \"tunnel\""),
+                ))
+            }
         };
         let ca_files = match (self.ca_cert_file, self.ca_key_file) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => return Err(("proxy.ca_cert_file", "set ca_cert_file and ca_key_file together".into())),
+            _ => {
+                return Err((
+                    "proxy.ca_cert_file",
+                    "set ca_cert_file and ca_key_file together".into(),
+                ))
+            }
         };
         let egress_proxy = match &self.egress_proxy {
-            Some(s) => Some(host_port(s.trim_start_matches("http://").trim_end_matches('/')).ok_or((
-                "proxy.egress_proxy",
-                format!("`{s}`: expected host:port such as \"proxy.corp:3128\""),
-            ))?),
+            Some(s) => Some(
+                host_port(s.trim_start_matches("http://").trim_end_matches('/')).ok_or((
+                    "proxy.egress_proxy",
+                    format!("`{s}`: expected host:port such as \"proxy.corp:3128\""),
+                ))?,
+            ),
             None => None,
         };
         let rate = |key: &'static str, r: f64, b: Option<f64>| {
             if !(0.0..=1e6).contains(&r) || b.is_some_and(|b| !(1.0..=1e6).contains(&b)) {
-                return Err((key, "rates are 0 (unlimited) to 1e6 per second; bursts 1 to 1e6".into()));
+                return Err((
+                    key,
+                    "rates are 0 (unlimited) to 1e6 per second; bursts 1 to 1e6".into(),
+                ));
             }
             Ok((r, b.unwrap_or(r.max(1.0))))
         };
         if !(1024..=1 << 20).contains(&self.max_header_bytes) {
-            return Err(("proxy.max_header_bytes", "must be between 1024 and 1048576".into()));
+            return Err((
+                "proxy.max_header_bytes",
+                "must be between 1024 and 1048576".into(),
+            ));
         }
         let mut rules = Vec::new();
         for (i, r) in self.rules.into_iter().enumerate() {
-            let rule = r.validate(secret_zone).map_err(|(k, m)| (k, format!("rule[{i}]: {m}")))?;
+            let rule = r
+                .validate(secret_zone)
+                .map_err(|(k, m)| (k, format!("rule[{i}]: {m}")))?;
             if rules.iter().any(|o: &Rule| o.name == rule.name) {
-                return Err(("proxy.rule.name", format!("duplicate rule name `{}`", rule.name)));
+                return Err((
+                    "proxy.rule.name",
+                    format!("duplicate rule name `{}`", rule.name),
+                ));
             }
             rules.push(rule);
         }
@@ -231,9 +270,16 @@ impl RawProxy {
             upstream_ca_file: self.upstream_ca_file,
             egress_proxy,
             session_rate: rate("proxy.session_rate", self.session_rate, self.session_burst)?,
-            destination_rate: rate("proxy.destination_rate", self.destination_rate, self.destination_burst)?,
+            destination_rate: rate(
+                "proxy.destination_rate",
+                self.destination_rate,
+                self.destination_burst,
+            )?,
             max_header_bytes: self.max_header_bytes,
-            connect_timeout: self.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+            connect_timeout: self
+                .connect_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
             rules,
         })
     }
@@ -244,13 +290,29 @@ impl RawRule {
         let tls = match self.scheme.as_str() {
             "https" => true,
             "http" => false,
-            o => return Err(("proxy.rule.scheme", format!("`{o}`: expected \"https\" or \"http\""))),
+            o => {
+                return Err((
+                    "proxy.rule.scheme",
+                    format!("`{o}`: expected \"https\" or \"http\""),
+                ))
+            }
         };
-        if self.host.is_empty() || !self.host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-            return Err(("proxy.rule.host", format!("`{}` is not a host name", self.host.escape_debug())));
+        if self.host.is_empty()
+            || !self
+                .host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err((
+                "proxy.rule.host",
+                format!("`{}` is not a host name", self.host.escape_debug()),
+            ));
         }
         let known = |n: &str| {
-            secret_zone(n).ok_or(("proxy.rule.secret", format!("`{n}` is not a configured secret")))
+            secret_zone(n).ok_or((
+                "proxy.rule.secret",
+                format!("`{n}` is not a configured secret"),
+            ))
         };
         let mut zone = None;
         if let Some(s) = &self.secret {
@@ -265,30 +327,67 @@ impl RawRule {
                 return Err(("proxy.rule.client_cert", "needs scheme = \"https\"".into()));
             }
         }
-        let wires = [self.header.is_some(), self.basic.is_some(), self.query.is_some()];
+        let wires = [
+            self.header.is_some(),
+            self.basic.is_some(),
+            self.query.is_some(),
+        ];
         let wire = match (&self.secret, wires.iter().filter(|w| **w).count()) {
-            (_, n) if n > 1 => return Err(("proxy.rule", "set at most one of header, basic, query".into())),
-            (None, 1) => return Err(("proxy.rule.secret", "header, basic and query need `secret`".into())),
-            (Some(_), 0) => return Err(("proxy.rule", "`secret` needs one of header, basic, query".into())),
+            (_, n) if n > 1 => {
+                return Err((
+                    "proxy.rule",
+                    "set at most one of header, basic, query".into(),
+                ))
+            }
+            (None, 1) => {
+                return Err((
+                    "proxy.rule.secret",
+                    "header, basic and query need `secret`".into(),
+                ))
+            }
+            (Some(_), 0) => {
+                return Err((
+                    "proxy.rule",
+                    "`secret` needs one of header, basic, query".into(),
+                ))
+            }
             (None, _) => Wire::None,
             (Some(_), _) => {
                 if let Some(h) = self.header {
                     let (name, template) = h.split_once(':').ok_or((
                         "proxy.rule.header",
-                        "expected \"Name: template\", e.g. \"Authorization: Bearer {value}\"".into(),
+                        "expected \"Name: template\", e.g. \"Authorization: Bearer {value}\""
+                            .into(),
                     ))?;
-                    let name = http::HeaderName::from_bytes(name.trim().as_bytes())
-                        .map_err(|_| ("proxy.rule.header", format!("`{}` is not a header name", name.trim())))?;
+                    let name =
+                        http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                            (
+                                "proxy.rule.header",
+                                format!("`{}` is not a header name", name.trim()),
+                            )
+                        })?;
                     let template = template.trim().to_string();
-                    if !template.contains("{value}") || http::HeaderValue::from_str(&template).is_err() {
-                        return Err(("proxy.rule.header", "the template must contain {value} and be a valid header value".into()));
+                    if !template.contains("{value}")
+                        || http::HeaderValue::from_str(&template).is_err()
+                    {
+                        return Err((
+                            "proxy.rule.header",
+                            "the template must contain {value} and be a valid header value".into(),
+                        ));
                     }
                     Wire::Header { name, template }
                 } else if let Some([user, pass]) = self.basic {
                     Wire::Basic { user, pass }
                 } else if let Some(q) = self.query {
-                    if q.is_empty() || !q.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
-                        return Err(("proxy.rule.query", format!("`{}` is not a plain parameter name", q.escape_debug())));
+                    if q.is_empty()
+                        || !q
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+                    {
+                        return Err((
+                            "proxy.rule.query",
+                            format!("`{}` is not a plain parameter name", q.escape_debug()),
+                        ));
                     }
                     Wire::Query(q)
                 } else {

@@ -53,7 +53,10 @@ pub async fn accept(p: Arc<Proxy>, l: tokio::net::TcpListener) {
 }
 
 async fn refuse(mut s: tokio::net::TcpStream, status: u16, why: &str) {
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
     let msg = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}\n",
         why.len() + 1
@@ -118,16 +121,22 @@ impl Conn {
     }
 
     /// Binds the connection to `e`'s session (the first one seen); another session is refused.
-    pub fn bind(&self, e: &Arc<Entry>) -> Result<(), Response> {
+    pub fn bind(&self, e: &Arc<Entry>) -> Result<(), Box<Response>> {
         let mut b = self.bound.lock();
         match &*b {
             Some(cur) if cur.session == e.session => Ok(()),
-            Some(_) => Err(answer(403, "this connection carries another session; open a new connection")),
+            Some(_) => Err(Box::new(answer(
+                403,
+                "this connection carries another session; open a new connection",
+            ))),
             None => {
                 *b = Some(e.clone());
                 let kill = self.kill.clone();
                 let revoked = e.on_revoke();
-                let left = e.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+                let left = e
+                    .expires_at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
                 *self.watcher.lock() = Some(tokio::spawn(async move {
                     tokio::select! {
                         _ = revoked => {}
@@ -145,7 +154,10 @@ impl Conn {
     }
 
     /// `serve`, boxed: a terminated tunnel serves a connection from inside a request.
-    fn serve_boxed<S>(self: Arc<Self>, io: S) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    fn serve_boxed<S>(
+        self: Arc<Self>,
+        io: S,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -196,7 +208,11 @@ impl Conn {
             return self.p.control(&self.peer, req).await;
         }
         let now = SystemTime::now();
-        let e = match self.p.tokens.check(req.headers().get(http::header::PROXY_AUTHORIZATION), self.peer.uid, now) {
+        let e = match self.p.tokens.check(
+            req.headers().get(http::header::PROXY_AUTHORIZATION),
+            self.peer.uid,
+            now,
+        ) {
             Ok(e) => e,
             Err(r) => {
                 self.refused(None, r.status, &r.why, &req).await;
@@ -211,7 +227,7 @@ impl Conn {
             }
         };
         if let Err(r) = self.bind(&e) {
-            return r;
+            return *r;
         }
         if req.method() == http::Method::CONNECT {
             return self.connect(e, req).await;
@@ -222,24 +238,43 @@ impl Conn {
             self.refused(Some(&e), 400, msg, &req).await;
             return answer(400, msg);
         }
-        let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(80);
         super::forward::forward(self, &e, false, &host, port, req).await
     }
 
     /// Audits a request refused before it went anywhere.
-    pub async fn refused<B>(&self, e: Option<&Arc<Entry>>, status: u16, why: &str, req: &http::Request<B>) {
+    pub async fn refused<B>(
+        &self,
+        e: Option<&Arc<Entry>>,
+        status: u16,
+        why: &str,
+        req: &http::Request<B>,
+    ) {
         let host = req.uri().host().unwrap_or("-");
         self.p
             .audit(
                 &self.peer,
                 Line {
-                    outcome: if status == 403 || status == 407 { "denied" } else { "invalid" },
+                    outcome: if status == 403 || status == 407 {
+                        "denied"
+                    } else {
+                        "invalid"
+                    },
                     session: e.map(|e| e.session.clone()),
                     rule: None,
                     secrets: String::new(),
                     versions: String::new(),
-                    detail: format!("method={} host={} status={status} reason={why}", req.method(), crate::compat::listen::clip(host, 255)),
+                    detail: format!(
+                        "method={} host={} status={status} reason={why}",
+                        req.method(),
+                        crate::compat::listen::clip(host, 255)
+                    ),
                 },
             )
             .await;
@@ -249,16 +284,25 @@ impl Conn {
         let Some(auth) = req.uri().authority().cloned() else {
             return answer(400, "CONNECT needs host:port");
         };
-        let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let Some(port) = auth.port_u16() else {
             let msg = "CONNECT needs an explicit port (host:port)";
             self.refused(Some(&e), 400, msg, &req).await;
             return answer(400, msg);
         };
         if let Err(r) = self.p.limit(&e, &host) {
-            return r;
+            return *r;
         }
-        let named = self.p.cfg.rules.iter().any(|r| r.tls && r.port == port && r.host == host);
+        let named = self
+            .p
+            .cfg
+            .rules
+            .iter()
+            .any(|r| r.tls && r.port == port && r.host == host);
         if named {
             let mitm = match self.p.mitm.server_config(&host) {
                 Ok(c) => c,
@@ -266,24 +310,51 @@ impl Conn {
             };
             let inner = Conn::new(self.p.clone(), self.peer.clone(), Some((host, port)));
             let _ = inner.bind(&e);
+            let revoked = e.on_revoke();
             tokio::spawn(async move {
-                let Ok(up) = hyper::upgrade::on(req).await else { return };
-                let acceptor = tokio_rustls::TlsAcceptor::from(mitm);
-                let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(TokioIo::new(up))).await;
-                match tls {
-                    Ok(Ok(s)) => inner.serve_boxed(s).await,
-                    Ok(Err(err)) => tracing::info!(error = %err, "agent TLS handshake failed (does it trust the proxy CA?)"),
-                    Err(_) => tracing::info!("agent TLS handshake timed out"),
+                let tunnel = async move {
+                    let Ok(up) = hyper::upgrade::on(req).await else {
+                        return;
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(mitm);
+                    let tls = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(TokioIo::new(up)),
+                    )
+                    .await;
+                    match tls {
+                        Ok(Ok(s)) => inner.serve_boxed(s).await,
+                        Ok(Err(err)) => {
+                            tracing::info!(error = %err, "agent TLS handshake failed (does it trust the proxy CA?)")
+                        }
+                        Err(_) => tracing::info!("agent TLS handshake timed out"),
+                    }
+                };
+                // The session's end closes the tunnel at any stage, the handshake included.
+                tokio::select! {
+                    _ = tunnel => {}
+                    _ = revoked => {}
                 }
             });
             return super::connected();
         }
-        let why = if self.p.cfg.rules.iter().any(|r| r.host == host && r.port == port) {
+        let why = if self
+            .p
+            .cfg
+            .rules
+            .iter()
+            .any(|r| r.host == host && r.port == port)
+        {
             Some("this destination is named by an http rule; send absolute-form requests, not CONNECT".to_string())
         } else if !self.p.cfg.tunnel_unmatched {
-            Some(format!("no rule names {host}:{port} and unmatched destinations are refused"))
+            Some(format!(
+                "no rule names {host}:{port} and unmatched destinations are refused"
+            ))
         } else if !self.p.cfg.tunnel_ports.contains(&port) {
-            Some(format!("port {port} is not one unmatched destinations may be tunnelled to ({:?})", self.p.cfg.tunnel_ports))
+            Some(format!(
+                "port {port} is not one unmatched destinations may be tunnelled to ({:?})",
+                self.p.cfg.tunnel_ports
+            ))
         } else if self.p.cfg.unmatched_zone == Zone::Restricted {
             Some("unmatched destinations are in the restricted zone: refused".to_string())
         } else {
@@ -305,7 +376,9 @@ impl Conn {
         let p = self.p.clone();
         let peer = self.peer.clone();
         tokio::spawn(async move {
-            let Ok(up) = hyper::upgrade::on(req).await else { return };
+            let Ok(up) = hyper::upgrade::on(req).await else {
+                return;
+            };
             let mut client = TokioIo::new(up);
             let mut s = s;
             let (sent, got, how) = tokio::select! {
@@ -319,7 +392,14 @@ impl Conn {
                 "method=CONNECT host={host} port={port} tunnel={how} bytes_up={sent} bytes_down={got} latency_us={}",
                 t0.elapsed().as_micros()
             );
-            let l = Line { outcome: "ok", session: Some(e.session.clone()), rule: None, secrets: String::new(), versions: String::new(), detail };
+            let l = Line {
+                outcome: "ok",
+                session: Some(e.session.clone()),
+                rule: None,
+                secrets: String::new(),
+                versions: String::new(),
+                detail,
+            };
             p.audit(&peer, l).await;
         });
         super::connected()
@@ -336,19 +416,27 @@ impl Proxy {
     }
 
     /// Takes a token from the session's and the destination's buckets; else 429.
-    pub fn limit(&self, e: &Entry, host: &str) -> Result<(), Response> {
+    pub fn limit(&self, e: &Entry, host: &str) -> Result<(), Box<Response>> {
         let now = Instant::now();
         let wait = match self.per_session.take(&e.session, now) {
             Err(w) => Some((w, "session")),
-            Ok(()) => self.per_destination.take(host, now).err().map(|w| (w, "destination")),
+            Ok(()) => self
+                .per_destination
+                .take(host, now)
+                .err()
+                .map(|w| (w, "destination")),
         };
         match wait {
             None => Ok(()),
             Some((w, which)) => {
                 let secs = super::limits::retry_after(w);
-                let mut r = answer(429, format!("{which} rate limit reached; retry after {secs}s"));
-                r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
-                Err(r)
+                let mut r = answer(
+                    429,
+                    format!("{which} rate limit reached; retry after {secs}s"),
+                );
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+                Err(Box::new(r))
             }
         }
     }

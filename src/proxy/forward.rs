@@ -37,7 +37,11 @@ const HOP: [&str; 9] = [
 ];
 
 fn strip_hop(h: &mut http::HeaderMap) {
-    if let Some(c) = h.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+    if let Some(c) = h
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
         for name in c.split(',') {
             h.remove(name.trim());
         }
@@ -65,19 +69,32 @@ pub async fn forward(
     let t0 = Instant::now();
     let p = &c.p;
     if let Err(r) = p.limit(e, host) {
-        return r;
+        return *r;
     }
-    let rule = p.cfg.rules.iter().find(|r| r.matches(tls, host, port, req.method(), req.uri().path()));
+    let rule = p
+        .cfg
+        .rules
+        .iter()
+        .find(|r| r.matches(tls, host, port, req.method(), req.uri().path()));
     let zone = rule.map(|r| r.zone).unwrap_or(p.cfg.unmatched_zone);
     let refuse = |status: u16, why: String| async move {
-        c.refused(Some(e), status, &why, &req_line(host, port)).await;
+        c.refused(Some(e), status, &why, &req_line(host, port))
+            .await;
         answer(status, why)
     };
     if rule.is_none() && !tls && !p.cfg.tunnel_unmatched {
-        return refuse(403, format!("no rule names {host}:{port} and unmatched destinations are refused")).await;
+        return refuse(
+            403,
+            format!("no rule names {host}:{port} and unmatched destinations are refused"),
+        )
+        .await;
     }
     if zone == Zone::Restricted && rule.and_then(|r| r.secret.as_ref()).is_none() {
-        return refuse(403, format!("{host} is in the restricted zone and no rule grants a secret for it")).await;
+        return refuse(
+            403,
+            format!("{host} is in the restricted zone and no rule grants a secret for it"),
+        )
+        .await;
     }
     let (mut parts, body) = req.into_parts();
     let names = match inject::placeholders(&parts.headers) {
@@ -99,7 +116,11 @@ pub async fn forward(
     }
     for n in &names {
         if !rule.is_some_and(|r| r.placeholders.contains(n)) {
-            return refuse(403, format!("placeholder `{n}` is not allowed for {host}:{port}")).await;
+            return refuse(
+                403,
+                format!("placeholder `{n}` is not allowed for {host}:{port}"),
+            )
+            .await;
         }
         wanted.push(n);
     }
@@ -128,13 +149,22 @@ pub async fn forward(
     }
     let value_of = |n: &str| got.iter().find(|g| g.name == n).map(|g| g.value.as_slice());
     strip_hop(&mut parts.headers);
-    let pq = parts.uri.path_and_query().map(|x| x.as_str()).unwrap_or("/").to_string();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|x| x.as_str())
+        .unwrap_or("/")
+        .to_string();
     parts.uri = match pq.parse() {
         Ok(u) => u,
         Err(_) => return refuse(400, "bad request target".into()).await,
     };
     if !parts.headers.contains_key(http::header::HOST) {
-        let h = if port == if tls { 443 } else { 80 } { host.to_string() } else { format!("{host}:{port}") };
+        let h = if port == if tls { 443 } else { 80 } {
+            host.to_string()
+        } else {
+            format!("{host}:{port}")
+        };
         if let Ok(v) = http::HeaderValue::from_str(&h) {
             parts.headers.insert(http::header::HOST, v);
         }
@@ -143,8 +173,10 @@ pub async fn forward(
     let mut needles = inject::Needles::default();
     if let Some(r) = rule {
         let main = r.secret.as_deref().and_then(value_of);
-        let ph: HashMap<String, Vec<u8>> =
-            names.iter().filter_map(|n| value_of(n).map(|v| (n.clone(), v.to_vec()))).collect();
+        let ph: HashMap<String, Vec<u8>> = names
+            .iter()
+            .filter_map(|n| value_of(n).map(|v| (n.clone(), v.to_vec())))
+            .collect();
         let applied = inject::apply(&mut parts, r, main, &ph);
         drop(ph);
         match applied {
@@ -180,7 +212,9 @@ pub async fn forward(
         }
     };
     let method = parts.method.clone();
-    let resp = sender.send_request(http::Request::from_parts(parts, body)).await;
+    let resp = sender
+        .send_request(http::Request::from_parts(parts, body))
+        .await;
     c.pool.0.lock().await.insert(key, sender);
     let resp = match resp {
         Ok(r) => r,
@@ -192,16 +226,32 @@ pub async fn forward(
     let (mut rp, rb) = resp.into_parts();
     strip_hop(&mut rp.headers);
     scrub_headers(&mut rp.headers, &needles.0);
+    if !needles.0.is_empty() {
+        // Redaction changes the length: the body goes out chunked.
+        rp.headers.remove(http::header::CONTENT_LENGTH);
+    }
     let status = rp.status.as_u16();
     let line = Line {
         outcome: "ok",
         session: Some(e.session.clone()),
         rule: rule.map(|r| r.name.clone()),
-        secrets: got.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(","),
-        versions: got.iter().map(|g| g.version.as_str()).collect::<Vec<_>>().join(","),
+        secrets: got
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        versions: got
+            .iter()
+            .map(|g| g.version.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         detail: format!("method={method} host={host} port={port} status={status}"),
     };
-    let leases: Vec<String> = got.iter().map(|g| g.lease.clone()).filter(|l| !l.is_empty()).collect();
+    let leases: Vec<String> = got
+        .iter()
+        .map(|g| g.lease.clone())
+        .filter(|l| !l.is_empty())
+        .collect();
     drop(got);
     let (c2, e2) = (c.clone(), e.clone());
     let on_end = Box::new(move |bytes: u64, complete: bool| {
@@ -214,19 +264,26 @@ pub async fn forward(
         );
         tokio::spawn(async move {
             for l in leases {
-                let r = pb::ReleaseLeaseRequest { lease_id: l, session_id: e2.session.to_string() };
+                let r = pb::ReleaseLeaseRequest {
+                    lease_id: l,
+                    session_id: e2.session.to_string(),
+                };
                 let _ = c2.p.broker.release_lease(&c2.peer, r).await;
             }
             c2.p.audit(&c2.peer, line).await;
         });
     });
-    let body = Scrubbed::new(rb, Arc::new(needles), on_end).map_err(|e| Box::new(e) as super::BoxError);
+    let body =
+        Scrubbed::new(rb, Arc::new(needles), on_end).map_err(|e| Box::new(e) as super::BoxError);
     http::Response::from_parts(rp, body.boxed())
 }
 
 async fn release(c: &Conn, e: &Entry, got: &[Got]) {
     for g in got.iter().filter(|g| !g.lease.is_empty()) {
-        let r = pb::ReleaseLeaseRequest { lease_id: g.lease.clone(), session_id: e.session.to_string() };
+        let r = pb::ReleaseLeaseRequest {
+            lease_id: g.lease.clone(),
+            session_id: e.session.to_string(),
+        };
         let _ = c.p.broker.release_lease(&c.peer, r).await;
     }
 }

@@ -16,6 +16,12 @@ pub const CLOSE: &str = "}}";
 #[derive(Default)]
 pub struct Needles(pub Vec<Vec<u8>>);
 
+impl std::fmt::Debug for Needles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Needles({} values, redacted)", self.0.len())
+    }
+}
+
 impl Drop for Needles {
     fn drop(&mut self) {
         for n in &mut self.0 {
@@ -77,7 +83,12 @@ fn header_value(mut b: Vec<u8>) -> Result<HeaderValue, Refusal> {
             v.set_sensitive(true);
             v
         })
-        .map_err(|_| (400, "an injected header value is not a valid header value; not sent".to_string()));
+        .map_err(|_| {
+            (
+                400,
+                "an injected header value is not a valid header value; not sent".to_string(),
+            )
+        });
     b.zeroize();
     r
 }
@@ -110,9 +121,10 @@ pub fn apply(
                 let rest = &s[i + OPEN.len()..];
                 let end = find(rest, CLOSE.as_bytes()).unwrap_or(rest.len());
                 let name = String::from_utf8_lossy(&rest[..end]);
-                let v = values
-                    .get(name.as_ref())
-                    .ok_or((403, format!("placeholder `{name}` is not allowed for this destination")))?;
+                let v = values.get(name.as_ref()).ok_or((
+                    403,
+                    format!("placeholder `{name}` is not allowed for this destination"),
+                ))?;
                 out.extend_from_slice(v);
                 s = rest.get(end + CLOSE.len()..).unwrap_or(&[]);
             }
@@ -138,13 +150,19 @@ pub fn apply(
         }
         Wire::Basic { user, pass } => {
             let json: serde_json::Value = serde_json::from_slice(value).map_err(|_| {
-                (502, format!("secret `{secret}` is not a JSON object; basic auth needs one"))
+                (
+                    502,
+                    format!("secret `{secret}` is not a JSON object; basic auth needs one"),
+                )
             })?;
             let field = |f: &str| {
-                json.get(f).and_then(|v| v.as_str()).map(str::to_owned).ok_or((
-                    502,
-                    format!("secret `{secret}` has no string field `{f}` for basic auth"),
-                ))
+                json.get(f)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+                    .ok_or((
+                        502,
+                        format!("secret `{secret}` has no string field `{f}` for basic auth"),
+                    ))
             };
             let (mut u, mut p) = (field(user)?, field(pass)?);
             header_safe(secret, p.as_bytes())?;
@@ -168,18 +186,23 @@ pub fn apply(
             if let Some((_, v)) = pair.split_once('=') {
                 needles.add(v.as_bytes());
             }
-            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
             let mut joined = if pq.contains('?') {
                 format!("{pq}&{pair}")
             } else {
                 format!("{pq}?{pair}")
             };
             let mut up = parts.uri.clone().into_parts();
-            up.path_and_query = Some(
-                joined
-                    .parse()
-                    .map_err(|_| (400, "the request path cannot carry the query parameter".to_string()))?,
-            );
+            up.path_and_query = Some(joined.parse().map_err(|_| {
+                (
+                    400,
+                    "the request path cannot carry the query parameter".to_string(),
+                )
+            })?);
             parts.uri = Uri::from_parts(up).map_err(|_| (400, "bad request URI".to_string()))?;
             pair.zeroize();
             joined.zeroize();
@@ -231,26 +254,69 @@ mod tests {
         assert!(n.0.contains(&b"tok123".to_vec()));
 
         let mut p = parts("/x?a=1", &[]);
-        apply(&mut p, &rule(Wire::Query("key".into())), Some(b"v a&"), &none).unwrap();
+        apply(
+            &mut p,
+            &rule(Wire::Query("key".into())),
+            Some(b"v a&"),
+            &none,
+        )
+        .unwrap();
         assert_eq!(p.uri.to_string(), "/x?a=1&key=v+a%26");
 
         let mut p = parts("/x", &[]);
-        let basic = Wire::Basic { user: "u".into(), pass: "p".into() };
-        apply(&mut p, &rule(basic.clone()), Some(br#"{"u":"bob","p":"pw1"}"#), &none).unwrap();
+        let basic = Wire::Basic {
+            user: "u".into(),
+            pass: "p".into(),
+        };
+        apply(
+            &mut p,
+            &rule(basic.clone()),
+            Some(br#"{"u":"bob","p":"pw1"}"#),
+            &none,
+        )
+        .unwrap();
         assert_eq!(p.headers["authorization"], "Basic Ym9iOnB3MQ==");
-        assert_eq!(apply(&mut parts("/", &[]), &rule(basic), Some(b"nope"), &none).unwrap_err().0, 502);
+        assert_eq!(
+            apply(&mut parts("/", &[]), &rule(basic), Some(b"nope"), &none)
+                .unwrap_err()
+                .0,
+            502
+        );
 
-        let err = apply(&mut parts("/", &[]), &rule(tmpl), Some(b"a\r\nX-Evil: 1"), &none).unwrap_err();
+        let err = apply(
+            &mut parts("/", &[]),
+            &rule(tmpl),
+            Some(b"a\r\nX-Evil: 1"),
+            &none,
+        )
+        .unwrap_err();
         assert_eq!(err.0, 400);
         assert!(!err.1.contains("Evil"));
     }
 
     #[test]
     fn placeholders_table() {
-        let h = parts("/", &[("x-api", "k={{sidecred:tools/p}};"), ("x-b", "{{sidecred:tools/q}}")]).headers;
+        let h = parts(
+            "/",
+            &[
+                ("x-api", "k={{sidecred:tools/p}};"),
+                ("x-b", "{{sidecred:tools/q}}"),
+            ],
+        )
+        .headers;
         assert_eq!(placeholders(&h).unwrap(), vec!["tools/p", "tools/q"]);
-        assert_eq!(placeholders(&parts("/", &[("x", "{{sidecred:a")]).headers).unwrap_err().0, 400);
-        assert_eq!(placeholders(&parts("/", &[("x", "{{sidecred:../x}}")]).headers).unwrap_err().0, 400);
+        assert_eq!(
+            placeholders(&parts("/", &[("x", "{{sidecred:a")]).headers)
+                .unwrap_err()
+                .0,
+            400
+        );
+        assert_eq!(
+            placeholders(&parts("/", &[("x", "{{sidecred:../x}}")]).headers)
+                .unwrap_err()
+                .0,
+            400
+        );
 
         let mut p = parts("/", &[("x-api", "k={{sidecred:tools/p}};")]);
         let vals = HashMap::from([("tools/p".to_string(), b"pv1".to_vec())]);

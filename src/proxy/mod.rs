@@ -86,7 +86,11 @@ pub fn answer(status: u16, body: impl Into<String>) -> Response {
 
 /// The answer to a CONNECT that is going through: 200, no body.
 pub fn connected() -> Response {
-    http::Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed())
+    http::Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
 }
 
 /// One audit line: what the proxy did with one request (never a value or a query).
@@ -100,11 +104,18 @@ pub struct Line {
 }
 
 impl Proxy {
-    pub fn new(engine: Arc<Engine>, stop: watch::Receiver<bool>) -> Result<Option<Arc<Proxy>>, String> {
+    pub fn new(
+        engine: Arc<Engine>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Option<Arc<Proxy>>, String> {
         let Some(cfg) = engine.catalog().config.proxy.clone() else {
             return Ok(None);
         };
-        let mitm = tls::Mitm::new(cfg.ca_files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
+        let mitm = tls::Mitm::new(
+            cfg.ca_files
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        )?;
         if let Some(p) = &cfg.ca_bundle_file {
             std::fs::write(p, mitm.bundle_pem())
                 .map_err(|e| format!("proxy.ca_bundle_file {}: {e}", p.display()))?;
@@ -149,7 +160,11 @@ impl Proxy {
 
     /// `POST /sidecred/v1/session` (origin-form, to the proxy itself): opens a session owned by
     /// the caller and answers its id and proxy token. `GET /sidecred/v1/ca.pem`: the bundle.
-    async fn control(&self, caller: &PeerIdentity, req: http::Request<hyper::body::Incoming>) -> Response {
+    async fn control(
+        &self,
+        caller: &PeerIdentity,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Response {
         match (req.method().as_str(), req.uri().path()) {
             ("GET", "/sidecred/v1/ca.pem") => {
                 let mut r = answer(200, self.bundle_pem());
@@ -246,7 +261,10 @@ pub struct Running {
 }
 
 /// Binds and serves the proxy when `[proxy]` is set, and follows revocations.
-pub async fn spawn(engine: Arc<Engine>, stop: watch::Receiver<bool>) -> Result<Option<Running>, String> {
+pub async fn spawn(
+    engine: Arc<Engine>,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<Running>, String> {
     let Some(proxy) = Proxy::new(engine.clone(), stop.clone())? else {
         return Ok(None);
     };

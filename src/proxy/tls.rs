@@ -99,7 +99,10 @@ pub fn roots(bundle: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, String
                 .map_err(|e| format!("proxy.upstream_ca_file {}: {e}", p.display()))?;
             let (ok, _) = store.add_parsable_certificates(certs);
             if ok == 0 {
-                return Err(format!("proxy.upstream_ca_file {}: no certificate", p.display()));
+                return Err(format!(
+                    "proxy.upstream_ca_file {}: no certificate",
+                    p.display()
+                ));
             }
         }
         None => {
@@ -125,7 +128,9 @@ pub fn client_config(
         Some(pem) => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
                 .collect::<Result<_, _>>()
-                .map_err(|_| "the client certificate secret holds no PEM certificate".to_string())?;
+                .map_err(|_| {
+                    "the client certificate secret holds no PEM certificate".to_string()
+                })?;
             // The PEM error is not kept: it could quote key bytes.
             let key = PrivateKeyDer::from_pem_slice(pem)
                 .map_err(|_| "the client certificate secret holds no private key".to_string())?;

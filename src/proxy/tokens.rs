@@ -23,6 +23,14 @@ pub struct Entry {
     revoked: watch::Sender<Option<Arc<str>>>,
 }
 
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("uid", &self.uid)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Entry {
     /// Why the session was revoked, if it was.
     pub fn revoked(&self) -> Option<Arc<str>> {
@@ -165,7 +173,9 @@ fn parse(v: &[u8]) -> Option<String> {
     let tok = if scheme.eq_ignore_ascii_case("bearer") {
         rest.to_string()
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let raw = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
         let text = String::from_utf8(raw).ok()?;
         let (u, p) = text.split_once(':')?;
         if p.starts_with(PREFIX) {
@@ -198,16 +208,42 @@ mod tests {
         assert_eq!(tok, t.token_of("ses_1"));
         assert_ne!(Tokens::default().token_of("ses_1"), tok, "per-process key");
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("sidecred:{tok}"));
-        assert!(t.check(Some(&hv(&format!("Basic {basic}"))), 1000, now).is_ok());
-        assert!(t.check(Some(&hv(&format!("Bearer {tok}"))), 1000, now).is_ok());
+        assert!(t
+            .check(Some(&hv(&format!("Basic {basic}"))), 1000, now)
+            .is_ok());
+        assert!(t
+            .check(Some(&hv(&format!("Bearer {tok}"))), 1000, now)
+            .is_ok());
         assert_eq!(t.check(None, 1000, now).unwrap_err().status, 407);
-        assert_eq!(t.check(Some(&hv("Bearer sct_nope")), 1000, now).unwrap_err().status, 407);
-        assert_eq!(t.check(Some(&hv("Digest x")), 1000, now).unwrap_err().status, 407);
-        assert_eq!(t.check(Some(&hv(&format!("Bearer {tok}"))), 65534, now).unwrap_err().status, 403);
+        assert_eq!(
+            t.check(Some(&hv("Bearer sct_nope")), 1000, now)
+                .unwrap_err()
+                .status,
+            407
+        );
+        assert_eq!(
+            t.check(Some(&hv("Digest x")), 1000, now)
+                .unwrap_err()
+                .status,
+            407
+        );
+        assert_eq!(
+            t.check(Some(&hv(&format!("Bearer {tok}"))), 65534, now)
+                .unwrap_err()
+                .status,
+            403
+        );
         let later = now + Duration::from_secs(61);
-        assert_eq!(t.check(Some(&hv(&format!("Bearer {tok}"))), 1000, later).unwrap_err().status, 403);
+        assert_eq!(
+            t.check(Some(&hv(&format!("Bearer {tok}"))), 1000, later)
+                .unwrap_err()
+                .status,
+            403
+        );
         t.revoke("ses_1", "test");
-        let e = t.check(Some(&hv(&format!("Bearer {tok}"))), 1000, now).unwrap_err();
+        let e = t
+            .check(Some(&hv(&format!("Bearer {tok}"))), 1000, now)
+            .unwrap_err();
         assert_eq!((e.status, e.why.as_str()), (403, "session revoked: test"));
     }
 }

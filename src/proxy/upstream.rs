@@ -69,30 +69,44 @@ pub async fn open(
                         Err(e) => last = Some(e),
                     }
                 }
-                Err(up(502, format!("cannot connect to {host}:{port}: {}", last.map(|e| e.to_string()).unwrap_or_default())))
+                Err(up(
+                    502,
+                    format!(
+                        "cannot connect to {host}:{port}: {}",
+                        last.map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                ))
             }
             Route::Egress(ph, pp) => {
-                let mut s = TcpStream::connect((ph.as_str(), *pp))
-                    .await
-                    .map_err(|e| up(502, format!("cannot reach the egress proxy {ph}:{pp}: {e}")))?;
+                let mut s = TcpStream::connect((ph.as_str(), *pp)).await.map_err(|e| {
+                    up(502, format!("cannot reach the egress proxy {ph}:{pp}: {e}"))
+                })?;
                 let req = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
                 s.write_all(req.as_bytes())
                     .await
                     .map_err(|e| up(502, format!("egress proxy {ph}:{pp}: {e}")))?;
-                let head = read_head(&mut s).await.map_err(|e| up(502, format!("egress proxy {ph}:{pp}: {e}")))?;
+                let head = read_head(&mut s)
+                    .await
+                    .map_err(|e| up(502, format!("egress proxy {ph}:{pp}: {e}")))?;
                 let status = head.split(' ').nth(1).unwrap_or("");
                 if status != "200" {
                     let line = head.lines().next().unwrap_or("").escape_debug().to_string();
-                    return Err(up(502, format!("the egress proxy refused CONNECT {host}:{port}: {line}")));
+                    return Err(up(
+                        502,
+                        format!("the egress proxy refused CONNECT {host}:{port}: {line}"),
+                    ));
                 }
                 let _ = s.set_nodelay(true);
                 Ok(s)
             }
         }
     };
-    let s = tokio::time::timeout(limit, work)
-        .await
-        .map_err(|_| up(504, format!("no connection to {host}:{port} within {limit:?}")))??;
+    let s = tokio::time::timeout(limit, work).await.map_err(|_| {
+        up(
+            504,
+            format!("no connection to {host}:{port} within {limit:?}"),
+        )
+    })??;
     let _ = s.set_nodelay(true);
     Ok(s)
 }
@@ -128,7 +142,9 @@ pub async fn tls(
 }
 
 /// An HTTP/1.1 client connection over `io`; its driver runs in a task of its own.
-pub async fn handshake<B>(io: Box<dyn Io>) -> Result<hyper::client::conn::http1::SendRequest<B>, UpError>
+pub async fn handshake<B>(
+    io: Box<dyn Io>,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, UpError>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,

@@ -9,14 +9,23 @@ use std::process::Command;
 use std::time::Duration;
 
 fn get_via(port: u16, auth: Option<&str>, target: &str) -> (u16, String) {
-    let pa = auth.map(|t| format!("Proxy-Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    raw(port, &format!("GET {target} HTTP/1.1\r\nHost: x\r\n{pa}Connection: close\r\n\r\n"))
+    let pa = auth
+        .map(|t| format!("Proxy-Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    raw(
+        port,
+        &format!("GET {target} HTTP/1.1\r\nHost: x\r\n{pa}Connection: close\r\n\r\n"),
+    )
 }
 
 #[test]
 fn credentials_are_required_and_bound_to_session_and_uid() {
     let w = World::new();
-    let plain = Nginx::start(Origin { tls: None, client_ca: None, allow_only: None });
+    let plain = Nginx::start(Origin {
+        tls: None,
+        client_ca: None,
+        allow_only: None,
+    });
     let rules = format!(
         "{}[[proxy.rule]]\nname = \"plain\"\nscheme = \"http\"\nhost = \"127.0.0.1\"\nport = {}\nsecret = \"tools/gh\"\nheader = \"Authorization: Bearer {{value}}\"\n",
         gh_rule(w.origin.port),
@@ -38,7 +47,17 @@ fn credentials_are_required_and_bound_to_session_and_uid() {
     // uid 65534 opens its own session through the proxy (curl as that uid).
     let as_nobody = |args: &[&str]| {
         let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "curl",
+                "-s",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+            ])
             .args(args)
             .env_remove("http_proxy")
             .env_remove("HTTP_PROXY")
@@ -48,7 +67,11 @@ fn credentials_are_required_and_bound_to_session_and_uid() {
         let (b, c) = t.rsplit_once('\n').unwrap_or(("", ""));
         (c.trim().parse::<u16>().unwrap_or(0), b.to_string())
     };
-    let (s, b) = as_nobody(&["-X", "POST", &format!("http://127.0.0.1:{}/sidecred/v1/session", w.port)]);
+    let (s, b) = as_nobody(&[
+        "-X",
+        "POST",
+        &format!("http://127.0.0.1:{}/sidecred/v1/session", w.port),
+    ]);
     assert_eq!(s, 200, "{b}\n{}", sc.logs());
     let v: serde_json::Value = serde_json::from_str(&b).unwrap();
     let nobody_tok = v["proxy_token"].as_str().unwrap().to_string();
@@ -68,7 +91,9 @@ fn credentials_are_required_and_bound_to_session_and_uid() {
     let mut c = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let one = |c: &mut std::net::TcpStream, tok: &str| {
-        let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer {tok}\r\n\r\n");
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer {tok}\r\n\r\n"
+        );
         c.write_all(req.as_bytes()).unwrap();
         let mut buf = vec![0u8; 4096];
         let n = c.read(&mut buf).unwrap();
@@ -84,7 +109,11 @@ fn credentials_are_required_and_bound_to_session_and_uid() {
 #[test]
 fn bad_input_gets_a_clear_4xx() {
     let w = World::new();
-    let plain = Nginx::start(Origin { tls: None, client_ca: None, allow_only: None });
+    let plain = Nginx::start(Origin {
+        tls: None,
+        client_ca: None,
+        allow_only: None,
+    });
     let rules = format!(
         "{}[[proxy.rule]]\nname = \"crlf\"\nscheme = \"http\"\nhost = \"127.0.0.1\"\nport = {p}\npath_prefix = \"/crlf\"\nsecret = \"tools/crlf\"\nheader = \"Authorization: Bearer {{value}}\"\n\
          [[proxy.rule]]\nname = \"pinned\"\nscheme = \"http\"\nhost = \"localhost\"\nport = {p}\naddresses = [\"10.9.9.9\"]\nsecret = \"tools/gh\"\nquery = \"key\"\n\
@@ -93,23 +122,36 @@ fn bad_input_gets_a_clear_4xx() {
         gh_rule(w.origin.port),
         p = plain.port
     );
-    let sc = sidecar(w.port, &w.proxy_lines("max_header_bytes = 8192\n"), &body(&rules));
+    let sc = sidecar(
+        w.port,
+        &w.proxy_lines("max_header_bytes = 8192\n"),
+        &body(&rules),
+    );
     let (_, tok) = open_session(w.port);
     let base = format!("http://127.0.0.1:{}", plain.port);
 
     // Malformed request lines and headers.
-    for bad in ["GARBAGE\r\n\r\n", "GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", "GET http://x/ HTTP/1.1\r\nBad Header\r\n\r\n"] {
+    for bad in [
+        "GARBAGE\r\n\r\n",
+        "GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://x/ HTTP/1.1\r\nBad Header\r\n\r\n",
+    ] {
         let (s, b) = raw(w.port, bad);
         assert!((400..500).contains(&s), "{bad:?} -> {s} {b}");
     }
     let (s, _) = raw(w.port, "GARBAGE\r\n\r\n");
     assert_eq!(s, 400);
     // Oversized headers: 431.
-    let big = format!("GET {base}/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let big = format!(
+        "GET {base}/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
     assert_eq!(raw(w.port, &big).0, 431);
 
     // CONNECT to a destination no rule names, and to a port no rule allows.
-    let conn = |target: &str| raw(w.port, &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Bearer {tok}\r\n\r\n"));
+    let conn = |target: &str| {
+        raw(w.port, &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Bearer {tok}\r\n\r\n"))
+    };
     let (s, b) = conn("example.invalid:443");
     assert_eq!(s, 403, "{b}");
     assert!(b.contains("no rule names example.invalid:443"), "{b}");
@@ -129,7 +171,11 @@ fn bad_input_gets_a_clear_4xx() {
     assert_eq!(raw(w.port, &req).0, 403);
 
     // The host resolves to an address the rule does not expect.
-    let (s, b) = get_via(w.port, Some(&tok), &format!("http://localhost:{}/q", plain.port));
+    let (s, b) = get_via(
+        w.port,
+        Some(&tok),
+        &format!("http://localhost:{}/q", plain.port),
+    );
     assert_eq!(s, 403, "{b}");
     assert!(b.contains("which the rule does not allow"), "{b}");
 

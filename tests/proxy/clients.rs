@@ -79,8 +79,18 @@ impl World {
         let tmp = tempfile::tempdir().unwrap();
         let ca = make_ca(tmp.path(), "origin-ca");
         let leaf = make_leaf(tmp.path(), &ca, "origin");
-        let origin = Nginx::start(Origin { tls: Some(&leaf), client_ca: None, allow_only: None });
-        World { bundle: tmp.path().join("sidecred-bundle.pem"), origin_ca: ca.0, tmp, origin, port: free_port(false) }
+        let origin = Nginx::start(Origin {
+            tls: Some(&leaf),
+            client_ca: None,
+            allow_only: None,
+        });
+        World {
+            bundle: tmp.path().join("sidecred-bundle.pem"),
+            origin_ca: ca.0,
+            tmp,
+            origin,
+            port: free_port(false),
+        }
     }
 
     /// `[proxy]` lines shared by the tests (bundle file, upstream CA).
@@ -95,8 +105,8 @@ impl World {
 
 pub fn gh_rule(port: u16) -> String {
     format!(
-        "[[proxy.rule]]\nname = \"gh\"\nhost = \"localhost\"\nport = {port}\nsecret = \"tools/gh\"\nheader = \"Authorization: Bearer {{value}}\"\n\
-         [[proxy.rule]]\nname = \"echo\"\nhost = \"localhost\"\nport = {port}\npath_prefix = \"/echo\"\nplaceholders = [\"tools/jira\"]\n"
+        "[[proxy.rule]]\nname = \"echo\"\nhost = \"localhost\"\nport = {port}\npath_prefix = \"/echo\"\nplaceholders = [\"tools/jira\"]\n\
+         [[proxy.rule]]\nname = \"gh\"\nhost = \"localhost\"\nport = {port}\nsecret = \"tools/gh\"\nheader = \"Authorization: Bearer {{value}}\"\n"
     )
 }
 
@@ -118,9 +128,17 @@ fn curl_header_injection_over_https_reaches_nginx() {
     let (status, out, err) = curl(&url, &proxy_url(w.port, &token), &w.bundle, &[]);
     assert_eq!(status, 200, "{out} {err}\n{}", sc.logs());
     assert_eq!(out, "origin-ok");
-    assert!(w.origin.logged(&format!("auth=\"Bearer {CANARY}\"")), "{}", w.origin.access_log());
+    assert!(
+        w.origin.logged(&format!("auth=\"Bearer {CANARY}\"")),
+        "{}",
+        w.origin.access_log()
+    );
     // The client's own Proxy-Authorization never reaches the origin.
-    assert!(w.origin.access_log().contains("pa=\"-\""), "{}", w.origin.access_log());
+    assert!(
+        w.origin.access_log().contains("pa=\"-\""),
+        "{}",
+        w.origin.access_log()
+    );
     assert!(!out.contains(CANARY) && !err.contains(CANARY));
     // One audit line naming session, rule, secret and version; never the value.
     assert!(sc.audit_has("\"event\":\"proxy_request\""));
@@ -133,7 +151,13 @@ fn curl_header_injection_over_https_reaches_nginx() {
     assert_eq!(ev["secret"], "tools/gh");
     assert!(ev["version"].as_str().is_some_and(|v| !v.is_empty()));
     let d = ev["detail"].as_str().unwrap();
-    assert!(d.contains("host=localhost") && d.contains("status=200") && d.contains("bytes=10") && d.contains("latency_us="), "{d}");
+    assert!(
+        d.contains("host=localhost")
+            && d.contains("status=200")
+            && d.contains("bytes=10")
+            && d.contains("latency_us="),
+        "{d}"
+    );
     assert_no_leak(&sc);
 }
 
@@ -166,7 +190,13 @@ with httpx.Client(timeout=15) as c:
     assert!(out.status.success(), "{text}\n{err}\n{}", sc.logs());
     assert_eq!(text.matches(" 200 origin-ok").count(), 4, "{text}");
     assert!(w.origin.logged("\"GET /py HTTP/1.1\" 200 auth=\"Bearer "));
-    assert_eq!(w.origin.access_log().matches(&format!("Bearer {CANARY}")).count(), 4);
+    assert_eq!(
+        w.origin
+            .access_log()
+            .matches(&format!("Bearer {CANARY}"))
+            .count(),
+        4
+    );
     assert!(!text.contains(CANARY) && !err.contains(CANARY));
     assert_no_leak(&sc);
 }
@@ -181,14 +211,21 @@ fn placeholder_reaches_origin_and_its_echo_is_redacted() {
     let (status, out, err) = curl(&url, &proxy_url(w.port, &token), &w.bundle, &hdr);
     assert_eq!(status, 200, "{out} {err}\n{}", sc.logs());
     // The origin got the value; its echo reached the client redacted.
-    assert!(w.origin.logged(&format!("api=\"key={JIRA};\"")), "{}", w.origin.access_log());
+    assert!(
+        w.origin.logged(&format!("api=\"key={JIRA};\"")),
+        "{}",
+        w.origin.access_log()
+    );
     assert_eq!(out, "auth= api=key=[REDACTED];");
     assert_no_leak(&sc);
     // A placeholder the rule does not list is refused and never resolved.
     let hdr = ["-H", "X-Api: {{sidecred:tools/gh}}"];
     let (status, out, _) = curl(&url, &proxy_url(w.port, &token), &w.bundle, &hdr);
     assert_eq!(status, 403, "{out}");
-    assert!(out.contains("placeholder `tools/gh` is not allowed"), "{out}");
+    assert!(
+        out.contains("placeholder `tools/gh` is not allowed"),
+        "{out}"
+    );
 }
 
 /// An origin that requires a client certificate signed by the CA behind a `kind = "ca"` secret.
@@ -197,7 +234,11 @@ fn mtls_client_certificate_from_the_ca_backend() {
     let w = World::new();
     let ca = make_ca(w.tmp.path(), "client-ca");
     let origin = Nginx::start(Origin {
-        tls: Some(&make_leaf(w.tmp.path(), &make_ca(w.tmp.path(), "o2"), "o2leaf")),
+        tls: Some(&make_leaf(
+            w.tmp.path(),
+            &make_ca(w.tmp.path(), "o2"),
+            "o2leaf",
+        )),
         client_ca: Some(&ca.0),
         allow_only: None,
     });
@@ -230,16 +271,33 @@ client_cert = "mtls/router"
         ca.1.display(),
         origin.port
     );
-    let lines = format!("ca_bundle_file = \"{}\"\nupstream_ca_file = \"{}\"\n", w.bundle.display(), both.display());
+    let lines = format!(
+        "ca_bundle_file = \"{}\"\nupstream_ca_file = \"{}\"\n",
+        w.bundle.display(),
+        both.display()
+    );
     let mut b = body(&extra);
-    b = b.replace("secrets = [\"*\"]\nzones", "secrets = [\"*\"]\nspiffe_id = \"spiffe://test.example/router\"\nzones");
+    b = b.replace(
+        "secrets = [\"*\"]\nzones",
+        "secrets = [\"*\"]\nspiffe_id = \"spiffe://test.example/router\"\nzones",
+    );
     let sc = sidecar(w.port, &lines, &b);
     let (_, token) = open_session(w.port);
     let url = format!("https://localhost:{}/build", origin.port);
     let (status, out, err) = curl(&url, &proxy_url(w.port, &token), &w.bundle, &[]);
-    assert_eq!(status, 200, "{out} {err}\n{}\n{}", sc.logs(), origin.errors());
+    assert_eq!(
+        status,
+        200,
+        "{out} {err}\n{}\n{}",
+        sc.logs(),
+        origin.errors()
+    );
     assert!(origin.logged("client=\""), "{}", origin.access_log());
-    assert!(!origin.access_log().contains("client=\"-\""), "{}", origin.access_log());
+    assert!(
+        !origin.access_log().contains("client=\"-\""),
+        "{}",
+        origin.access_log()
+    );
     // Without the rule's certificate the origin refuses: a direct curl has none.
     let direct = clean("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
@@ -257,7 +315,11 @@ fn external_zone_goes_through_squid() {
     let w = World::new();
     let ca = make_ca(w.tmp.path(), "ext-ca");
     let leaf = make_leaf(w.tmp.path(), &ca, "ext");
-    let origin = Nginx::start(Origin { tls: Some(&leaf), client_ca: None, allow_only: Some("127.0.0.3") });
+    let origin = Nginx::start(Origin {
+        tls: Some(&leaf),
+        client_ca: None,
+        allow_only: Some("127.0.0.3"),
+    });
     let squid = Squid::start("127.0.0.3");
     let rule = format!(
         "[[proxy.rule]]\nname = \"ext\"\nhost = \"localhost\"\nport = {}\nsecret = \"tools/ext\"\nheader = \"Authorization: token {{value}}\"\n",
@@ -274,12 +336,22 @@ fn external_zone_goes_through_squid() {
     let url = format!("https://localhost:{}/ext", origin.port);
     let (status, out, err) = curl(&url, &proxy_url(w.port, &token), &w.bundle, &[]);
     assert_eq!(status, 200, "{out} {err}\n{}\n{}", sc.logs(), squid.logs());
-    assert!(origin.logged(&format!("127.0.0.3 \"GET /ext HTTP/1.1\" 200 auth=\"token {CANARY}\"")), "{}", origin.access_log());
-    assert!(crate::common::wait_for(std::time::Duration::from_secs(5), || squid
-        .access_log()
-        .contains(&format!("CONNECT localhost:{}", origin.port))
-        .then_some(()))
-    .is_some(), "squid log: {}", squid.access_log());
+    assert!(
+        origin.logged(&format!(
+            "127.0.0.3 \"GET /ext HTTP/1.1\" 200 auth=\"token {CANARY}\""
+        )),
+        "{}",
+        origin.access_log()
+    );
+    assert!(
+        crate::common::wait_for(std::time::Duration::from_secs(5), || squid
+            .access_log()
+            .contains(&format!("CONNECT localhost:{}", origin.port))
+            .then_some(()))
+        .is_some(),
+        "squid log: {}",
+        squid.access_log()
+    );
     // Direct, the origin refuses.
     let direct = clean("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])

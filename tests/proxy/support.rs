@@ -18,18 +18,40 @@ fn openssl(dir: &Path, args: &[&str]) {
         .stdin(Stdio::null())
         .output()
         .expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A self-signed P-256 CA in `dir/NAME.pem` and `dir/NAME.key` (mode 0600).
 pub fn make_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (c, k) = (format!("{name}.pem"), format!("{name}.key"));
-    openssl(dir, &[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", &k, "-out", &c, "-subj", &format!("/CN={name}"), "-days", "2",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-    ]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &k,
+            "-out",
+            &c,
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ],
+    );
     let key = dir.join(&k);
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     (dir.join(c), key)
@@ -37,16 +59,49 @@ pub fn make_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// A server leaf for localhost / 127.0.0.1 signed by `ca`.
 pub fn make_leaf(dir: &Path, ca: &(PathBuf, PathBuf), name: &str) -> (PathBuf, PathBuf) {
-    let (c, k, csr) = (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"));
-    openssl(dir, &[
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &k,
-        "-out", &csr, "-subj", "/CN=localhost",
-    ]);
+    let (c, k, csr) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &k,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(dir, &[
-        "x509", "-req", "-in", &csr, "-CA", ca.0.to_str().unwrap(), "-CAkey", ca.1.to_str().unwrap(),
-        "-CAcreateserial", "-out", &c, "-days", "2", "-extfile", "ext.cnf",
-    ]);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            ca.0.to_str().unwrap(),
+            "-CAkey",
+            ca.1.to_str().unwrap(),
+            "-CAcreateserial",
+            "-out",
+            &c,
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
     (dir.join(c), dir.join(k))
 }
 
@@ -71,16 +126,28 @@ impl Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(false);
         let d = dir.path().display();
-        let listen = if o.tls.is_some() { format!("127.0.0.1:{port} ssl") } else { format!("127.0.0.1:{port}") };
+        let listen = if o.tls.is_some() {
+            format!("127.0.0.1:{port} ssl")
+        } else {
+            format!("127.0.0.1:{port}")
+        };
         let mut tls = String::new();
         if let Some((c, k)) = o.tls {
-            tls = format!("ssl_certificate {};\nssl_certificate_key {};\n", c.display(), k.display());
+            tls = format!(
+                "ssl_certificate {};\nssl_certificate_key {};\n",
+                c.display(),
+                k.display()
+            );
         }
         if let Some(ca) = o.client_ca {
-            tls.push_str(&format!("ssl_client_certificate {};\nssl_verify_client on;\nssl_verify_depth 3;\n", ca.display()));
+            tls.push_str(&format!(
+                "ssl_client_certificate {};\nssl_verify_client on;\nssl_verify_depth 3;\n",
+                ca.display()
+            ));
         }
         let access = match o.allow_only {
-            Some(a) => format!("allow {a};\ndeny all;\n"),
+            // At server level: runs before any location's `return`.
+            Some(a) => format!("if ($remote_addr != \"{a}\") {{ return 403; }}\n"),
             None => String::new(),
         };
         let conf = format!(
@@ -121,7 +188,9 @@ http {{
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .expect("start nginx (installed by scripts/peers.sh)");
-        let up = wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        let up = wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
         let n = Nginx { dir, port, child };
         assert!(up.is_some(), "nginx did not listen: {}", n.errors());
         n
@@ -133,12 +202,17 @@ http {{
 
     /// Waits until the access log has a line containing `needle`.
     pub fn logged(&self, needle: &str) -> bool {
-        wait_for(Duration::from_secs(3), || self.access_log().contains(needle).then_some(())).is_some()
+        wait_for(Duration::from_secs(3), || {
+            self.access_log().contains(needle).then_some(())
+        })
+        .is_some()
     }
 
     pub fn errors(&self) -> String {
         let mut s = std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
-        s.push_str(&std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default());
+        s.push_str(
+            &std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default(),
+        );
         s
     }
 }
@@ -161,7 +235,11 @@ impl Squid {
     pub fn start(outgoing: &str) -> Squid {
         let dir = tempfile::tempdir().unwrap();
         // squid drops to its own user for logs: let it write here.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
         let port = free_port(false);
         let d = dir.path().display();
         let conf = format!(
@@ -179,7 +257,9 @@ impl Squid {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .expect("start squid (installed by scripts/peers.sh)");
-        let up = wait_for(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        let up = wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
         let s = Squid { dir, port, child };
         assert!(up.is_some(), "squid did not listen: {}", s.logs());
         s
@@ -191,7 +271,9 @@ impl Squid {
 
     pub fn logs(&self) -> String {
         let mut s = std::fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default();
-        s.push_str(&std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default());
+        s.push_str(
+            &std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default(),
+        );
         s
     }
 }
@@ -207,7 +289,9 @@ impl Drop for Squid {
 pub fn sidecar(port: u16, proxy: &str, body: &str) -> Sidecar {
     let text = format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n{proxy}\n{body}");
     let sc = Sidecar::builder(&text).log("trace").start();
-    let up = wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    let up = wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
     assert!(up.is_some(), "proxy not listening:\n{}", sc.logs());
     sc
 }
@@ -217,7 +301,10 @@ pub fn open_session(port: u16) -> (String, String) {
     let (status, body) = raw(port, "POST /sidecred/v1/session HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    (v["session_id"].as_str().unwrap().into(), v["proxy_token"].as_str().unwrap().into())
+    (
+        v["session_id"].as_str().unwrap().into(),
+        v["proxy_token"].as_str().unwrap().into(),
+    )
 }
 
 /// Sends raw bytes and reads the whole answer: (status, body).
@@ -235,7 +322,13 @@ pub fn parse(raw: &[u8]) -> (u16, String) {
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return (0, text);
     };
-    (head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0), body.to_string())
+    (
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        body.to_string(),
+    )
 }
 
 /// The proxy URL with the token in it.
@@ -246,8 +339,20 @@ pub fn proxy_url(port: u16, token: &str) -> String {
 /// A command with a clean proxy environment: only what the test sets.
 pub fn clean(cmd: &str) -> Command {
     let mut c = Command::new(cmd);
-    for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "ALL_PROXY", "all_proxy", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
-            c.env_remove(k);
+    for k in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    ] {
+        c.env_remove(k);
     }
     c.stdin(Stdio::null());
     c
@@ -266,7 +371,11 @@ pub fn curl(url: &str, proxy: &str, bundle: &Path, extra: &[&str]) -> (u16, Stri
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        code.trim().parse().unwrap_or(0),
+        body.trim_end().to_string(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// The Python in the peers venv (requests, httpx).
