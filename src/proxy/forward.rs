@@ -159,15 +159,17 @@ pub async fn forward(
         Ok(u) => u,
         Err(_) => return refuse(400, "bad request target".into()).await,
     };
-    if !parts.headers.contains_key(http::header::HOST) {
-        let h = if port == if tls { 443 } else { 80 } {
-            host.to_string()
-        } else {
-            format!("{host}:{port}")
-        };
-        if let Ok(v) = http::HeaderValue::from_str(&h) {
+    // The origin sees the destination the rule matched, whatever Host the client wrote.
+    let h = if port == if tls { 443 } else { 80 } {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    match http::HeaderValue::from_str(&h) {
+        Ok(v) => {
             parts.headers.insert(http::header::HOST, v);
         }
+        Err(_) => return refuse(400, "bad destination host".into()).await,
     }
     parts.version = http::Version::HTTP_11;
     let mut needles = inject::Needles::default();
