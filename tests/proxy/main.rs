@@ -9,4 +9,5 @@ mod common;
 mod attacks;
 mod clients;
 mod revoke;
+mod rotation;
 mod support;

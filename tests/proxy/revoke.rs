@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Reads one response head and its content-length body from a kept-alive connection.
-fn read_response(c: &mut TcpStream) -> (u16, String) {
+pub fn read_response(c: &mut TcpStream) -> (u16, String) {
     let mut buf = Vec::new();
     let mut b = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {

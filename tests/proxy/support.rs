@@ -123,6 +123,11 @@ pub struct Origin<'a> {
 
 impl Nginx {
     pub fn start(o: Origin<'_>) -> Nginx {
+        Self::start_with(o, "", "")
+    }
+
+    /// With extra lines in the `http` and `server` blocks.
+    pub fn start_with(o: Origin<'_>, http_extra: &str, server_extra: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(false);
         let d = dir.path().display();
@@ -166,11 +171,13 @@ http {{
   log_format seen '$remote_addr "$request" $status auth="$http_authorization" api="$http_x_api" client="$ssl_client_s_dn" pa="$http_proxy_authorization"';
   access_log {d}/access.log seen;
   keepalive_requests 100000;
+  {http_extra}
   server {{
     listen {listen};
     server_name localhost;
     {tls}
     {access}
+    {server_extra}
     location /echo {{ default_type text/plain; return 200 "auth=$http_authorization api=$http_x_api\n"; }}
     location / {{ default_type text/plain; return 200 "origin-ok\n"; }}
   }}
