@@ -228,8 +228,15 @@ pub async fn forward(
     let (mut rp, rb) = resp.into_parts();
     strip_hop(&mut rp.headers);
     scrub_headers(&mut rp.headers, &needles.0);
+    // Redaction may change the length: a small body with a declared length is scrubbed whole
+    // and sent with its new length; any other goes out chunked, scrubbed as it streams.
+    let declared = rp
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let whole = !needles.0.is_empty() && declared.is_some_and(|n| n <= WHOLE);
     if !needles.0.is_empty() {
-        // Redaction changes the length: the body goes out chunked.
         rp.headers.remove(http::header::CONTENT_LENGTH);
     }
     let status = rp.status.as_u16();
@@ -275,10 +282,28 @@ pub async fn forward(
             c2.p.audit(&c2.peer, line).await;
         });
     });
-    let body =
-        Scrubbed::new(rb, Arc::new(needles), on_end).map_err(|e| Box::new(e) as super::BoxError);
+    let body = Scrubbed::new(rb, Arc::new(needles), on_end);
+    if whole {
+        let limit = std::time::Duration::from_secs(60);
+        return match tokio::time::timeout(limit, body.collect()).await {
+            Ok(Ok(b)) => {
+                let b = b.to_bytes();
+                rp.headers.insert(
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from(b.len()),
+                );
+                let full = http_body_util::Full::new(b).map_err(|never| match never {});
+                http::Response::from_parts(rp, full.boxed())
+            }
+            _ => answer(502, "the origin's response body broke off or took too long"),
+        };
+    }
+    let body = body.map_err(|e| Box::new(e) as super::BoxError);
     http::Response::from_parts(rp, body.boxed())
 }
+
+/// Responses up to this size (with a declared length) are scrubbed whole.
+const WHOLE: u64 = 1 << 20;
 
 async fn release(c: &Conn, e: &Entry, got: &[Got]) {
     for g in got.iter().filter(|g| !g.lease.is_empty()) {
