@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+use super::upstream::Sender;
 
 /// Upstream connections kept alive for one client connection, by (tls, host, port, cert).
 #[derive(Default)]
@@ -124,21 +124,35 @@ pub async fn forward(
         }
         wanted.push(n);
     }
+    let cat = p.engine.catalog();
     for name in wanted {
         if got.iter().any(|g| g.name == name) {
             continue;
         }
+        // Call-scoped secrets get one call (and lease) per request, released when the response
+        // ends; the others are the session's own lease, shared by its requests.
+        let per_call = cat
+            .secret(name)
+            .is_ok_and(|s| s.scope == crate::config::Scope::Call);
         let ask = pb::GetSecretRequest {
             name: name.into(),
             session_id: e.session.to_string(),
-            call_id: call.clone(),
+            call_id: if per_call {
+                call.clone()
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
         match p.broker.get_secret(&c.peer, ask).await {
             Ok(r) => got.push(Got {
                 name: name.into(),
                 version: r.version.clone(),
-                lease: r.lease_id.clone(),
+                lease: if per_call {
+                    r.lease_id.clone()
+                } else {
+                    String::new()
+                },
                 value: zeroize::Zeroizing::new(r.value.clone()),
             }),
             Err(err) => {
@@ -193,6 +207,7 @@ pub async fn forward(
         // The scrubber reads plain bytes: ask the origin for an uncompressed answer.
         parts.headers.remove(http::header::ACCEPT_ENCODING);
     }
+    drop(cat);
     let cert = rule.and_then(|r| r.client_cert.as_deref()).unwrap_or("");
     let key = (tls, host.to_string(), port, cert.to_string());
     let sender = {
@@ -214,9 +229,25 @@ pub async fn forward(
         }
     };
     let method = parts.method.clone();
-    let resp = sender
-        .send_request(http::Request::from_parts(parts, body))
-        .await;
+    if sender.is_h2() {
+        // HTTP/2 carries the destination in :scheme and :authority, not in Host.
+        let scheme = if tls { "https" } else { "http" };
+        let now = parts
+            .uri
+            .path_and_query()
+            .map(|x| x.as_str())
+            .unwrap_or("/");
+        let mut full = format!("{scheme}://{h}{now}");
+        let parsed = full.parse();
+        zeroize::Zeroize::zeroize(&mut full);
+        match parsed {
+            Ok(u) => parts.uri = u,
+            Err(_) => return refuse(400, "bad request target".into()).await,
+        }
+        parts.headers.remove(http::header::HOST);
+        parts.version = http::Version::HTTP_2;
+    }
+    let resp = sender.send(http::Request::from_parts(parts, body)).await;
     c.pool.0.lock().await.insert(key, sender);
     let resp = match resp {
         Ok(r) => r,
@@ -337,7 +368,7 @@ async fn connect(
     let route = p.route(zone);
     let allowed = rule.map(|r| r.addresses.as_slice()).unwrap_or(&[]);
     let s = upstream::open(host, port, &route, allowed, p.cfg.connect_timeout).await?;
-    let io: Box<dyn upstream::Io> = if tls {
+    let io = if tls {
         let cfg = match cert {
             Some(pem) => super::tls::client_config(p.roots.clone(), Some(pem))
                 .map_err(|why| UpError { status: 502, why })?,
@@ -345,7 +376,7 @@ async fn connect(
         };
         upstream::tls(s, host, cfg, p.cfg.connect_timeout).await?
     } else {
-        Box::new(s)
+        (Box::new(s) as Box<dyn upstream::Io>, false)
     };
-    upstream::handshake(io).await
+    upstream::handshake(io.0, io.1).await
 }

@@ -138,6 +138,7 @@ pub fn client_config(
                 .map_err(|e| format!("client certificate: {e}"))?
         }
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 where the origin speaks it, else HTTP/1.1.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -2,6 +2,7 @@
 //! chained CONNECT (`external`); then TLS with verification when the destination is https, and
 //! an HTTP/1.1 client connection on top.
 
+use hyper::body::Incoming;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,13 +125,14 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
-/// TLS to the origin, verified against the config's roots, with SNI `host`.
+/// TLS to the origin, verified against the config's roots, with SNI `host`; true when the
+/// origin chose HTTP/2 (ALPN).
 pub async fn tls(
     s: TcpStream,
     host: &str,
     cfg: Arc<rustls::ClientConfig>,
     limit: Duration,
-) -> Result<Box<dyn Io>, UpError> {
+) -> Result<(Box<dyn Io>, bool), UpError> {
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|_| up(400, format!("`{host}` is not a TLS server name")))?;
     let c = tokio_rustls::TlsConnector::from(cfg);
@@ -138,19 +140,63 @@ pub async fn tls(
         .await
         .map_err(|_| up(504, format!("TLS handshake with {host} timed out")))?
         .map_err(|e| up(502, format!("TLS to {host} failed: {e}")))?;
-    Ok(Box::new(t))
+    let h2 = t.get_ref().1.alpn_protocol() == Some(b"h2");
+    Ok((Box::new(t), h2))
 }
 
-/// An HTTP/1.1 client connection over `io`; its driver runs in a task of its own.
-pub async fn handshake<B>(
-    io: Box<dyn Io>,
-) -> Result<hyper::client::conn::http1::SendRequest<B>, UpError>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+/// A client connection to the origin: HTTP/1.1, or HTTP/2 where the origin speaks it.
+pub enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    /// Waits until the connection can take a request (HTTP/1.1: the previous one is done).
+    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    pub async fn send(
+        &mut self,
+        req: http::Request<Incoming>,
+    ) -> Result<http::Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// A client connection over `io`; its driver runs in a task of its own.
+pub async fn handshake(io: Box<dyn Io>, h2: bool) -> Result<Sender, UpError> {
+    let io = hyper_util::rt::TokioIo::new(io);
+    if h2 {
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| up(502, format!("HTTP/2 handshake with the origin failed: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        return Ok(Sender::H2(send));
+    }
+    let (send, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| up(502, format!("HTTP handshake with the origin failed: {e}")))?;
     tokio::spawn(async move {
@@ -158,5 +204,5 @@ where
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
-    Ok(send)
+    Ok(Sender::H1(send))
 }

@@ -39,6 +39,14 @@ path = "crlf"
 zone = "internal"
 
 [[secret]]
+name = "tools/call"
+backend = "dev"
+path = "callcred"
+zone = "internal"
+scope = "call"
+options = {{ dynamic = true }}
+
+[[secret]]
 name = "tools/vault"
 backend = "dev"
 path = "vault"
@@ -363,4 +371,29 @@ fn external_zone_goes_through_squid() {
     assert!(!squid.access_log().contains(CANARY));
     assert_no_leak(&sc);
     let _ = Path::new("");
+}
+
+/// HTTP/2 upstream where the origin speaks it (ALPN), the agent's side staying HTTP/1.1.
+#[test]
+fn http2_upstream_where_the_origin_speaks_it() {
+    let w = World::new();
+    let ca = (w.origin_ca.clone(), w.tmp.path().join("origin-ca.key"));
+    let leaf = make_leaf(w.tmp.path(), &ca, "h2leaf");
+    let origin = Nginx::start_h2(&leaf);
+    let sc = sidecar(w.port, &w.proxy_lines(""), &body(&gh_rule(origin.port)));
+    let (_, token) = open_session(w.port);
+    let url = format!("https://localhost:{}/h2?q=1", origin.port);
+    for _ in 0..3 {
+        let (status, out, err) = curl(&url, &proxy_url(w.port, &token), &w.bundle, &[]);
+        assert_eq!(status, 200, "{out} {err}\n{}", sc.logs());
+        assert_eq!(out, "origin-ok");
+    }
+    assert!(
+        origin.logged(&format!(
+            "\"GET /h2?q=1 HTTP/2.0\" 200 auth=\"Bearer {CANARY}\""
+        )),
+        "{}",
+        origin.access_log()
+    );
+    assert_no_leak(&sc);
 }

@@ -104,3 +104,57 @@ async fn rotation_under_load_switches_to_the_new_value_without_failures() {
     assert!(!sc.logs().contains(NEW) && !sc.audit_text().contains(NEW));
     assert_no_leak(&sc);
 }
+
+/// A call-scoped secret: one lease per proxied request, released when its response ends; a
+/// session carries many more requests than it may hold calls at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_scoped_leases_are_released_when_each_response_ends() {
+    let origin = Nginx::start(Origin {
+        tls: None,
+        client_ca: None,
+        allow_only: None,
+    });
+    let port = free_port(false);
+    let rules = format!(
+        "[[proxy.rule]]\nname = \"call\"\nscheme = \"http\"\nhost = \"127.0.0.1\"\nport = {}\nsecret = \"tools/call\"\nheader = \"Authorization: Bearer {{value}}\"\n",
+        origin.port
+    );
+    let sc = sidecar(port, "", &body(&rules));
+    let (sid, tok) = open_session(port);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("GET http://127.0.0.1:{}/call HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer {tok}\r\n\r\n", origin.port);
+    for _ in 0..30 {
+        c.write_all(req.as_bytes()).unwrap();
+        assert_eq!(read_response(&mut c).0, 200);
+    }
+    let released = crate::common::wait_for(Duration::from_secs(5), || {
+        let n = futures_lite_block(crate::common::lease_count(&sc, &sid));
+        (n == Some(0)).then_some(())
+    });
+    assert!(
+        released.is_some(),
+        "leases still held after the responses ended"
+    );
+    // Each request had its own credential (dynamic, per call).
+    let log = origin.access_log();
+    let mut seen: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("auth=\"Bearer ").nth(1))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 30, "{log}");
+    assert_no_leak(&sc);
+}
+
+/// Runs a future to completion on a fresh current-thread runtime (from a blocking poll loop).
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    })
+}

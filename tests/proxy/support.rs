@@ -126,15 +126,29 @@ impl Nginx {
         Self::start_with(o, "", "")
     }
 
+    /// A TLS origin that speaks HTTP/2 (ALPN h2) as well as HTTP/1.1.
+    pub fn start_h2(leaf: &(PathBuf, PathBuf)) -> Nginx {
+        let o = Origin {
+            tls: Some(leaf),
+            client_ca: None,
+            allow_only: None,
+        };
+        Self::launch(o, "", "", true)
+    }
+
     /// With extra lines in the `http` and `server` blocks.
     pub fn start_with(o: Origin<'_>, http_extra: &str, server_extra: &str) -> Nginx {
+        Self::launch(o, http_extra, server_extra, false)
+    }
+
+    fn launch(o: Origin<'_>, http_extra: &str, server_extra: &str, h2: bool) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port(false);
         let d = dir.path().display();
-        let listen = if o.tls.is_some() {
-            format!("127.0.0.1:{port} ssl")
-        } else {
-            format!("127.0.0.1:{port}")
+        let listen = match (o.tls.is_some(), h2) {
+            (true, true) => format!("127.0.0.1:{port} ssl http2"),
+            (true, false) => format!("127.0.0.1:{port} ssl"),
+            _ => format!("127.0.0.1:{port}"),
         };
         let mut tls = String::new();
         if let Some((c, k)) = o.tls {
@@ -168,7 +182,7 @@ http {{
   fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
-  log_format seen '$remote_addr "$request" $status auth="$http_authorization" api="$http_x_api" client="$ssl_client_s_dn" pa="$http_proxy_authorization"';
+  log_format seen '$remote_addr "$request" $status auth="$http_authorization" api="$http_x_api" client="$ssl_client_s_dn" pa="$http_proxy_authorization" proto=$server_protocol';
   access_log {d}/access.log seen;
   keepalive_requests 100000;
   {http_extra}
