@@ -196,3 +196,36 @@ fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(raw(port, &req.replace(&tok, &other)).0, 200);
     assert_no_leak(&sc);
 }
+
+#[test]
+fn destination_rate_limit_is_shared_by_sessions() {
+    let plain = Nginx::start(Origin {
+        tls: None,
+        client_ca: None,
+        allow_only: None,
+    });
+    let port = free_port(false);
+    let rules = format!(
+        "[[proxy.rule]]\nname = \"plain\"\nscheme = \"http\"\nhost = \"127.0.0.1\"\nport = {}\n",
+        plain.port
+    );
+    let _sc = sidecar(
+        port,
+        "destination_rate = 0.2\ndestination_burst = 2\n",
+        &body(&rules),
+    );
+    let req = |tok: &str| {
+        format!("GET http://127.0.0.1:{}/d HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer {tok}\r\nConnection: close\r\n\r\n", plain.port)
+    };
+    let (_, a) = open_session(port);
+    let (_, b) = open_session(port);
+    assert_eq!(raw(port, &req(&a)).0, 200);
+    assert_eq!(raw(port, &req(&b)).0, 200);
+    let (s, body) = raw(port, &req(&a));
+    assert_eq!(s, 429, "{body}");
+    assert!(
+        body.contains("destination rate limit reached; retry after 5s"),
+        "{body}"
+    );
+    assert_eq!(raw(port, &req(&b)).0, 429);
+}
