@@ -15,6 +15,12 @@ use std::time::Duration;
 pub struct RawProxy {
     /// Loopback TCP address, e.g. "127.0.0.1:3128".
     pub listen: String,
+    /// A Unix socket as well, for clients that reach a proxy that way (placed and checked like
+    /// every other socket; callers identified by SO_PEERCRED).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
     /// Lifetime of sessions opened through the proxy (default: `server.default_session_ttl`).
     #[serde(default)]
     pub session_ttl: Option<Dur>,
@@ -104,6 +110,9 @@ pub struct RawRule {
     pub addresses: Vec<IpAddr>,
 }
 
+fn default_socket_mode() -> String {
+    "0660".into()
+}
 fn default_unmatched() -> String {
     "refuse".into()
 }
@@ -175,6 +184,7 @@ impl Rule {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
+    pub socket: Option<(PathBuf, u32)>,
     pub session_ttl: Option<Duration>,
     pub tunnel_unmatched: bool,
     pub tunnel_ports: Vec<u16>,
@@ -202,6 +212,25 @@ impl RawProxy {
     /// `secret_zone(name)` is the zone of a configured secret, None when there is no such secret.
     pub fn validate(self, secret_zone: &dyn Fn(&str) -> Option<Zone>) -> Result<ProxyConfig, Err> {
         let listen = loopback_addr(&self.listen).map_err(|m| ("proxy.listen", m))?;
+        let socket = match self.socket {
+            Some(p) if !p.is_absolute() => {
+                return Err(("proxy.socket", "must be an absolute path".into()))
+            }
+            Some(p) => {
+                let mode = u32::from_str_radix(&self.socket_mode, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or((
+                        "proxy.socket_mode",
+                        format!(
+                            "expected an octal mode such as \"0660\", got \"{}\"",
+                            self.socket_mode
+                        ),
+                    ))?;
+                Some((p, mode))
+            }
+            None => None,
+        };
         let tunnel_unmatched = match self.unmatched.as_str() {
             "refuse" => false,
             "tunnel" => true,
@@ -261,6 +290,7 @@ impl RawProxy {
         }
         Ok(ProxyConfig {
             listen,
+            socket,
             session_ttl: self.session_ttl.map(|d| d.0),
             tunnel_unmatched,
             tunnel_ports: self.tunnel_ports,

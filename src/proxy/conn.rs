@@ -52,7 +52,29 @@ pub async fn accept(p: Arc<Proxy>, l: tokio::net::TcpListener) {
     }
 }
 
-async fn refuse(mut s: tokio::net::TcpStream, status: u16, why: &str) {
+/// Accepts on the Unix socket until shutdown; callers identified by SO_PEERCRED.
+pub async fn accept_unix(p: Arc<Proxy>, l: tokio::net::UnixListener) {
+    let mut stop = p.stop.clone();
+    loop {
+        tokio::select! {
+            a = l.accept() => match a {
+                Ok((s, _)) => match PeerIdentity::of(&s) {
+                    Ok(id) => {
+                        tokio::spawn(admit(p.clone(), s, id));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot identify proxy peer; dropped"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+    }
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(mut s: S, status: u16, why: &str) {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -68,7 +90,10 @@ async fn refuse(mut s: tokio::net::TcpStream, status: u16, why: &str) {
     .await;
 }
 
-async fn admit(p: Arc<Proxy>, s: tokio::net::TcpStream, id: PeerIdentity) {
+async fn admit<S>(p: Arc<Proxy>, s: S, id: PeerIdentity)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match p.gate.admit(&id) {
         Ok(slot) => {
             let _slot = slot;

@@ -258,6 +258,8 @@ pub fn status_of(e: &crate::api::ApiError) -> u16 {
 /// What `spawn` started.
 pub struct Running {
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Removes the Unix socket when dropped.
+    pub guard: Option<crate::api::sockdir::SocketGuard>,
 }
 
 /// Binds and serves the proxy when `[proxy]` is set, and follows revocations.
@@ -291,7 +293,19 @@ pub async fn spawn(
             }
         }
     });
-    Ok(Some(Running {
-        tasks: vec![tokio::spawn(conn::accept(proxy, l)), revocations],
-    }))
+    let mut running = Running {
+        tasks: vec![revocations],
+        guard: None,
+    };
+    if let Some((path, mode)) = &proxy.cfg.socket {
+        let (u, guard) = crate::api::server::bind(path, *mode)
+            .map_err(|e| format!("proxy.socket {}: {e}", path.display()))?;
+        tracing::info!(socket = %path.display(), "credential-injection proxy on a Unix socket");
+        running.guard = Some(guard);
+        running
+            .tasks
+            .push(tokio::spawn(conn::accept_unix(proxy.clone(), u)));
+    }
+    running.tasks.push(tokio::spawn(conn::accept(proxy, l)));
+    Ok(Some(running))
 }

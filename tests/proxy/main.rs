@@ -11,3 +11,4 @@ mod clients;
 mod revoke;
 mod rotation;
 mod support;
+mod unix;
