@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the real peers that sidecred's tests talk to (OpenBao, moto, Envoy,
-# grpcurl, py-spiffe, PostgreSQL, openssl, socat, ...) into a cache that
+# grpcurl, py-spiffe, PostgreSQL, openssl, socat, nginx, squid, ...) into a cache that
 # outlives the clone, then write "$PEERS_DIR/env.sh" for the tests to source.
 #
 #   PEERS_DIR = ${SIDECRED_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecred/peers}
@@ -56,6 +56,9 @@ have() { command -v "$1"; }
 need_pkg postgresql-15 test -x "$PG_BIN/initdb" -a -x "$PG_BIN/pg_ctl" -a -x "$PG_BIN/postgres"
 need_pkg openssl have openssl
 need_pkg socat have socat
+# The credential-injection proxy tests: an HTTPS origin and a corporate egress proxy.
+need_pkg nginx test -x /usr/sbin/nginx
+need_pkg squid test -x /usr/sbin/squid
 need_pkg systemd have systemd-analyze
 need_pkg procps have pkill
 need_pkg ca-certificates test -s /etc/ssl/certs/ca-certificates.crt
@@ -120,6 +123,7 @@ pyjwt==2.15.1
 cryptography==50.0.2
 hvac==2.4.0
 requests-unixsocket==0.4.1
+httpx==0.28.1
 EOF
 )"
 
@@ -197,6 +201,9 @@ check pylibs "$VENV/bin/python" -c 'import boto3, grpc, grpc_tools, jwt, cryptog
 check postgres "$PG_BIN/pg_ctl" --version
 check openssl openssl version
 check socat socat -V
+check nginx /usr/sbin/nginx -v
+check squid /usr/sbin/squid -v
+check httpx "$VENV/bin/python" -c 'import httpx, requests; print("httpx", httpx.__version__, "requests", requests.__version__)'
 check systemd systemd-analyze --version
 check procps pkill --version
 check aws-agent sh -c 'test -x "$1" && echo "aws_secretsmanager_agent $2"' _ "$AGENT_BIN" "$AGENT_VERSION"

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod panic_hook;
 pub mod policy;
+pub mod proxy;
 pub use sidecred_core::rotation;
 pub mod schedule;
 pub mod secret;

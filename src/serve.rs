@@ -156,6 +156,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     let watcher = engine.spawn_fleet_watcher(stop_rx.clone());
     let metrics = crate::api::server::spawn_metrics(engine.clone(), stop_rx.clone()).await?;
     let aws_agent = crate::compat::aws_agent::spawn(engine.clone(), stop_rx.clone()).await?;
+    let proxy = crate::proxy::spawn(engine.clone(), stop_rx.clone()).await?;
     let signals = tokio::spawn(handle_signals(
         engine.clone(),
         config_path.to_path_buf(),
@@ -179,6 +180,11 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     if let Some(a) = aws_agent {
         for t in a.tasks {
             let _ = t.await;
+        }
+    }
+    if let Some(p) = proxy {
+        for t in p.tasks {
+            t.abort();
         }
     }
     if let Some(v) = vault {
@@ -216,7 +222,7 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
     let (a, b) = (&old.server, &new.server);
     let same =
         |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") == format!("{y:?}");
-    let checks: [(&'static str, bool); 17] = [
+    let checks: [(&'static str, bool); 18] = [
         (
             "server.workload_socket",
             a.workload_socket == b.workload_socket,
@@ -250,6 +256,7 @@ pub fn static_change(old: &Config, new: &Config) -> Option<&'static str> {
         ("[audit]", same(&old.audit, &new.audit)),
         ("[metrics]", same(&old.metrics, &new.metrics)),
         ("[fleet]", same(&old.fleet, &new.fleet)),
+        ("[proxy]", same(&old.proxy, &new.proxy)),
         (
             "[aws_agent_api]",
             same(&old.aws_agent_api, &new.aws_agent_api),

@@ -76,6 +76,8 @@ struct RawConfig {
     #[serde(default)]
     aws_agent_api: Option<Spanned<crate::compat::aws_agent::config::RawAwsAgentApi>>,
     vault_api: Option<Spanned<crate::compat::vault::RawVaultApi>>,
+    #[serde(default)]
+    proxy: Option<Spanned<crate::proxy::config::RawProxy>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,6 +363,8 @@ pub struct Config {
     pub aws_agent_api: Option<crate::compat::aws_agent::config::AwsAgentApiConfig>,
     /// The Vault-compatible HTTP endpoint (src/compat/vault/).
     pub vault_api: Option<crate::compat::vault::VaultApiConfig>,
+    /// The credential-injection forward proxy (src/proxy/), when `[proxy]` is set.
+    pub proxy: Option<crate::proxy::config::ProxyConfig>,
 }
 
 /// A config problem with its position, printed as `file:line:col: key: message`.
@@ -744,6 +748,17 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let proxy = match raw.proxy {
+        Some(p) => {
+            let span = p.span();
+            Some(
+                p.into_inner()
+                    .validate(&|n| secrets.get(n).map(|s| s.zone))
+                    .map_err(|(k, m)| loc.at(span, k, m))?,
+            )
+        }
+        None => None,
+    };
     Ok(Config {
         source: loc.file.to_path_buf(),
         server,
@@ -758,6 +773,7 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         fleet,
         aws_agent_api,
         vault_api,
+        proxy,
     })
 }
 

@@ -52,6 +52,17 @@ pub struct Tombstone {
 pub struct Sessions {
     open: Mutex<HashMap<String, Arc<Session>>>,
     revoked: Mutex<HashMap<String, Tombstone>>,
+    feed: RevocationFeed,
+}
+
+/// Session ids as they are revoked (here or in the fleet), for transports that hold
+/// connections open on a session's behalf (the proxy closes them at once).
+pub struct RevocationFeed(tokio::sync::broadcast::Sender<Arc<str>>);
+
+impl Default for RevocationFeed {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(1024).0)
+    }
 }
 
 impl Sessions {
@@ -125,9 +136,15 @@ impl Sessions {
                     reason: reason.to_string(),
                     owner,
                 });
+                let _ = self.feed.0.send(id.into());
                 true
             }
         }
+    }
+
+    /// Every revocation from now on (the session id); see [`RevocationFeed`].
+    pub fn subscribe_revocations(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.feed.0.subscribe()
     }
 
     /// A backend's handle for an open session.

@@ -64,6 +64,8 @@ pub enum Target {
         header: Option<String>,
         /// Label only: sidecred's AWS-agent-compatible endpoint rather than the agent.
         sidecred: bool,
+        /// A label of its own (`labelled-tcp=`), e.g. one leg of the proxy comparison.
+        label: Option<&'static str>,
     },
 }
 
@@ -103,7 +105,25 @@ impl Target {
                 path: need(1)?,
                 header: parts.get(2).map(|s| s.to_string()),
                 sidecred: kind == "sidecred-http-tcp",
+                label: None,
             },
+            "labelled-tcp" => {
+                // LABEL,HOST:PORT,PATH[,H:V]: the label is leaked once per target (a CLI tool).
+                let (label, rest) = rest
+                    .split_once(',')
+                    .ok_or(format!("target `{s}`: expected LABEL,HOST:PORT,PATH[,H:V]"))?;
+                let parts: Vec<&str> = rest.splitn(3, ',').collect();
+                if parts.len() < 2 {
+                    return Err(format!("target `{s}`: expected LABEL,HOST:PORT,PATH[,H:V]"));
+                }
+                Target::HttpTcp {
+                    addr: parts[0].to_string(),
+                    path: parts[1].to_string(),
+                    header: parts.get(2).map(|s| s.to_string()),
+                    sidecred: false,
+                    label: Some(Box::leak(label.to_string().into_boxed_str())),
+                }
+            }
             k => return Err(format!("unknown target kind `{k}`")),
         })
     }
@@ -114,6 +134,7 @@ impl Target {
             Target::Sidecred { .. } => "sidecred GetSecret (gRPC/UDS)",
             Target::Echo { .. } => "bare tonic echo (gRPC/UDS)",
             Target::HttpUnix { name, .. } => name,
+            Target::HttpTcp { label: Some(l), .. } => l,
             Target::HttpTcp { sidecred: true, .. } => "sidecred AWS agent API (HTTP/TCP)",
             Target::HttpTcp { .. } => "AWS SM Agent cached (HTTP/TCP)",
         }

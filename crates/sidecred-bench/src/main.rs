@@ -18,6 +18,7 @@
 //!   vault-unix=SOCKET,PATH[,H:V]  the same, named as sidecred's Vault-compatible endpoint
 //!   http-tcp=HOST:PORT,PATH[,H:V] HTTP/1.1 keep-alive GET over loopback TCP (AWS SM Agent)
 //!   sidecred-http-tcp=HOST:PORT,PATH[,H:V]  the same, labelled as sidecred's AWS agent API
+//!   labelled-tcp=LABEL,HOST:PORT,PATH[,H:V] the same with a label (the proxy comparison)
 #![forbid(unsafe_code)]
 
 mod extra;

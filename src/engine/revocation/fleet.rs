@@ -165,6 +165,12 @@ impl Engine {
         });
     }
 
+    /// Session ids as they are revoked, here or fleet-wide (the proxy's hook: it closes the
+    /// session's open tunnels and keep-alive connections on each one).
+    pub fn subscribe_revocations(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.sessions.subscribe_revocations()
+    }
+
     /// Revokes a session: refused from now on here and, with a fleet, on every sidecar; its
     /// credentials revoked at their backends. Unfinished parts are retried and reported pending.
     pub async fn revoke_session(
