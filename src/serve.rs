@@ -168,7 +168,8 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         "sidecred serving"
     );
-    let served = server::serve(engine.clone(), workload, admin, spiffe, stop_rx).await;
+    let bundle = proxy.as_ref().map(|p| p.bundle_pem.clone());
+    let served = server::serve(engine.clone(), workload, admin, spiffe, bundle, stop_rx).await;
     let _ = sweeper.await;
     if let Some(w) = watcher {
         let _ = w.await;

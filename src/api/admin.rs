@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 
 pub struct AdminService {
     pub engine: Arc<Engine>,
+    /// The credential-injection proxy's CA bundle, when `[proxy]` is configured.
+    pub proxy_bundle: Option<String>,
 }
 
 fn steps(v: Vec<Step>) -> Vec<pb::RevocationStep> {
@@ -122,6 +124,18 @@ impl Admin for AdminService {
         validate_name(&r.name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
         self.allow(&caller, Action::GetCrl, Some(&r.name)).await?;
         Ok(Response::new(super::certs::get_crl(&self.engine, &r.name)?))
+    }
+
+    async fn get_proxy_bundle(
+        &self,
+        req: Request<pb::GetProxyBundleRequest>,
+    ) -> Result<Response<pb::GetProxyBundleResponse>, Status> {
+        let caller = super::caller(&req)?;
+        self.allow(&caller, Action::GetProxyBundle, None).await?;
+        let bundle_pem = self.proxy_bundle.clone().ok_or_else(|| {
+            ApiError::Precondition("no [proxy] is configured, so there is no proxy CA".into())
+        })?;
+        Ok(Response::new(pb::GetProxyBundleResponse { bundle_pem }))
     }
 
     async fn status(

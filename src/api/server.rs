@@ -104,6 +104,7 @@ pub async fn serve(
     workload: UnixListener,
     admin: UnixListener,
     spiffe: Option<UnixListener>,
+    proxy_bundle: Option<String>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -115,6 +116,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin_svc = AdminServer::new(AdminService {
         engine: engine.clone(),
+        proxy_bundle,
     })
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let limits = Limits::from_config(&engine.catalog().config.server);

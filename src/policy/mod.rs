@@ -30,6 +30,7 @@ pub enum Action {
     ListSessions,
     Status,
     GetCrl,
+    GetProxyBundle,
     #[serde(rename = "*")]
     All,
 }

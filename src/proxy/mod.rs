@@ -262,6 +262,8 @@ pub fn status_of(e: &crate::api::ApiError) -> u16 {
 /// What `spawn` started.
 pub struct Running {
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The CA bundle agents trust (PEM), also served on the admin socket.
+    pub bundle_pem: String,
     /// Removes the Unix socket when dropped.
     pub guard: Option<crate::api::sockdir::SocketGuard>,
 }
@@ -299,6 +301,7 @@ pub async fn spawn(
     });
     let mut running = Running {
         tasks: vec![revocations],
+        bundle_pem: proxy.bundle_pem(),
         guard: None,
     };
     if let Some((path, mode)) = &proxy.cfg.socket {

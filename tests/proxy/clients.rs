@@ -397,3 +397,33 @@ fn http2_upstream_where_the_origin_speaks_it() {
     );
     assert_no_leak(&sc);
 }
+
+/// The agents' CA bundle is also served on the admin socket: grpcurl fetches it, it is the
+/// file sidecred wrote, and curl trusts sidecred's TLS termination with it alone.
+#[test]
+fn the_bundle_on_the_admin_socket_is_the_one_agents_trust() {
+    let w = World::new();
+    let sc = sidecar(w.port, &w.proxy_lines(""), &body(&gh_rule(w.origin.port)));
+    let grpcurl = std::env::var("SIDECRED_GRPCURL").expect("SIDECRED_GRPCURL (scripts/test)");
+    let out = std::process::Command::new(&grpcurl)
+        .args(["-plaintext", "-unix", sc.admin.to_str().unwrap()])
+        .arg("sidecred.v1.Admin/GetProxyBundle")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pem = v["bundlePem"].as_str().expect("bundlePem").to_string();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert_eq!(pem, std::fs::read_to_string(&w.bundle).unwrap());
+    let from_admin = w.tmp.path().join("from-admin.pem");
+    std::fs::write(&from_admin, &pem).unwrap();
+    let (_, token) = open_session(w.port);
+    let url = format!("https://localhost:{}/repos", w.origin.port);
+    let (status, out, err) = curl(&url, &proxy_url(w.port, &token), &from_admin, &[]);
+    assert_eq!(status, 200, "{out} {err}");
+    assert!(w.origin.logged(&format!("auth=\"Bearer {CANARY}\"")));
+}
