@@ -246,6 +246,9 @@ fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
     let pid = holders[0];
     let start = proc_start_time;
     let before = start(pid).ok_or("its process exited")?;
+    // Opened before the second start-time read: if that still matches, the directory is this
+    // process's (the same check binds everything else read here).
+    let proc_dir = super::peer::ProcDir::open(pid);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
     let gid = status_egid(&status).ok_or("no Gid in /proc/PID/status")?;
@@ -263,6 +266,7 @@ fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
         pid,
         exe: exe.filter(|_| shared_exe).map(Arc::<Path>::from),
         start_time: Some(before),
+        proc_dir: proc_dir.map(|d| d.shared(pid, before)),
     })
 }
 
