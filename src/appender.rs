@@ -1,17 +1,89 @@
-//! An append-only line file owned by one background task, so request handlers never block on
-//! file IO and never hold a lock across an await. Writers either wait for the write (and its
-//! fsync, when asked) or hand the line over and move on.
+//! An append-only line file written as a group commit by one background thread, so request
+//! handlers never block on file IO and never hold a lock across an await.
+//!
+//! Lines are appended to the open batch under a short lock. The writer thread takes the whole
+//! batch, writes it with one `write` (and one `fdatasync` when the file syncs and someone waits),
+//! then wakes every waiter of that batch at once with its result. A writer that waits therefore
+//! waits only for the one write that carries its line; lines that arrive meanwhile form the next
+//! batch. A failed write fails every waiter of that batch, and no other.
 
+use parking_lot::{Condvar, Mutex};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Notify;
 
-type Ack = oneshot::Sender<std::io::Result<()>>;
+/// Bytes of lines waiting for the writer beyond which `try_append` drops a line.
+const MAX_PENDING: usize = 4 << 20;
 
 #[derive(Clone)]
 pub struct Appender {
-    tx: mpsc::Sender<(String, Option<Ack>)>,
+    handle: Arc<Handle>,
+}
+
+/// Owned by every clone of one appender: the last one dropped stops the writer (after it has
+/// written what is pending).
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer thread.
+    work: Condvar,
+    /// Batches written so far (successful or not).
+    writes: AtomicU64,
+}
+
+struct State {
+    /// Lines of the open batch, in order.
+    buf: Vec<u8>,
+    /// The open batch: whoever adds a line to `buf` waits on it.
+    batch: Arc<Batch>,
+    /// Someone waits on the open batch (it is synced when the file syncs).
+    awaited: bool,
+    /// No more lines will come: the writer drains `buf` and exits.
+    closing: bool,
+}
+
+/// A line's place in a batch: [`Ticket::wait`] resolves when that batch is written.
+pub struct Ticket(Arc<Batch>);
+
+impl Ticket {
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.0.wait().await
+    }
+}
+
+/// One write of the group commit, and the result its waiters get.
+#[derive(Default)]
+struct Batch {
+    result: OnceLock<Result<(), (std::io::ErrorKind, String)>>,
+    done: Notify,
+}
+
+impl Batch {
+    fn finish(&self, r: std::io::Result<()>) {
+        let _ = self.result.set(r.map_err(|e| (e.kind(), e.to_string())));
+        self.done.notify_waiters();
+    }
+
+    async fn wait(&self) -> std::io::Result<()> {
+        let done = self.done.notified();
+        tokio::pin!(done);
+        // Registered before the result is looked at: a finish in between still wakes it.
+        done.as_mut().enable();
+        if self.result.get().is_none() {
+            done.await;
+        }
+        match self.result.get() {
+            Some(Ok(())) => Ok(()),
+            Some(Err((kind, msg))) => Err(std::io::Error::new(*kind, msg.clone())),
+            None => Err(std::io::Error::other("writer stopped")),
+        }
+    }
 }
 
 impl Appender {
@@ -24,60 +96,115 @@ impl Appender {
             .mode(0o600)
             .open(path)?;
         crate::fileperm::make_private(&file, path)?;
-        let mut file = tokio::fs::File::from_std(file);
-        let (tx, mut rx) = mpsc::channel::<(String, Option<Ack>)>(4096);
-        tokio::spawn(async move {
-            // Lines that queued up meanwhile go out in one write.
-            let mut batch = String::new();
-            let mut acks = Vec::new();
-            while let Some((line, ack)) = rx.recv().await {
-                batch.push_str(&line);
-                acks.extend(ack);
-                while batch.len() < 256 * 1024 {
-                    match rx.try_recv() {
-                        Ok((line, ack)) => {
-                            batch.push_str(&line);
-                            acks.extend(ack);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let mut r = file.write_all(batch.as_bytes()).await;
-                if r.is_ok() {
-                    r = file.flush().await;
-                }
-                if r.is_ok() && sync && !acks.is_empty() {
-                    r = file.sync_data().await;
-                }
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "append failed");
-                }
-                for ack in acks.drain(..) {
-                    let _ = ack.send(
-                        r.as_ref()
-                            .map(|_| ())
-                            .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
-                    );
-                }
-                batch.clear();
-            }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                batch: Arc::default(),
+                awaited: false,
+                closing: false,
+            }),
+            work: Condvar::new(),
+            writes: AtomicU64::new(0),
         });
-        Ok(Appender { tx })
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("sidecred-append".into())
+            .spawn(move || write_batches(&writer, file, sync))?;
+        Ok(Appender {
+            handle: Arc::new(Handle { shared }),
+        })
     }
 
-    /// Appends a line and waits until it is written.
+    /// Appends a line and waits until the batch carrying it is written (and synced).
     pub async fn append(&self, line: String) -> std::io::Result<()> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send((line, Some(ack)))
-            .await
-            .map_err(|_| std::io::Error::other("writer stopped"))?;
-        done.await
-            .map_err(|_| std::io::Error::other("writer stopped"))?
+        self.append_bytes(line.as_bytes()).await
     }
 
-    /// Hands a line over without waiting; false if the queue is full.
+    /// Appends bytes (one or more whole lines) and waits until the batch carrying them is
+    /// written (and synced).
+    pub async fn append_bytes(&self, line: &[u8]) -> std::io::Result<()> {
+        self.enqueue(line).wait().await
+    }
+
+    /// Adds bytes (one or more whole lines) to the open batch at once; the ticket resolves
+    /// when that batch is written (and synced). Not bounded by the backlog cap: every such
+    /// line has a caller waiting on it, so callers bound them.
+    pub fn enqueue(&self, line: &[u8]) -> Ticket {
+        let mut st = self.handle.shared.state.lock();
+        self.push(&mut st, line);
+        st.awaited = true;
+        Ticket(st.batch.clone())
+    }
+
+    /// Hands a line over without waiting; false if the backlog is full.
     pub fn try_append(&self, line: String) -> bool {
-        self.tx.try_send((line, None)).is_ok()
+        self.try_append_bytes(line.as_bytes())
+    }
+
+    /// Hands bytes over without waiting; false if the backlog is full.
+    pub fn try_append_bytes(&self, line: &[u8]) -> bool {
+        let mut st = self.handle.shared.state.lock();
+        if !st.buf.is_empty() && st.buf.len() + line.len() > MAX_PENDING {
+            return false;
+        }
+        self.push(&mut st, line);
+        true
+    }
+
+    /// Batches written so far: one `write` (and at most one sync) each.
+    pub fn writes(&self) -> u64 {
+        self.handle.shared.writes.load(Ordering::Relaxed)
+    }
+
+    fn push(&self, st: &mut State, line: &[u8]) {
+        let was_empty = st.buf.is_empty();
+        st.buf.extend_from_slice(line);
+        // The writer sleeps only on an empty buffer: the first line of a batch wakes it.
+        if was_empty {
+            self.handle.shared.work.notify_one();
+        }
     }
 }
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.state.lock().closing = true;
+        self.shared.work.notify_one();
+    }
+}
+
+/// The writer thread: one write (and sync) per batch until the last handle is dropped.
+fn write_batches(shared: &Shared, mut file: std::fs::File, sync: bool) {
+    let mut out = Vec::new();
+    loop {
+        let (batch, awaited) = {
+            let mut st = shared.state.lock();
+            while st.buf.is_empty() && !st.closing {
+                shared.work.wait(&mut st);
+            }
+            if st.buf.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut st.buf, &mut out);
+            let awaited = std::mem::take(&mut st.awaited);
+            (std::mem::take(&mut st.batch), awaited)
+        };
+        let mut r = file.write_all(&out);
+        if r.is_ok() && sync && awaited {
+            r = file.sync_data();
+        }
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "append failed");
+        }
+        shared.writes.fetch_add(1, Ordering::Relaxed);
+        batch.finish(r);
+        out.clear();
+        if out.capacity() > MAX_PENDING {
+            out = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "appender_tests.rs"]
+mod tests;
