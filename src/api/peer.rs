@@ -59,6 +59,40 @@ impl PeerIdentity {
         // cannot have been reused, so the directory opened and the exe read belong to the
         // caller. The pidfd itself is closed on return: no descriptor per connection.
         let pidfd = getsockopt(stream, sockopt::PeerPidfd).ok();
+        let alive = |exe: &Option<PathBuf>| match &pidfd {
+            Some(fd) => {
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+            }
+            // Kernels before 6.5: fall back to the process still existing with that exe.
+            None => std::fs::read_link(format!("/proc/{pid}/exe")).ok() == *exe,
+        };
+        let gone = PeerIdentity {
+            uid,
+            gid,
+            pid,
+            exe: None,
+            start_time: None,
+            proc_dir: None,
+        };
+        // Another connection of this process pinned its directory already: if that directory
+        // still resolves, its process holds `pid` now, and if the caller is still alive after
+        // that, the two are one process (a pid names one live process at a time).
+        if pidfd.is_some() {
+            if let Some(p) = ProcDir::pinned(pid) {
+                if !alive(&None) {
+                    return Ok(gone);
+                }
+                return Ok(PeerIdentity {
+                    uid,
+                    gid,
+                    pid,
+                    exe: Some(p.exe),
+                    start_time: Some(p.start_time),
+                    proc_dir: Some(p.dir),
+                });
+            }
+        }
         let dir = ProcDir::open(pid);
         let exe = match &dir {
             Some(d) => d.exe(),
@@ -68,33 +102,19 @@ impl PeerIdentity {
             Some(d) => d.start_time(),
             None => proc_start_time(pid),
         };
-        let alive = match &pidfd {
-            Some(fd) => {
-                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
-            }
-            // Kernels before 6.5: fall back to the process still existing with that exe.
-            None => std::fs::read_link(format!("/proc/{pid}/exe")).ok() == exe,
-        };
-        if !alive {
-            return Ok(PeerIdentity {
-                uid,
-                gid,
-                pid,
-                exe: None,
-                start_time: None,
-                proc_dir: None,
-            });
+        if !alive(&exe) {
+            return Ok(gone);
         }
-        let proc_dir = match (dir, start_time) {
-            (Some(d), Some(t)) => Some(d.shared(pid, t)),
+        let exe: Option<Arc<Path>> = exe.map(Arc::from);
+        let proc_dir = match (dir, start_time, &exe) {
+            (Some(d), Some(t), Some(e)) => Some(d.shared(pid, t, e)),
             _ => None,
         };
         Ok(PeerIdentity {
             uid,
             gid,
             pid,
-            exe: exe.map(Arc::from),
+            exe,
             start_time,
             proc_dir,
         })
@@ -152,16 +172,30 @@ impl PeerIdentity {
 #[derive(Clone)]
 pub struct ProcDir(Arc<OwnedFd>);
 
-/// Pinned directories by (pid, start time). Weak: the table never keeps one open.
+/// Pinned directories by pid, with what was read through them. Weak: the table never keeps
+/// one open.
 static PINNED: Mutex<Pinned> = Mutex::new(Pinned {
     dirs: None,
     prune_at: 64,
 });
 
 struct Pinned {
-    dirs: Option<HashMap<(i32, u64), Weak<OwnedFd>>>,
+    dirs: Option<HashMap<i32, PinnedEntry>>,
     /// The table is swept of closed entries when it grows to this size.
     prune_at: usize,
+}
+
+struct PinnedEntry {
+    dir: Weak<OwnedFd>,
+    exe: Arc<Path>,
+    start_time: u64,
+}
+
+/// A live pinned directory and what its process was when pinned.
+pub(crate) struct Pinning {
+    pub dir: ProcDir,
+    pub exe: Arc<Path>,
+    pub start_time: u64,
 }
 
 impl ProcDir {
@@ -176,25 +210,51 @@ impl ProcDir {
             .map(|fd| ProcDir(Arc::new(fd)))
     }
 
+    /// The directory another connection pinned for `pid`, provided its process still runs the
+    /// executable it ran then (one `readlinkat`). The caller must then prove its own process
+    /// alive (pidfd) for the two to be the same.
+    pub(crate) fn pinned(pid: i32) -> Option<Pinning> {
+        let p = PINNED.lock();
+        let e = p.dirs.as_ref()?.get(&pid)?;
+        let dir = ProcDir(e.dir.upgrade()?);
+        let (exe, start_time) = (e.exe.clone(), e.start_time);
+        drop(p);
+        dir.exe_is(&exe)?.then_some(Pinning {
+            dir,
+            exe,
+            start_time,
+        })
+    }
+
     /// The descriptor already pinning this process, if another connection of it holds one;
     /// else this one, recorded for the next. Call only while the process is known to be the
-    /// caller (its pidfd not yet signalled).
-    pub(crate) fn shared(self, pid: i32, start_time: u64) -> ProcDir {
+    /// caller (its pidfd not yet signalled), with what was read through `self`.
+    pub(crate) fn shared(self, pid: i32, start_time: u64, exe: &Arc<Path>) -> ProcDir {
         let mut p = PINNED.lock();
         let Pinned { dirs, prune_at } = &mut *p;
         let dirs = dirs.get_or_insert_with(HashMap::new);
-        let key = (pid, start_time);
-        if let Some(fd) = dirs.get(&key).and_then(Weak::upgrade) {
-            let old = ProcDir(fd);
-            // Still resolving: the same live process (pid and start time cannot both repeat
-            // while it runs). Otherwise a process that exited shares its key: replace it.
-            if old.exe().is_some() {
-                return old;
+        if let Some(e) = dirs.get_mut(&pid).filter(|e| e.start_time == start_time) {
+            if let Some(fd) = e.dir.upgrade() {
+                // Still resolving: the same live process (pid and start time cannot both
+                // repeat while it runs), which may have exec'd since it was pinned. Otherwise
+                // one that exited shares its key: replace it.
+                let old = ProcDir(fd);
+                if old.exe().is_some() {
+                    e.exe = exe.clone();
+                    return old;
+                }
             }
         }
-        dirs.insert(key, Arc::downgrade(&self.0));
+        dirs.insert(
+            pid,
+            PinnedEntry {
+                dir: Arc::downgrade(&self.0),
+                exe: exe.clone(),
+                start_time,
+            },
+        );
         if dirs.len() >= *prune_at {
-            dirs.retain(|_, w| w.strong_count() > 0);
+            dirs.retain(|_, e| e.dir.strong_count() > 0);
             *prune_at = (dirs.len() * 2).max(64);
         }
         self
@@ -438,7 +498,11 @@ mod tests {
             pid,
             exe: dir.exe().map(Arc::from),
             start_time: dir.start_time(),
-            proc_dir: Some(dir.clone().shared(pid, dir.start_time().unwrap())),
+            proc_dir: Some(dir.clone().shared(
+                pid,
+                dir.start_time().unwrap(),
+                &Arc::from(dir.exe().unwrap()),
+            )),
         };
         assert_eq!(id.still_bound(), Ok(()));
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
@@ -474,10 +538,15 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let start = ProcDir::open(pid).unwrap().start_time().unwrap();
-        let a = ProcDir::open(pid).unwrap().shared(pid, start);
-        let b = ProcDir::open(pid).unwrap().shared(pid, start);
+        let d = ProcDir::open(pid).unwrap();
+        let (start, exe) = (d.start_time().unwrap(), Arc::from(d.exe().unwrap()));
+        let a = ProcDir::open(pid).unwrap().shared(pid, start, &exe);
+        let b = ProcDir::open(pid).unwrap().shared(pid, start, &exe);
         assert!(Arc::ptr_eq(&a.0, &b.0));
+        let p = ProcDir::pinned(pid).expect("pinned while held");
+        assert!(Arc::ptr_eq(&a.0, &p.dir.0));
+        assert_eq!((p.start_time, &p.exe), (start, &exe));
+        drop(p);
         let weak = Arc::downgrade(&a.0);
         drop((a, b));
         assert_eq!(weak.strong_count(), 0);

@@ -260,13 +260,18 @@ fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
     if start(pid) != Some(before) {
         return Err("its process exited while being identified".into());
     }
+    let exe = exe.filter(|_| shared_exe).map(Arc::<Path>::from);
+    let proc_dir = match (proc_dir, &exe) {
+        (Some(d), Some(e)) => Some(d.shared(pid, before, e)),
+        _ => None,
+    };
     Ok(PeerIdentity {
         uid,
         gid,
         pid,
-        exe: exe.filter(|_| shared_exe).map(Arc::<Path>::from),
+        exe,
         start_time: Some(before),
-        proc_dir: proc_dir.map(|d| d.shared(pid, before)),
+        proc_dir,
     })
 }
 
