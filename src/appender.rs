@@ -1,11 +1,16 @@
-//! An append-only line file written as a group commit by one background thread, so request
-//! handlers never block on file IO and never hold a lock across an await.
+//! An append-only line file written as a group commit, so request handlers never hold a lock
+//! across an await and a waiting writer waits for one write only.
 //!
-//! Lines are appended to the open batch under a short lock. The writer thread takes the whole
+//! Lines are appended to the open batch under a short lock. Whoever writes takes the whole
 //! batch, writes it with one `write` (and one `fdatasync` when the file syncs and someone waits),
-//! then wakes every waiter of that batch at once with its result. A writer that waits therefore
-//! waits only for the one write that carries its line; lines that arrive meanwhile form the next
-//! batch. A failed write fails every waiter of that batch, and no other.
+//! then wakes every waiter of that batch at once with its result. Lines that arrive meanwhile
+//! form the next batch. A failed write fails every waiter of that batch, and no other.
+//!
+//! Who writes: a file that syncs is written by its own thread, so no request handler ever
+//! blocks on an fsync. A file that does not sync (the audit log) is written by the waiting
+//! caller that finds no write in flight: one `write` into the page cache, on the caller's
+//! thread, where a hand-off to another thread would cost a wake-up on each side. It writes what
+//! queued meanwhile for a few rounds, then leaves the rest to the thread.
 
 use parking_lot::{Condvar, Mutex};
 use std::io::Write;
@@ -31,6 +36,9 @@ struct Handle {
 
 struct Shared {
     state: Mutex<State>,
+    file: std::fs::File,
+    /// Sync each awaited batch; then only the writer thread writes.
+    sync: bool,
     /// Wakes the writer thread.
     work: Condvar,
     /// Batches written so far (successful or not).
@@ -40,6 +48,10 @@ struct Shared {
 struct State {
     /// Lines of the open batch, in order.
     buf: Vec<u8>,
+    /// The last written batch's buffer, cleared, for the next one.
+    spare: Vec<u8>,
+    /// A batch is being written (by the thread or a caller); nobody else starts one.
+    writing: bool,
     /// The open batch: whoever adds a line to `buf` waits on it.
     batch: Arc<Batch>,
     /// Someone waits on the open batch (it is synced when the file syncs).
@@ -99,17 +111,21 @@ impl Appender {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 buf: Vec::new(),
+                spare: Vec::new(),
+                writing: false,
                 batch: Arc::default(),
                 awaited: false,
                 closing: false,
             }),
             work: Condvar::new(),
             writes: AtomicU64::new(0),
+            file,
+            sync,
         });
         let writer = shared.clone();
         std::thread::Builder::new()
             .name("sidecred-append".into())
-            .spawn(move || write_batches(&writer, file, sync))?;
+            .spawn(move || write_batches(&writer))?;
         Ok(Appender {
             handle: Arc::new(Handle { shared }),
         })
@@ -130,10 +146,31 @@ impl Appender {
     /// when that batch is written (and synced). Not bounded by the backlog cap: every such
     /// line has a caller waiting on it, so callers bound them.
     pub fn enqueue(&self, line: &[u8]) -> Ticket {
-        let mut st = self.handle.shared.state.lock();
-        self.push(&mut st, line);
+        let shared = &*self.handle.shared;
+        let mut st = shared.state.lock();
         st.awaited = true;
-        Ticket(st.batch.clone())
+        let ticket = Ticket(st.batch.clone());
+        if shared.sync || st.writing {
+            self.push(&mut st, line);
+            return ticket;
+        }
+        // No write in flight and no fsync to wait for: write this batch here and now.
+        st.buf.extend_from_slice(line);
+        st.writing = true;
+        for round in 0.. {
+            let (out, batch, awaited) = take_batch(&mut st);
+            drop(st);
+            shared.write_batch(out, &batch, awaited);
+            st = shared.state.lock();
+            if st.buf.is_empty() || round == LEAD_ROUNDS {
+                break;
+            }
+        }
+        st.writing = false;
+        if !st.buf.is_empty() {
+            shared.work.notify_one();
+        }
+        ticket
     }
 
     /// Hands a line over without waiting; false if the backlog is full.
@@ -159,9 +196,44 @@ impl Appender {
     fn push(&self, st: &mut State, line: &[u8]) {
         let was_empty = st.buf.is_empty();
         st.buf.extend_from_slice(line);
-        // The writer sleeps only on an empty buffer: the first line of a batch wakes it.
-        if was_empty {
+        // The writer thread sleeps on an empty buffer with no write in flight: the first line
+        // of such a batch wakes it. Whoever is writing looks at the buffer again when done.
+        if was_empty && !st.writing {
             self.handle.shared.work.notify_one();
+        }
+    }
+}
+
+/// Rounds a caller that writes takes for lines that queued behind its own.
+const LEAD_ROUNDS: usize = 3;
+
+/// Takes the open batch out of `st` for writing: its lines, its waiters, whether anyone waits.
+fn take_batch(st: &mut State) -> (Vec<u8>, Arc<Batch>, bool) {
+    let spare = std::mem::take(&mut st.spare);
+    let out = std::mem::replace(&mut st.buf, spare);
+    let awaited = std::mem::take(&mut st.awaited);
+    (out, std::mem::take(&mut st.batch), awaited)
+}
+
+impl Shared {
+    /// Writes one batch (and syncs it when asked and awaited), answers its waiters, and keeps
+    /// the buffer for the next batch. Called with `writing` held by the caller.
+    fn write_batch(&self, mut out: Vec<u8>, batch: &Batch, awaited: bool) {
+        let mut r = (&self.file).write_all(&out);
+        if r.is_ok() && self.sync && awaited {
+            r = self.file.sync_data();
+        }
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "append failed");
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        batch.finish(r);
+        out.clear();
+        if out.capacity() <= MAX_PENDING {
+            let mut st = self.state.lock();
+            if st.spare.capacity() < out.capacity() {
+                st.spare = out;
+            }
         }
     }
 }
@@ -173,35 +245,24 @@ impl Drop for Handle {
     }
 }
 
-/// The writer thread: one write (and sync) per batch until the last handle is dropped.
-fn write_batches(shared: &Shared, mut file: std::fs::File, sync: bool) {
-    let mut out = Vec::new();
+/// The writer thread: one write (and sync) per batch until the last handle is dropped and
+/// everything pending is written.
+fn write_batches(shared: &Shared) {
+    let mut st = shared.state.lock();
     loop {
-        let (batch, awaited) = {
-            let mut st = shared.state.lock();
-            while st.buf.is_empty() && !st.closing {
-                shared.work.wait(&mut st);
-            }
-            if st.buf.is_empty() {
-                return;
-            }
-            std::mem::swap(&mut st.buf, &mut out);
-            let awaited = std::mem::take(&mut st.awaited);
-            (std::mem::take(&mut st.batch), awaited)
-        };
-        let mut r = file.write_all(&out);
-        if r.is_ok() && sync && awaited {
-            r = file.sync_data();
+        if !st.writing && !st.buf.is_empty() {
+            st.writing = true;
+            let (out, batch, awaited) = take_batch(&mut st);
+            drop(st);
+            shared.write_batch(out, &batch, awaited);
+            st = shared.state.lock();
+            st.writing = false;
+            continue;
         }
-        if let Err(e) = &r {
-            tracing::error!(error = %e, "append failed");
+        if st.closing && !st.writing && st.buf.is_empty() {
+            return;
         }
-        shared.writes.fetch_add(1, Ordering::Relaxed);
-        batch.finish(r);
-        out.clear();
-        if out.capacity() > MAX_PENDING {
-            out = Vec::new();
-        }
+        shared.work.wait(&mut st);
     }
 }
 

@@ -34,35 +34,46 @@ fn read_exactly(r: &mut std::fs::File, want: usize) -> Vec<u8> {
     got
 }
 
+/// Both ways of writing: by the waiting caller (no sync) and by the thread (sync).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lines_are_all_written_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log");
-    let a = Appender::open(&path, false).await.unwrap();
-    let tasks: Vec<_> = (0..500)
-        .map(|i| {
-            let a = a.clone();
-            tokio::spawn(async move {
-                if i % 2 == 0 {
-                    a.append(format!("line {i}\n")).await.unwrap();
-                } else {
-                    a.append_bytes(format!("line {i}\n").as_bytes())
-                        .await
-                        .unwrap();
-                }
+    for sync in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let a = Appender::open(&path, sync).await.unwrap();
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    match i % 3 {
+                        0 => a.append(format!("line {i}\n")).await.unwrap(),
+                        1 => a
+                            .append_bytes(format!("line {i}\n").as_bytes())
+                            .await
+                            .unwrap(),
+                        _ => assert!(a.try_append(format!("line {i}\n"))),
+                    }
+                })
             })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Lines handed over without waiting are written by the thread soon after.
+        a.append(String::new()).await.unwrap();
+        let done = wait(|| std::fs::read_to_string(&path).unwrap().lines().count() == 500).await;
+        assert!(done, "sync={sync}: lines missing");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<_> = text.lines().collect();
+        lines.sort();
+        lines.dedup();
+        assert_eq!(
+            lines.len(),
+            500,
+            "sync={sync}: a line written twice or torn"
+        );
+        assert!(a.writes() <= 501);
     }
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut lines: Vec<_> = text.lines().collect();
-    assert_eq!(lines.len(), 500);
-    lines.sort();
-    lines.dedup();
-    assert_eq!(lines.len(), 500, "a line written twice or torn");
-    assert!(a.writes() <= 500);
 }
 
 /// While one batch is being written, every line that arrives joins the next one: 100 waiters
