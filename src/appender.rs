@@ -148,12 +148,13 @@ impl Appender {
     pub fn enqueue(&self, line: &[u8]) -> Ticket {
         let shared = &*self.handle.shared;
         let mut st = shared.state.lock();
-        st.awaited = true;
         let ticket = Ticket(st.batch.clone());
         if shared.sync || st.writing {
             self.push(&mut st, line);
+            st.awaited = true;
             return ticket;
         }
+        st.awaited = true;
         // No write in flight and no fsync to wait for: write this batch here and now.
         st.buf.extend_from_slice(line);
         st.writing = true;
@@ -162,12 +163,12 @@ impl Appender {
             drop(st);
             shared.write_batch(out, &batch, awaited);
             st = shared.state.lock();
-            if st.buf.is_empty() || round == LEAD_ROUNDS {
+            if (st.buf.is_empty() && !st.awaited) || round == LEAD_ROUNDS {
                 break;
             }
         }
         st.writing = false;
-        if !st.buf.is_empty() {
+        if !st.buf.is_empty() || st.awaited {
             shared.work.notify_one();
         }
         ticket
@@ -194,7 +195,7 @@ impl Appender {
     }
 
     fn push(&self, st: &mut State, line: &[u8]) {
-        let was_empty = st.buf.is_empty();
+        let was_empty = st.buf.is_empty() && !st.awaited;
         st.buf.extend_from_slice(line);
         // The writer thread sleeps on an empty buffer with no write in flight: the first line
         // of such a batch wakes it. Whoever is writing looks at the buffer again when done.
@@ -250,7 +251,8 @@ impl Drop for Handle {
 fn write_batches(shared: &Shared) {
     let mut st = shared.state.lock();
     loop {
-        if !st.writing && !st.buf.is_empty() {
+        // A batch is due when it has lines, or a waiter (even one that added no bytes).
+        if !st.writing && (!st.buf.is_empty() || st.awaited) {
             st.writing = true;
             let (out, batch, awaited) = take_batch(&mut st);
             drop(st);
@@ -259,7 +261,7 @@ fn write_batches(shared: &Shared) {
             st.writing = false;
             continue;
         }
-        if st.closing && !st.writing && st.buf.is_empty() {
+        if st.closing && !st.writing && st.buf.is_empty() && !st.awaited {
             return;
         }
         shared.work.wait(&mut st);
