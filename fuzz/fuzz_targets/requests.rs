@@ -125,6 +125,7 @@ fn caller(uid: u32) -> PeerIdentity {
         pid: 1,
         exe: None,
         start_time: None,
+        proc_dir: None,
     }
 }
 

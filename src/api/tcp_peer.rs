@@ -246,6 +246,9 @@ fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
     let pid = holders[0];
     let start = proc_start_time;
     let before = start(pid).ok_or("its process exited")?;
+    // Opened before the second start-time read: if that still matches, the directory is this
+    // process's (the same check binds everything else read here).
+    let proc_dir = super::peer::ProcDir::open(pid);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
     let gid = status_egid(&status).ok_or("no Gid in /proc/PID/status")?;
@@ -257,12 +260,18 @@ fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
     if start(pid) != Some(before) {
         return Err("its process exited while being identified".into());
     }
+    let exe = exe.filter(|_| shared_exe).map(Arc::<Path>::from);
+    let proc_dir = match (proc_dir, &exe) {
+        (Some(d), Some(e)) => Some(d.shared(pid, before, e)),
+        _ => None,
+    };
     Ok(PeerIdentity {
         uid,
         gid,
         pid,
-        exe: exe.filter(|_| shared_exe).map(Arc::<Path>::from),
+        exe,
         start_time: Some(before),
+        proc_dir,
     })
 }
 

@@ -319,7 +319,10 @@ impl<E: Endpoint> Listener<E> {
                 )
                 .await;
         }
-        let body =
+        // A request without a body (every GET) arms no timer and collects nothing.
+        let body = if http_body::Body::is_end_stream(&body) {
+            Bytes::new()
+        } else {
             match tokio::time::timeout(self.limits.body_timeout, Limited::new(body, max).collect())
                 .await
             {
@@ -343,7 +346,8 @@ impl<E: Endpoint> Listener<E> {
                         .reject(id, &parts, StatusCode::REQUEST_TIMEOUT, &why)
                         .await;
                 }
-            };
+            }
+        };
         let bound = if self.endpoint.rechecks_identity() {
             Ok(())
         } else {

@@ -17,6 +17,7 @@ pub const ROOT: PeerIdentity = PeerIdentity {
     pid: 1,
     exe: None,
     start_time: None,
+    proc_dir: None,
 };
 
 /// ROOT's session identity under the policy rule `rule`.
