@@ -101,7 +101,10 @@ fuzz_target!(|data: &[u8]| {
                 if redact::MARK.windows(n.len()).any(|w| w == &n[..]) {
                     continue;
                 }
-                assert!(!out.windows(n.len()).any(|w| w == &n[..]), "a value survived scrubbing");
+                assert!(
+                    !out.windows(n.len()).any(|w| w == &n[..]),
+                    "a value survived scrubbing"
+                );
             }
         }
         Err((s, _)) => assert!((400..600).contains(&s)),

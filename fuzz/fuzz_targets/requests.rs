@@ -206,6 +206,7 @@ async fn call(engine: &Arc<Engine>, method: usize, uid: u32, body: Vec<u8>) {
     } else {
         let mut svc = AdminServer::new(AdminService {
             engine: engine.clone(),
+            proxy_bundle: None,
         })
         .max_decoding_message_size(sidecred::api::server::MAX_REQUEST_BYTES);
         svc.call(req).await
@@ -222,7 +223,9 @@ async fn call(engine: &Arc<Engine>, method: usize, uid: u32, body: Vec<u8>) {
 }
 
 async fn run(data: &[u8]) {
-    let cat = Catalog::build(config(), 1).await.expect("catalog");
+    let cat = Catalog::build(config(), 1, Arc::new(SystemClock))
+        .await
+        .expect("catalog");
     let engine = Engine::new(cat, Arc::new(SystemClock), Audit::disabled());
     let root = caller(0);
     let owner = Owner {
@@ -231,12 +234,7 @@ async fn run(data: &[u8]) {
         process: None,
     };
     let session = engine
-        .open_session(
-            &root,
-            owner.clone(),
-            None,
-            Default::default(),
-        )
+        .open_session(&root, owner.clone(), None, Default::default())
         .await
         .expect("session");
     let sid = session.meta.id.clone();
