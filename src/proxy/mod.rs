@@ -276,6 +276,16 @@ pub async fn spawn(
     let Some(proxy) = Proxy::new(engine.clone(), stop.clone())? else {
         return Ok(None);
     };
+    // The Unix socket is bound first: once the TCP port answers, both are ready.
+    let unix = match &proxy.cfg.socket {
+        Some((path, mode)) => {
+            let (u, guard) = crate::api::server::bind(path, *mode)
+                .map_err(|e| format!("proxy.socket {}: {e}", path.display()))?;
+            tracing::info!(socket = %path.display(), "credential-injection proxy on a Unix socket");
+            Some((u, guard))
+        }
+        None => None,
+    };
     let addr = proxy.cfg.listen;
     let l = tokio::net::TcpListener::bind(addr)
         .await
@@ -304,10 +314,7 @@ pub async fn spawn(
         bundle_pem: proxy.bundle_pem(),
         guard: None,
     };
-    if let Some((path, mode)) = &proxy.cfg.socket {
-        let (u, guard) = crate::api::server::bind(path, *mode)
-            .map_err(|e| format!("proxy.socket {}: {e}", path.display()))?;
-        tracing::info!(socket = %path.display(), "credential-injection proxy on a Unix socket");
+    if let Some((u, guard)) = unix {
         running.guard = Some(guard);
         running
             .tasks
