@@ -29,7 +29,7 @@ pub struct RequestLine<'a> {
 
 /// The identity a session is bound to: uid and the first rule admitting the caller, plus the
 /// very process (exe and start time) when that rule names an executable.
-fn owner_of(caller: &PeerIdentity, principal: &Rule) -> Owner {
+pub fn owner_of(caller: &PeerIdentity, principal: &Rule) -> Owner {
     Owner {
         uid: caller.uid,
         rule: principal.name.clone(),

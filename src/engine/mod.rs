@@ -22,7 +22,7 @@ mod status;
 mod sweep;
 mod watch;
 
-pub use access::RequestLine;
+pub use access::{owner_of, RequestLine};
 pub use catalog::{Catalog, CatalogError};
 pub use certs::{authority_of, CsrRequest, SignedCsr};
 pub use grants::{GetRequest, Grant};

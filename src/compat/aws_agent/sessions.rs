@@ -26,18 +26,11 @@ pub struct OwnerKey {
 impl OwnerKey {
     /// None when no rule admits the caller: the broker then refuses (and audits) it.
     pub fn of(policy: &Policy, caller: &PeerIdentity) -> Option<OwnerKey> {
-        let rule = policy.caller_rule(caller).ok()?;
+        let o = crate::engine::owner_of(caller, policy.caller_rule(caller).ok()?);
         Some(OwnerKey {
-            uid: caller.uid,
-            rule: rule.name.clone(),
-            process: if rule.binds_exe() {
-                caller
-                    .exe
-                    .clone()
-                    .map(|e| (e, caller.pid, caller.start_time.unwrap_or(0)))
-            } else {
-                None
-            },
+            uid: o.uid,
+            rule: o.rule,
+            process: o.process,
         })
     }
 }
