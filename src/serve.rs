@@ -282,7 +282,7 @@ pub async fn reload(engine: &Engine, path: &Path) {
     let result = match Config::load(path) {
         Ok(cfg) => {
             let old = engine.catalog();
-            match static_change(&old.config, &cfg) {
+            match Config::of(&old.config).and_then(|o| static_change(o, &cfg)) {
                 Some(key) => Err(format!(
                     "{key} cannot change on reload (it is set up once at start); restart to change it"
                 )),

@@ -5,7 +5,7 @@ use super::admission::{Gate, Socket};
 use super::broker::BrokerService;
 use super::limits::Limits;
 use super::pb::{admin_server::AdminServer, broker_server::BrokerServer};
-use super::peer::{PeerIdentity, PeerStream};
+use super::peer::PeerStream;
 use crate::engine::Engine;
 use std::io;
 use std::path::Path;
@@ -41,7 +41,7 @@ fn incoming(
     async_stream::stream! {
         loop {
             match listener.accept().await {
-                Ok((s, _)) => match PeerIdentity::of(&s) {
+                Ok((s, _)) => match crate::api::peer::identify(&s) {
                     Ok(id) => match gate.admit(&id) {
                         Ok(slot) => yield Ok(PeerStream::new(s, id)
                             .with_handshake_deadline(handshake)
@@ -191,7 +191,9 @@ pub async fn spawn_metrics(
     engine: Arc<Engine>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
-    let cfg = engine.catalog().config.metrics.clone();
+    let cfg = crate::config::Config::of(&engine.catalog().config)
+        .map(|c| c.metrics.clone())
+        .unwrap_or_default();
     let render = {
         let engine = engine.clone();
         move || {

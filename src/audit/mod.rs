@@ -3,10 +3,10 @@
 
 pub mod key;
 
-use crate::api::peer::PeerIdentity;
 use crate::appender::Appender;
 use key::AuditKey;
 use serde::Serialize;
+use sidecred_core::identity::PeerIdentity;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -4,7 +4,7 @@
 use super::options::{CompiledOptions, OptionError, RawOptions, SecretShape};
 use super::setup::SetupError;
 use super::{Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated};
-use crate::config::SecretSpec;
+use crate::backend::SecretSpec;
 use crate::secret::SecretBytes;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -60,13 +60,13 @@ pub struct DevConfig {
     pub values: SeedValues,
     /// Artificial latency per fetch, to exercise single-flight and timeouts.
     #[serde(default)]
-    pub latency: Option<crate::config::Dur>,
+    pub latency: Option<sidecred_core::duration::Dur>,
     /// Lease ttl of simulated dynamic credentials.
     #[serde(default)]
-    pub dynamic_ttl: Option<crate::config::Dur>,
+    pub dynamic_ttl: Option<sidecred_core::duration::Dur>,
     /// Re-validate cached values this often (see `Backend::recheck_interval`).
     #[serde(default)]
-    pub recheck_interval: Option<crate::config::Dur>,
+    pub recheck_interval: Option<sidecred_core::duration::Dur>,
     /// The first N lease revocations fail, so revocation retries and their backoff can be
     /// exercised without a real backend outage.
     #[serde(default)]
@@ -337,7 +337,7 @@ impl Backend for DevBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Scope;
+    use sidecred_core::spec::Scope;
 
     fn prepare(text: &str) -> Result<DevOptions, OptionError> {
         let shape = SecretShape {

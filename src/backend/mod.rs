@@ -6,19 +6,22 @@
 pub mod aws;
 pub mod ca;
 pub mod dev;
+mod fleet_store;
 pub mod openbao;
 pub mod options;
 mod setup;
+mod spec;
 
+pub use fleet_store::FleetStore;
 pub use options::{CompiledOptions, OptionError, RawOptions, SecretField, SecretShape};
 pub use setup::SetupError;
+pub use spec::SecretSpec;
 
-use crate::api::peer::PeerIdentity;
-use crate::config::SecretSpec;
-use crate::policy::SanPolicy;
 use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
 use serde::Deserialize;
+use sidecred_core::identity::PeerIdentity;
+use sidecred_core::san::SanPolicy;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,7 +178,7 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Where fleet revocation records live, for a backend that can hold them (OpenBao).
-    fn fleet_store(&self, _mount: &str, _prefix: &str) -> Option<Arc<dyn crate::fleet::Store>> {
+    fn fleet_store(&self, _mount: &str, _prefix: &str) -> Option<Arc<dyn FleetStore>> {
         None
     }
 

@@ -3,8 +3,8 @@
 //! Each backend's `prepare` turns the TOML under `[[secret]] options` into a typed value, so a
 //! typo or a wrong type is a config error with its line and column, and `fetch` never sees TOML.
 
-use crate::config::Scope;
 use serde::de::DeserializeOwned;
+use sidecred_core::spec::Scope;
 use std::ops::Range;
 use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;

@@ -36,7 +36,7 @@ type Sock = (PathBuf, String);
 fn sockets(conn: &Conn) -> Result<(Sock, Sock), Fail> {
     match &conn.config {
         Some(p) => {
-            let c = Config::load(p).map_err(|e| Fail(2, e.to_string()))?;
+            let c = Config::load(p).map_err(|e| Fail(2, e.to_string()))?.engine;
             let at = |k: &str| format!("{k} in {}", p.display());
             Ok((
                 (c.server.workload_socket, at("server.workload_socket")),

@@ -129,7 +129,7 @@ impl<E: Endpoint> Listener<E> {
         loop {
             tokio::select! {
                 a = listener.accept() => match a {
-                    Ok((s, _)) => match PeerIdentity::of(&s) {
+                    Ok((s, _)) => match crate::api::peer::identify(&s) {
                         Ok(id) => self.serve_identified(s, id),
                         Err(e) => tracing::warn!(endpoint = self.endpoint.name(), error = %e, "cannot identify peer; connection dropped"),
                     },

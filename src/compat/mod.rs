@@ -25,7 +25,9 @@ pub fn spawn_vault(
     engine: Arc<Engine>,
     stop: watch::Receiver<bool>,
 ) -> Result<Option<Running>, String> {
-    let Some(cfg) = engine.catalog().config.vault_api.clone() else {
+    let Some(cfg) =
+        crate::config::Config::of(&engine.catalog().config).and_then(|c| c.vault_api.clone())
+    else {
         return Ok(None);
     };
     let (l, guard) = crate::api::server::bind(&cfg.socket, cfg.socket_mode)

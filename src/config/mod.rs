@@ -2,55 +2,25 @@
 //!
 //! Every error names the file, a line and column, the key, and what was expected.
 
-mod duration;
 mod interp;
 mod secret;
 
-pub use duration::{parse_duration, Dur, DurationError, MAX_DURATION};
+pub use crate::backend::SecretSpec;
+pub use crate::engine::settings::{SchedulerConfig, ServerConfig, Settings};
 pub use interp::{env_lookup, interpolate, map_lookup, InterpError};
-pub use secret::SecretSpec;
+pub use sidecred_core::duration::{parse_duration, Dur, DurationError, MAX_DURATION};
+pub use sidecred_core::spec::{line_col, ConfigError, Locator, Scope, Zone};
+
+use crate::engine::settings::{CatalogConfig, ConfigSource};
 
 use crate::backend::BackendConfig;
 use crate::policy::{Policy, RawRule};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
-
-/// Which network boundary a secret serves; the router picks the backend by zone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Zone {
-    Internal,
-    External,
-    Restricted,
-}
-
-impl Zone {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Zone::Internal => "internal",
-            Zone::External => "external",
-            Zone::Restricted => "restricted",
-        }
-    }
-}
-
-/// Who may share a cached value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// One value for every session (static secrets, KV).
-    #[default]
-    Shared,
-    /// A value per session (dynamic credentials).
-    Session,
-    /// A value per call id; requires a call id on GetSecret.
-    Call,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,44 +243,6 @@ pub struct MetricsConfig {
     pub socket: Option<PathBuf>,
 }
 
-/// `[scheduler]`: where sidecars that share a rotation schedule coordinate, so exactly one of
-/// them rotates per slot. Without a lock backend every sidecar rotates on its own.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchedulerConfig {
-    /// An `openbao` backend whose KV v2 mount holds the lock and rotation records.
-    #[serde(default)]
-    pub lock_backend: Option<String>,
-    #[serde(default = "default_lock_mount")]
-    pub lock_mount: String,
-    #[serde(default = "default_lock_prefix")]
-    pub lock_prefix: String,
-    /// How long a claim holds before another sidecar may take the slot over.
-    #[serde(default = "default_claim_ttl")]
-    pub claim_ttl: Dur,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self {
-            lock_backend: None,
-            lock_mount: default_lock_mount(),
-            lock_prefix: default_lock_prefix(),
-            claim_ttl: default_claim_ttl(),
-        }
-    }
-}
-
-fn default_lock_mount() -> String {
-    "secret".into()
-}
-fn default_lock_prefix() -> String {
-    "sidecred/locks".into()
-}
-fn default_claim_ttl() -> Dur {
-    Dur(Duration::from_secs(60))
-}
-
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -320,43 +252,16 @@ struct RawPolicy {
     admin: Vec<RawRule>,
 }
 
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub workload_socket: PathBuf,
-    pub workload_socket_mode: u32,
-    pub admin_socket: PathBuf,
-    pub admin_socket_mode: u32,
-    pub default_session_ttl: Duration,
-    pub max_session_ttl: Duration,
-    pub stale_window: Duration,
-    pub backend_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub max_connections: usize,
-    pub max_connections_per_uid: usize,
-    pub state_dir: Option<PathBuf>,
-    pub mlockall: bool,
-    pub spiffe_socket: Option<PathBuf>,
-    /// The CA backend serving spiffe_socket (resolved at load).
-    pub spiffe_ca: Option<String>,
-    pub max_sessions_per_identity: usize,
-    pub max_calls_per_session: usize,
-    pub max_watches_per_session: usize,
-    pub test_hold_dir: Option<PathBuf>,
-}
-
-/// The validated configuration.
+/// The validated configuration: what the engine is built from (`engine`, which the config
+/// derefs to, so `config.server` and `config.secrets` read as before) and the sections only
+/// the server itself reads.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub source: PathBuf,
-    pub server: ServerConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
-    pub scheduler: SchedulerConfig,
-    pub backends: BTreeMap<String, BackendConfig>,
-    pub secrets: BTreeMap<String, SecretSpec>,
-    pub workload_policy: Policy,
-    pub admin_policy: Policy,
+    pub engine: Settings,
     /// Fleet-wide revocation, when `[fleet]` is set.
     pub fleet: Option<crate::fleet::FleetConfig>,
     /// The AWS-Secrets-Manager-Agent-compatible endpoint, when `[aws_agent_api]` is set.
@@ -367,91 +272,36 @@ pub struct Config {
     pub proxy: Option<crate::proxy::config::ProxyConfig>,
 }
 
-/// A config problem with its position, printed as `file:line:col: key: message`.
-#[derive(Debug, Clone)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub key: String,
-    /// The whole explanation, the source's text included.
-    pub message: String,
-    /// The typed error underneath (an option, a backend setting, a file), when there is one.
-    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
-        }
-        if !self.key.is_empty() {
-            write!(f, ": {}", self.key)?;
-        }
-        write!(f, ": {}", self.message)
+impl std::ops::Deref for Config {
+    type Target = Settings;
+    fn deref(&self) -> &Settings {
+        &self.engine
     }
 }
 
-impl std::error::Error for ConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+impl std::ops::DerefMut for Config {
+    fn deref_mut(&mut self) -> &mut Settings {
+        &mut self.engine
     }
 }
 
-/// Builds errors that point into one document.
-pub(crate) struct Locator<'a> {
-    pub file: &'a Path,
-    pub text: &'a str,
-}
-
-impl Locator<'_> {
-    pub fn at(
-        &self,
-        span: std::ops::Range<usize>,
-        key: impl Into<String>,
-        msg: impl Into<String>,
-    ) -> ConfigError {
-        let (line, column) = if span.start == 0 && span.end == 0 {
-            (0, 0)
-        } else {
-            line_col(self.text, span.start)
-        };
-        ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            key: key.into(),
-            message: msg.into(),
-            source: None,
-        }
+/// The engine keeps the whole config in its catalog without knowing its type; the server's
+/// layers read their own sections back with [`Config::of`].
+impl ConfigSource for Config {
+    fn settings(&self) -> &Settings {
+        &self.engine
     }
-
-    /// An error at `span` whose message is `source`'s, kept as its source.
-    pub fn caused(
-        &self,
-        span: std::ops::Range<usize>,
-        key: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> ConfigError {
-        let mut e = self.at(span, key, source.to_string());
-        e.source = Some(Arc::new(source));
-        e
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, column)
+impl Config {
+    /// The config a catalog was built from; None only for a catalog built from something else
+    /// (the server builds every catalog from a `Config`).
+    pub fn of(c: &CatalogConfig) -> Option<&Config> {
+        c.downcast::<Config>()
+    }
 }
 
 impl Config {
@@ -761,15 +611,17 @@ fn validate(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     };
     Ok(Config {
         source: loc.file.to_path_buf(),
-        server,
         log: raw.log,
         audit: raw.audit,
         metrics: raw.metrics,
-        scheduler: raw.scheduler,
-        backends,
-        secrets,
-        workload_policy,
-        admin_policy,
+        engine: Settings {
+            server,
+            scheduler: raw.scheduler,
+            backends,
+            secrets,
+            workload_policy,
+            admin_policy,
+        },
         fleet,
         aws_agent_api,
         vault_api,
@@ -816,5 +668,9 @@ fn check_scheduler(
     Ok(())
 }
 
+#[cfg(test)]
+mod fleet_tests;
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

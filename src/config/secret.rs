@@ -3,7 +3,7 @@
 
 use super::{ConfigError, Dur, Locator, Scope, Zone};
 use crate::backend::{
-    BackendConfig, CompiledOptions, OptionError, RawOptions, SecretField, SecretShape,
+    BackendConfig, OptionError, RawOptions, SecretField, SecretShape, SecretSpec,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -36,22 +36,6 @@ pub(super) struct RawSecret {
     rotate_every: Option<Dur>,
     #[serde(default)]
     rotate_cron: Option<String>,
-}
-
-/// One catalog entry: where a named secret comes from and how it is leased.
-#[derive(Clone, Debug)]
-pub struct SecretSpec {
-    pub name: String,
-    pub backend: String,
-    pub path: String,
-    pub zone: Zone,
-    pub ttl: Duration,
-    pub grace: Duration,
-    pub scope: Scope,
-    pub key: Option<String>,
-    /// Backend options, compiled at load: backends never see TOML.
-    pub options: CompiledOptions,
-    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 /// Validates every `[[secret]]` against its backend and compiles its options.

@@ -3,12 +3,12 @@
 //! components, and refusals that transports report through [`Engine::record_request`].
 
 use super::{Catalog, Engine};
-use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
-use crate::config::SecretSpec;
+use crate::backend::SecretSpec;
 use crate::error::{validate_id, validate_name, ApiError};
 use crate::policy::{Action, Rule};
 use crate::session::Owner;
+use sidecred_core::identity::PeerIdentity;
 
 /// A transport's or endpoint's own line about a request: a refusal before any handler ran (a
 /// bad path, a refused connection, a failed token check) or an HTTP endpoint's per-request

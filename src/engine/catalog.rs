@@ -1,8 +1,11 @@
 //! The catalog: the config and the backends built from it, swapped whole on reload.
+//! The config arrives as a [`ConfigSource`]: the engine reads its [`Settings`](super::settings::Settings)
+//! and keeps the rest, unread, for the layers above.
 
+use super::settings::{CatalogConfig, ConfigSource};
+use crate::backend::SecretSpec;
 use crate::backend::{Backend, SetupError};
 use crate::clock::Clock;
-use crate::config::{Config, SecretSpec};
 use crate::error::ApiError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,17 +30,18 @@ pub enum CatalogError {
 
 /// Config plus the backends built from it; swapped whole on reload.
 pub struct Catalog {
-    pub config: Config,
+    pub config: CatalogConfig,
     pub backends: BTreeMap<String, Arc<dyn Backend>>,
     pub generation: u64,
 }
 
 impl Catalog {
     pub async fn build(
-        config: Config,
+        config: impl ConfigSource,
         generation: u64,
         clock: Arc<dyn Clock>,
     ) -> Result<Catalog, CatalogError> {
+        let config = CatalogConfig::new(config);
         let mut backends = BTreeMap::new();
         for (name, b) in &config.backends {
             let built = b
@@ -60,10 +64,11 @@ impl Catalog {
     /// the deny list, issued serials), so they carry over as they are; changing one's settings
     /// needs a restart. Other backends are built anew.
     pub async fn rebuild(
-        config: Config,
+        config: impl ConfigSource,
         old: &Catalog,
         clock: Arc<dyn Clock>,
     ) -> Result<Catalog, CatalogError> {
+        let config = CatalogConfig::new(config);
         let mut backends = BTreeMap::new();
         for (name, b) in &config.backends {
             let before = old.config.backends.get(name);

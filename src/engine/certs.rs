@@ -3,12 +3,12 @@
 //! with `audit.fail_closed`, a certificate that cannot be recorded is never handed out.
 
 use super::{Catalog, Engine};
-use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::ca::{check_sans, issuer, Authority, Issued};
 use crate::error::{validate_id, ApiError};
-use crate::policy::SanPolicy;
 use crate::session::Owner;
+use sidecred_core::identity::PeerIdentity;
+use sidecred_core::san::SanPolicy;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -18,6 +18,7 @@ mod grants;
 mod revocation;
 mod rotation;
 mod sessions;
+pub mod settings;
 mod status;
 mod sweep;
 mod watch;

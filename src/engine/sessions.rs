@@ -2,12 +2,12 @@
 //! here a session gets its backend handles, its fleet record and its audit line.
 
 use super::Engine;
-use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::SessionMeta;
 use crate::error::ApiError;
 use crate::session::{new_id, Gate, Owner, Session};
 use parking_lot::Mutex;
+use sidecred_core::identity::PeerIdentity;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

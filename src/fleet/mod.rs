@@ -13,36 +13,15 @@ mod watch;
 pub use config::{FleetConfig, RawFleet};
 pub use watch::{plan, Plan};
 
+pub use crate::backend::FleetStore as Store;
+
 use crate::backend::BackendError;
 use crate::engine::Step;
-use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// KV v2 access under the fleet prefix, plus token revocation by accessor. Keys are relative
-/// to the prefix. Everything stored is ids and metadata, never credentials.
-#[async_trait]
-pub trait Store: Send + Sync {
-    /// Writes a new version of `key`; returns its version number.
-    async fn put(&self, key: &str, data: Value) -> Result<u64, BackendError>;
-    /// The data and version of `key` (the current one, or `version`); None when absent/deleted.
-    async fn get(
-        &self,
-        key: &str,
-        version: Option<u64>,
-    ) -> Result<Option<(u64, Value)>, BackendError>;
-    /// Keys directly below `dir`.
-    async fn list(&self, dir: &str) -> Result<Vec<String>, BackendError>;
-    /// Removes `key` and all its versions.
-    async fn remove(&self, key: &str) -> Result<(), BackendError>;
-    /// Limits how many versions of `key` OpenBao keeps.
-    async fn cap_versions(&self, key: &str, max: u64) -> Result<(), BackendError>;
-    /// Revokes a token (and its children and leases) by accessor; Ok if already gone.
-    async fn revoke_accessor(&self, accessor: &str) -> Result<(), BackendError>;
-}
 
 /// A revocation record: the tombstone and each log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +187,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_trait::async_trait;
     use std::collections::HashMap;
 
     /// KV v2 in memory: every put is a new version.

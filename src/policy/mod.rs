@@ -1,14 +1,16 @@
 //! Caller identity → what it may obtain. Rules match uid, gid and executable; they grant
 //! secret-name globs, zones and admin actions. Denials name the rule that failed.
 
-pub mod dns;
 mod glob;
 
 pub use glob::glob_match;
+pub use sidecred_core::dns;
+pub use sidecred_core::san::SanPolicy;
 
-use crate::api::peer::PeerIdentity;
-use crate::config::{ConfigError, Locator, SecretSpec, Zone};
+use crate::backend::SecretSpec;
 use serde::Deserialize;
+use sidecred_core::identity::PeerIdentity;
+use sidecred_core::spec::{ConfigError, Locator, Zone};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use toml::Spanned;
@@ -64,31 +66,6 @@ pub struct RawRule {
     /// IP addresses this caller's certificates may carry.
     #[serde(default)]
     ip_sans: Vec<String>,
-}
-
-/// The DNS and IP SANs a rule allows in certificates; URIs come only from `spiffe_id`.
-#[derive(Clone, Debug, Default)]
-pub struct SanPolicy {
-    pub dns: Vec<String>,
-    /// Wildcard names allowed as such; a `dns` pattern never admits one.
-    pub wildcards: Vec<String>,
-    pub ips: Vec<IpAddr>,
-}
-
-impl SanPolicy {
-    /// A wildcard name only if listed in `wildcards`; any other name only if it is a valid
-    /// host name that a `dns` pattern matches label by label.
-    pub fn allows_dns(&self, name: &str) -> bool {
-        if name.starts_with("*.") {
-            return dns::check_wildcard(name).is_ok()
-                && self.wildcards.iter().any(|w| w.eq_ignore_ascii_case(name));
-        }
-        self.dns.iter().any(|p| dns::pattern_match(p, name))
-    }
-
-    pub fn allows_ip(&self, ip: IpAddr) -> bool {
-        self.ips.contains(&ip)
-    }
 }
 
 /// Who a rule matches.
@@ -387,6 +364,3 @@ impl Policy {
         })
     }
 }
-
-#[cfg(test)]
-mod tests;

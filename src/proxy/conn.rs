@@ -58,7 +58,7 @@ pub async fn accept_unix(p: Arc<Proxy>, l: tokio::net::UnixListener) {
     loop {
         tokio::select! {
             a = l.accept() => match a {
-                Ok((s, _)) => match PeerIdentity::of(&s) {
+                Ok((s, _)) => match crate::api::peer::identify(&s) {
                     Ok(id) => {
                         tokio::spawn(admit(p.clone(), s, id));
                     }

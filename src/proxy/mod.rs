@@ -108,7 +108,9 @@ impl Proxy {
         engine: Arc<Engine>,
         stop: watch::Receiver<bool>,
     ) -> Result<Option<Arc<Proxy>>, String> {
-        let Some(cfg) = engine.catalog().config.proxy.clone() else {
+        let Some(cfg) =
+            crate::config::Config::of(&engine.catalog().config).and_then(|c| c.proxy.clone())
+        else {
             return Ok(None);
         };
         let mitm = tls::Mitm::new(

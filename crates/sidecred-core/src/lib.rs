@@ -1,13 +1,22 @@
 //! sidecred's leaf types: what every layer shares and what depends on nothing else of
-//! sidecred's. Time (a clock that tests replace) and the grace-window math, the errors
-//! backends and sessions report, and id generation. The server crate builds everything else
-//! on these; `scripts/test` checks this crate stays free of the transport, TLS and backend
-//! stacks.
+//! sidecred's. Time (a clock that tests replace) and the grace-window math; the caller's
+//! identity (`identity`); what a catalog entry is made of and how a config problem is reported
+//! (`spec`, `duration`); rotation schedules; certificate SAN rules and DNS name checks; the
+//! permission check for credential files; the errors backends and sessions report, and id
+//! generation. Every other crate builds on these; `scripts/test` checks this crate stays free
+//! of the transport, TLS and backend stacks.
 
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod dns;
+pub mod duration;
+pub mod fileperm;
+pub mod identity;
 pub mod rotation;
+pub mod san;
+pub mod schedule;
+pub mod spec;
 
 use std::time::SystemTime;
 

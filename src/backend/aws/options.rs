@@ -4,8 +4,8 @@
 use super::value::{CharClass, Generator, GeneratorError, Verifier};
 use super::{AwsConfig, CURRENT};
 use crate::backend::options::{OptionError, RawOptions, SecretShape};
-use crate::config::Dur;
 use serde::Deserialize;
+use sidecred_core::duration::Dur;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -127,7 +127,7 @@ fn generator(r: &RawAwsOptions) -> Result<Generator, OptionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Scope;
+    use sidecred_core::spec::Scope;
 
     fn prepare(text: &str) -> Result<AwsOptions, OptionError> {
         let shape = SecretShape {

@@ -20,12 +20,13 @@ use super::setup::SetupError;
 use super::{
     Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
+use crate::backend::SecretSpec;
 use crate::clock::Clock;
-use crate::config::{Dur, SecretSpec};
-use crate::policy::SanPolicy;
 use crate::secret::SecretBytes;
 use async_trait::async_trait;
 use serde::Deserialize;
+use sidecred_core::duration::Dur;
+use sidecred_core::san::SanPolicy;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 
 use super::CaConfig;
 use crate::backend::options::{OptionError, RawOptions, SecretField, SecretShape};
-use crate::config::Scope;
 use serde::Deserialize;
+use sidecred_core::spec::Scope;
 use std::net::IpAddr;
 
 /// A CA secret's `options`: the SANs its certificates carry besides the caller's SPIFFE ID.
@@ -41,9 +41,9 @@ impl CaConfig {
         let mut dns_sans = Vec::with_capacity(r.dns_sans.len());
         for d in r.dns_sans {
             let ok = if d.get_ref().starts_with("*.") {
-                crate::policy::dns::check_wildcard(d.get_ref())
+                sidecred_core::dns::check_wildcard(d.get_ref())
             } else {
-                crate::policy::dns::check_name(d.get_ref())
+                sidecred_core::dns::check_name(d.get_ref())
             };
             ok.map_err(|e| {
                 OptionError::value(

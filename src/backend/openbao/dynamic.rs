@@ -7,10 +7,10 @@ use super::{select, CallToken, Inner, Opts};
 use crate::backend::{
     BackendError, BackendLease, FetchRequest, Fetched, SessionHandle, SessionMeta,
 };
-use crate::config::Scope;
 use crate::secret::{SecretBytes, SecretText};
 use reqwest::Method;
 use serde_json::json;
+use sidecred_core::spec::Scope;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vaultrs::api::token::requests::CreateTokenRequest;

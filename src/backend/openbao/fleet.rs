@@ -5,7 +5,7 @@
 use super::client::Bao;
 use super::Inner;
 use crate::backend::BackendError;
-use crate::fleet::Store;
+use crate::backend::FleetStore as Store;
 use crate::secret::SecretText;
 use async_trait::async_trait;
 use reqwest::Method;

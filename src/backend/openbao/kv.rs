@@ -2,8 +2,8 @@
 
 use super::client::{from_vaultrs, wipe};
 use super::{select, Inner, Opts};
+use crate::backend::SecretSpec;
 use crate::backend::{BackendError, Fetched, Rotated};
-use crate::config::SecretSpec;
 use crate::secret::SecretBytes;
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;

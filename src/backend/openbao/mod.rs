@@ -18,7 +18,7 @@ use super::setup::SetupError;
 use super::{
     Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
-use crate::config::{Dur, SecretSpec};
+use crate::backend::SecretSpec;
 use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
 use auth::OwnToken;
@@ -26,6 +26,7 @@ use client::Bao;
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::Value;
+use sidecred_core::duration::Dur;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -292,7 +293,11 @@ impl Backend for OpenBaoBackend {
         dynamic::revoke_lease(&self.inner, lease, handle).await
     }
 
-    fn fleet_store(&self, mount: &str, prefix: &str) -> Option<Arc<dyn crate::fleet::Store>> {
+    fn fleet_store(
+        &self,
+        mount: &str,
+        prefix: &str,
+    ) -> Option<Arc<dyn crate::backend::FleetStore>> {
         Some(Arc::new(fleet::BaoStore::backend(
             self.inner.clone(),
             mount,

@@ -3,8 +3,8 @@
 
 use super::OpenBaoConfig;
 use crate::backend::options::{OptionError, RawOptions, SecretField, SecretShape};
-use crate::config::Scope;
 use serde::Deserialize;
+use sidecred_core::spec::Scope;
 use toml::Spanned;
 
 /// Which OpenBao engine serves a secret.
@@ -149,7 +149,7 @@ fn pki_request(
     let ttl = match cert_ttl {
         None => None,
         Some(t) => {
-            crate::config::parse_duration(t.get_ref())
+            sidecred_core::duration::parse_duration(t.get_ref())
                 .map_err(|e| OptionError::value("cert_ttl", Some(t.span()), e.to_string()))?;
             Some(t.into_inner())
         }

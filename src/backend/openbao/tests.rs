@@ -3,7 +3,7 @@
 use super::client::by_status;
 use super::*;
 use crate::backend::options::{OptionError, RawOptions, SecretField, SecretShape};
-use crate::config::Scope;
+use sidecred_core::spec::Scope;
 
 fn cfg(session_tokens: bool) -> OpenBaoConfig {
     let mut c: OpenBaoConfig = toml::from_str(

@@ -317,7 +317,9 @@ pub async fn spawn(
     engine: Arc<Engine>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Running>, String> {
-    let Some(cfg) = engine.catalog().config.aws_agent_api.clone() else {
+    let Some(cfg) =
+        crate::config::Config::of(&engine.catalog().config).and_then(|c| c.aws_agent_api.clone())
+    else {
         return Ok(None);
     };
     let api = AwsAgentApi::new(engine.clone(), cfg.clone())?;

@@ -171,7 +171,8 @@ impl VaultApi {
     ) -> Result<Reply, Fail> {
         use Method as M;
         let cat = self.engine().catalog();
-        let Some(cfg) = &cat.config.vault_api else {
+        let Some(cfg) = crate::config::Config::of(&cat.config).and_then(|c| c.vault_api.as_ref())
+        else {
             return Err(Fail::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "[vault_api] was removed from the config",

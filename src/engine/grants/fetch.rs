@@ -2,16 +2,16 @@
 //! refresh, and revoking what a read made after its session or call ended.
 
 use super::CertIdent;
-use crate::api::peer::PeerIdentity;
+use crate::backend::SecretSpec;
 use crate::backend::{Backend, BackendError, FetchRequest, SessionHandle};
 use crate::clock::renew_at;
-use crate::config::SecretSpec;
 use crate::engine::{Catalog, Engine};
 use crate::error::ApiError;
 use crate::lease::cache::{CacheKey, Entry, Lookup, ScopeKey};
 use crate::metrics::METRICS;
 use crate::session::Session;
 use futures::FutureExt;
+use sidecred_core::identity::PeerIdentity;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

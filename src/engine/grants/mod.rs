@@ -7,14 +7,15 @@ use fetch::{late_revoke, test_panic};
 
 use super::Catalog;
 use super::Engine;
-use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
-use crate::config::{Scope, SecretSpec};
+use crate::backend::SecretSpec;
 use crate::error::ApiError;
 use crate::lease::cache::{Cache, CacheKey, Entry, Lookup, ScopeKey};
 use crate::lease::{Lease, LeaseTable};
 use crate::session::{new_id, Owner, Session};
 use parking_lot::Mutex;
+use sidecred_core::identity::PeerIdentity;
+use sidecred_core::spec::Scope;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,11 @@ use std::time::{Duration, SystemTime};
 
 /// The caller's SPIFFE ID and allowed SANs, for certificate issuers, and the release count a
 /// call-scoped request saw at its start (see `session::Gate`).
-type CertIdent<'a> = (Option<&'a str>, Option<&'a crate::policy::SanPolicy>, u64);
+type CertIdent<'a> = (
+    Option<&'a str>,
+    Option<&'a sidecred_core::san::SanPolicy>,
+    u64,
+);
 
 /// One credential handed out.
 pub struct Grant {
@@ -44,7 +49,7 @@ pub struct GetRequest<'a> {
     pub version: Option<&'a str>,
     pub spiffe_id: Option<&'a str>,
     /// SANs the caller's policy rule allows in certificates.
-    pub sans: Option<&'a crate::policy::SanPolicy>,
+    pub sans: Option<&'a sidecred_core::san::SanPolicy>,
 }
 
 /// What grants own: the lease table, the value cache and per-backend read counters.

@@ -3,7 +3,6 @@
 //! at start, and the session records that let anyone revoke a session's token by accessor.
 
 use super::{backoff, step, Pending, PendingWork, RevocationReport};
-use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendError, BackendLease, SessionHandle, SessionMeta};
 use crate::engine::Engine;
@@ -13,6 +12,7 @@ use crate::journal::{Journal, Record};
 use crate::metrics::METRICS;
 use crate::session::Session;
 use serde_json::Value;
+use sidecred_core::identity::PeerIdentity;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -4,13 +4,13 @@
 mod fleet;
 
 use super::Engine;
-use crate::api::peer::PeerIdentity;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle, SessionMeta};
 use crate::error::ApiError;
 use crate::journal::Record;
 use crate::session::{Owner, Session};
 use parking_lot::Mutex;
+use sidecred_core::identity::PeerIdentity;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

@@ -7,7 +7,7 @@
 //! rest of that rotation's grace window and watchers get `Rotated`.
 
 use crate::backend::Backend;
-use crate::config::SecretSpec;
+use crate::backend::SecretSpec;
 use crate::engine::{Engine, WatchEvent, WatchKind};
 use crate::lease::cache::{CacheKey, Entry, ScopeKey};
 use parking_lot::Mutex;

@@ -9,9 +9,9 @@
 //! taken over by another sidecar, as long as the slot has not passed.
 
 use super::Origin;
+use crate::backend::SecretSpec;
 use crate::backend::{Backend, BackendError};
 use crate::clock::{from_millis, unix_millis};
-use crate::config::SecretSpec;
 use crate::engine::Engine;
 use crate::schedule::Schedule;
 use parking_lot::Mutex;

@@ -1,5 +1,8 @@
-use super::*;
-use crate::config::{map_lookup, Config};
+//! The policy as the config builds it: rules parsed from TOML, then asked.
+
+use super::{map_lookup, Config};
+use crate::policy::*;
+use sidecred_core::identity::PeerIdentity;
 use std::collections::HashMap;
 use std::path::Path;
 
