@@ -5,7 +5,7 @@
 pub mod api;
 pub mod appender;
 pub mod audit;
-pub mod backend;
+pub use sidecred_backends as backend;
 pub mod cli;
 pub use sidecred_core::clock;
 pub mod compat;

@@ -2,7 +2,7 @@
 //! onto [`BackendError`]. Error texts name the operation and the secret path, never a value.
 
 use super::AwsConfig;
-use crate::backend::{BackendError, SetupError};
+use crate::{BackendError, SetupError};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};

@@ -2,6 +2,13 @@
 //!
 //! Backends return [`BackendError`]s that say what failed by name, never by value; the API layer
 //! is the only place they become gRPC statuses.
+//!
+//! A crate of its own, between the engine and the leaf types: a backend sees catalog entries
+//! ([`SecretSpec`], options compiled at load), the caller's identity and its SAN rules, and
+//! nothing of the engine, the config parser or the transports. Cargo enforces that; the engine
+//! (in the `sidecred` crate today) depends on this crate, never the other way round.
+
+#![forbid(unsafe_code)]
 
 pub mod aws;
 pub mod ca;
@@ -17,11 +24,11 @@ pub use options::{CompiledOptions, OptionError, RawOptions, SecretField, SecretS
 pub use setup::SetupError;
 pub use spec::SecretSpec;
 
-use crate::secret::{SecretBytes, SecretText};
 use async_trait::async_trait;
 use serde::Deserialize;
 use sidecred_core::identity::PeerIdentity;
 use sidecred_core::san::SanPolicy;
+use sidecred_secret::{SecretBytes, SecretText};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,7 +276,7 @@ impl BackendConfig {
         &self,
         name: &str,
         timeout: Duration,
-        clock: Arc<dyn crate::clock::Clock>,
+        clock: Arc<dyn sidecred_core::clock::Clock>,
     ) -> Result<Arc<dyn Backend>, SetupError> {
         match self {
             BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),

@@ -2,7 +2,7 @@
 //! full API path, namespace, retirement, and the certificate request of a PKI secret.
 
 use super::OpenBaoConfig;
-use crate::backend::options::{OptionError, RawOptions, SecretField, SecretShape};
+use crate::options::{OptionError, RawOptions, SecretField, SecretShape};
 use serde::Deserialize;
 use sidecred_core::spec::Scope;
 use toml::Spanned;

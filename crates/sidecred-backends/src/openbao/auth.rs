@@ -4,10 +4,10 @@
 
 use super::client::{from_vaultrs, Bao};
 use super::Inner;
-use crate::backend::{BackendError, SetupError};
-use crate::fileperm::FileModeError;
-use crate::secret::SecretText;
+use crate::{BackendError, SetupError};
 use serde::Deserialize;
+use sidecred_core::fileperm::FileModeError;
+use sidecred_secret::SecretText;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -91,7 +91,7 @@ impl AuthConfig {
             AuthConfig::Approle { .. } => "auth.secret_id_file",
             AuthConfig::Jwt { .. } => "auth.jwt_file",
         };
-        crate::fileperm::check_private(file, setting, "a credential")
+        sidecred_core::fileperm::check_private(file, setting, "a credential")
     }
 }
 
@@ -109,7 +109,7 @@ pub struct OwnToken {
 
 /// Reads a small credential file, trimmed, into a secret.
 fn read_secret_file(path: &Path, method: &str) -> Result<SecretText, BackendError> {
-    crate::fileperm::check_private(path, &format!("auth ({method})"), "a credential")
+    sidecred_core::fileperm::check_private(path, &format!("auth ({method})"), "a credential")
         .map_err(|e| BackendError::Invalid(e.to_string()))?;
     let mut raw = std::fs::read_to_string(path).map_err(|e| {
         BackendError::Invalid(format!(
@@ -268,7 +268,7 @@ async fn step(inner: &Arc<Inner>, backoff: &mut Duration) -> Duration {
     let cfg = &inner.auth;
     if let AuthConfig::TokenFile { path } = cfg {
         if let Ok(t) = read_secret_file(path, "token_file") {
-            let same = crate::secret::SecretBytes::new(t.expose().as_bytes().to_vec())
+            let same = sidecred_secret::SecretBytes::new(t.expose().as_bytes().to_vec())
                 .ct_eq(inner.token().token.expose().as_bytes());
             if !same {
                 match describe(&inner.bao, t).await {

@@ -3,7 +3,7 @@
 
 use super::client::by_status;
 use super::Inner;
-use crate::backend::{BackendError, RecordStore};
+use crate::{BackendError, RecordStore};
 use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{json, Value};

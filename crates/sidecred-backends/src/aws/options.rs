@@ -3,7 +3,7 @@
 
 use super::value::{CharClass, Generator, GeneratorError, Verifier};
 use super::{AwsConfig, CURRENT};
-use crate::backend::options::{OptionError, RawOptions, SecretShape};
+use crate::options::{OptionError, RawOptions, SecretShape};
 use serde::Deserialize;
 use sidecred_core::duration::Dur;
 use std::time::Duration;

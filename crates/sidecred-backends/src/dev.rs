@@ -4,12 +4,12 @@
 use super::options::{CompiledOptions, OptionError, RawOptions, SecretShape};
 use super::setup::SetupError;
 use super::{Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated};
-use crate::backend::SecretSpec;
-use crate::secret::SecretBytes;
+use crate::SecretSpec;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Deserialize;
+use sidecred_secret::SecretBytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

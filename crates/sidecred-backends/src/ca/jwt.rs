@@ -127,8 +127,8 @@ impl JwtKey {
         let claims = json!({
             "sub": sub,
             "aud": aud,
-            "iat": crate::clock::unix_secs(now),
-            "exp": crate::clock::unix_secs(exp),
+            "iat": sidecred_core::clock::unix_secs(now),
+            "exp": sidecred_core::clock::unix_secs(exp),
             "jti": hex::encode(rand::random::<[u8; 12]>()),
         });
         let token =
@@ -171,7 +171,7 @@ impl JwtKey {
             .get("exp")
             .and_then(Value::as_i64)
             .ok_or(JwtError::NoExpiry)?;
-        if exp <= crate::clock::unix_secs(now) {
+        if exp <= sidecred_core::clock::unix_secs(now) {
             return Err(JwtError::Expired);
         }
         let sub = claims

@@ -23,7 +23,7 @@ pub enum SetupError {
     #[error("seed_file `{}`: {message}", .path.display())]
     SeedFile { path: PathBuf, message: String },
     #[error(transparent)]
-    FileMode(#[from] crate::fileperm::FileModeError),
+    FileMode(#[from] sidecred_core::fileperm::FileModeError),
     /// The OpenBao HTTP client could not be built (address, CA bundle); `what` says which
     /// setting and how, `source` is the client library's error.
     #[error("{what}")]

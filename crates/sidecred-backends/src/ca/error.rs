@@ -48,7 +48,7 @@ pub enum CaError {
     #[error("no trust anchor: add the root to cert_file or set bundle_file")]
     NoTrustAnchor,
     #[error(transparent)]
-    KeyMode(#[from] crate::fileperm::FileModeError),
+    KeyMode(#[from] sidecred_core::fileperm::FileModeError),
     #[error("`{}`: {source}", .path.display())]
     Read {
         path: PathBuf,
@@ -58,5 +58,5 @@ pub enum CaError {
     Jwt(#[from] super::jwt::JwtError),
     /// The first CRLs could not be signed or written.
     #[error("{0}")]
-    Publish(#[source] crate::backend::BackendError),
+    Publish(#[source] crate::BackendError),
 }

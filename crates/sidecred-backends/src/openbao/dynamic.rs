@@ -4,13 +4,11 @@
 
 use super::client::{from_vaultrs, Reply};
 use super::{select, CallToken, Inner, Opts};
-use crate::backend::{
-    BackendError, BackendLease, FetchRequest, Fetched, SessionHandle, SessionMeta,
-};
-use crate::secret::{SecretBytes, SecretText};
+use crate::{BackendError, BackendLease, FetchRequest, Fetched, SessionHandle, SessionMeta};
 use reqwest::Method;
 use serde_json::json;
 use sidecred_core::spec::Scope;
+use sidecred_secret::{SecretBytes, SecretText};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vaultrs::api::token::requests::CreateTokenRequest;

@@ -2,7 +2,7 @@
 //! client, same TLS roots and timeout) for what vaultrs hides, such as lease envelopes.
 //! Every failure becomes a [`BackendError`] that names the path, never a value or a token.
 
-use crate::backend::{BackendError, SetupError};
+use crate::{BackendError, SetupError};
 use serde_json::Value;
 use std::time::Duration;
 use vaultrs::api::EndpointMiddleware;

@@ -18,8 +18,7 @@ use super::setup::SetupError;
 use super::{
     Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
-use crate::backend::SecretSpec;
-use crate::secret::{SecretBytes, SecretText};
+use crate::SecretSpec;
 use async_trait::async_trait;
 use auth::OwnToken;
 use client::Bao;
@@ -27,6 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::Value;
 use sidecred_core::duration::Dur;
+use sidecred_secret::{SecretBytes, SecretText};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -293,11 +293,7 @@ impl Backend for OpenBaoBackend {
         dynamic::revoke_lease(&self.inner, lease, handle).await
     }
 
-    fn fleet_store(
-        &self,
-        mount: &str,
-        prefix: &str,
-    ) -> Option<Arc<dyn crate::backend::FleetStore>> {
+    fn fleet_store(&self, mount: &str, prefix: &str) -> Option<Arc<dyn crate::FleetStore>> {
         Some(Arc::new(fleet::BaoStore::backend(
             self.inner.clone(),
             mount,

@@ -20,13 +20,13 @@ use super::setup::SetupError;
 use super::{
     Backend, BackendError, BackendLease, FetchRequest, Fetched, Rotated, SessionHandle, SessionMeta,
 };
-use crate::backend::SecretSpec;
-use crate::clock::Clock;
-use crate::secret::SecretBytes;
+use crate::SecretSpec;
 use async_trait::async_trait;
 use serde::Deserialize;
+use sidecred_core::clock::Clock;
 use sidecred_core::duration::Dur;
 use sidecred_core::san::SanPolicy;
+use sidecred_secret::SecretBytes;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

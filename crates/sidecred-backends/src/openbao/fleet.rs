@@ -4,12 +4,12 @@
 
 use super::client::Bao;
 use super::Inner;
-use crate::backend::BackendError;
-use crate::backend::FleetStore as Store;
-use crate::secret::SecretText;
+use crate::BackendError;
+use crate::FleetStore as Store;
 use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{json, Value};
+use sidecred_secret::SecretText;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ impl BaoStore {
         timeout: Duration,
         mount: &str,
         prefix: &str,
-    ) -> Result<BaoStore, crate::backend::SetupError> {
+    ) -> Result<BaoStore, crate::SetupError> {
         let bao = Bao::new(address, ca_file, None, timeout)?;
         Ok(BaoStore {
             src: Src::Direct {

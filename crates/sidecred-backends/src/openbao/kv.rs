@@ -2,11 +2,11 @@
 
 use super::client::{from_vaultrs, wipe};
 use super::{select, Inner, Opts};
-use crate::backend::SecretSpec;
-use crate::backend::{BackendError, Fetched, Rotated};
-use crate::secret::SecretBytes;
+use crate::SecretSpec;
+use crate::{BackendError, Fetched, Rotated};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
+use sidecred_secret::SecretBytes;
 use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequestOptions};
 use zeroize::Zeroize;
 

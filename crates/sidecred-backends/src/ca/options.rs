@@ -2,7 +2,7 @@
 //! besides the caller's SPIFFE ID, each checked once here.
 
 use super::CaConfig;
-use crate::backend::options::{OptionError, RawOptions, SecretField, SecretShape};
+use crate::options::{OptionError, RawOptions, SecretField, SecretShape};
 use serde::Deserialize;
 use sidecred_core::spec::Scope;
 use std::net::IpAddr;

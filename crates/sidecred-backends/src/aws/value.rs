@@ -2,8 +2,8 @@
 //! and the optional verification command (value on stdin only, never argv or environment).
 //! Error texts never quote the value.
 
-use crate::secret::SecretBytes;
 use rand::seq::{IndexedRandom, SliceRandom};
+use sidecred_secret::SecretBytes;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;

@@ -7,7 +7,7 @@ use super::error::CaError;
 use super::issuer::{self, CaCert, CsrAsk, Leaf, LeafSpec};
 use super::jwt::JwtKey;
 use super::timing::{self, Slot};
-use crate::backend::BackendError;
+use crate::BackendError;
 use parking_lot::RwLock;
 use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;

@@ -2,7 +2,6 @@
 //! ECDSA P-256 leaves whose keys never leave sidecred, and CSR signing under policy.
 
 use super::error::CaError;
-use crate::secret::SecretBytes;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -10,6 +9,7 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sidecred_secret::SecretBytes;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -150,8 +150,8 @@ pub fn generate(
 }
 
 /// Refuses a key file that anyone but its owner may read or write.
-pub fn check_key_mode(path: &Path) -> Result<(), crate::fileperm::FileModeError> {
-    crate::fileperm::check_private(path, "key_file", "a CA key")
+pub fn check_key_mode(path: &Path) -> Result<(), sidecred_core::fileperm::FileModeError> {
+    sidecred_core::fileperm::check_private(path, "key_file", "a CA key")
 }
 
 fn is_self_signed(der: &CertificateDer<'_>) -> Result<bool, CaError> {

@@ -2,7 +2,7 @@
 
 use super::client::by_status;
 use super::*;
-use crate::backend::options::{OptionError, RawOptions, SecretField, SecretShape};
+use crate::options::{OptionError, RawOptions, SecretField, SecretShape};
 use sidecred_core::spec::Scope;
 
 fn cfg(session_tokens: bool) -> OpenBaoConfig {
