@@ -66,7 +66,7 @@ pub fn rpc_span(path: &str, headers: &http::HeaderMap) -> (Option<&'static str>,
 pub fn finish(rpc: Option<&'static str>, span: &tracing::Span, code: Code) {
     span.record("code", tracing::field::debug(code));
     if let Some(rpc) = rpc {
-        METRICS.request(rpc, code);
+        METRICS.request(rpc, code as i32);
     }
 }
 

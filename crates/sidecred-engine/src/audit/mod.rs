@@ -86,7 +86,7 @@ impl Serialize for Stamp {
 }
 
 /// `t` as RFC 3339 UTC with milliseconds (audit stamps, and timestamps in compatible APIs).
-pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+pub fn rfc3339(t: std::time::SystemTime) -> String {
     String::from_utf8_lossy(&rfc3339_bytes(t)).into_owned()
 }
 

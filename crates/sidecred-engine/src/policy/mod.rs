@@ -133,7 +133,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub(crate) fn build(
+    pub fn build(
         raw: Vec<RawRule>,
         section: &str,
         secrets: &BTreeMap<String, SecretSpec>,

@@ -5,8 +5,9 @@
 use crate::backend::BackendError;
 use crate::session::{GateError, SessionError};
 
+/// Not `non_exhaustive`: the server maps every kind to a status and to each compat API's own
+/// error, and must be told when a kind is added.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ApiError {
     #[error("{0}")]
     InvalidArgument(String),

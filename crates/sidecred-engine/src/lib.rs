@@ -1,0 +1,33 @@
+//! sidecred's broker core: the engine and what it owns. Sessions, grants (cache, leases,
+//! GetSecret), rotation, revocation (fleet, journal, retries), certificates, the policy that
+//! decides who may have what, and the audit log that records it.
+//!
+//! A crate of its own, between the server and the backends: it sees callers' identities,
+//! catalog entries and backends, and nothing of the config parser, the transports or gRPC;
+//! cargo enforces that. The server (`sidecred`) builds it from config and calls it from every
+//! socket. Handlers get typed errors ([`error::ApiError`]); the server turns them into statuses.
+
+// Unsafe code is denied everywhere in the engine.
+#![deny(unsafe_code)]
+
+pub mod appender;
+pub mod audit;
+pub mod engine;
+pub mod error;
+pub mod fleet;
+pub mod journal;
+pub mod lease;
+pub mod metrics;
+pub mod policy;
+pub mod session;
+#[cfg(feature = "grpc")]
+mod status;
+
+// The lower crates under the names the engine's modules have always used for them.
+use sidecred_backends as backend;
+use sidecred_core::{clock, fileperm, rotation, schedule};
+
+/// Secret value types (the `sidecred-secret` crate).
+mod secret {
+    pub use sidecred_secret::SecretBytes;
+}
