@@ -3,7 +3,21 @@
 
 pub use sidecred_engine::metrics::*;
 
+use serde::Deserialize;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Where Prometheus metrics are served; nothing is served when both are unset.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback TCP address such as "127.0.0.1:9464".
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Or a Unix socket path.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
 
 /// Serves `GET /metrics` (and `GET /`) over HTTP/1.1 with hyper, one response per connection;
 /// anything else is 404 or 405. The header read is bounded in time.

@@ -77,7 +77,7 @@ impl Admin for AdminService {
         validate_name(&r.name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
         self.allow(&caller, Action::Rotate, Some(&r.name)).await?;
         let grace = (r.grace_seconds > 0).then(|| Duration::from_secs(r.grace_seconds));
-        if grace.is_some_and(|g| g > crate::config::MAX_DURATION) {
+        if grace.is_some_and(|g| g > sidecred_core::duration::MAX_DURATION) {
             return Err(
                 ApiError::InvalidArgument("grace_seconds: at most 3650 days".into()).into(),
             );

@@ -8,7 +8,7 @@
 //! `max_concurrent_streams` header lists of `max_header_list_size`, and each stream at most
 //! `initial_stream_window`. Answers wait in at most `max_send_buffer` per stream.
 
-use crate::config::ServerConfig;
+use crate::engine::settings::ServerConfig;
 use std::time::Duration;
 
 /// Largest request message accepted; secret requests are small.

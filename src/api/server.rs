@@ -191,8 +191,11 @@ pub async fn spawn_metrics(
     engine: Arc<Engine>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
-    let cfg = crate::config::Config::of(&engine.catalog().config)
-        .map(|c| c.metrics.clone())
+    let cfg = engine
+        .catalog()
+        .config
+        .section::<crate::metrics::MetricsConfig>()
+        .cloned()
         .unwrap_or_default();
     let render = {
         let engine = engine.clone();

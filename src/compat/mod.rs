@@ -25,8 +25,11 @@ pub fn spawn_vault(
     engine: Arc<Engine>,
     stop: watch::Receiver<bool>,
 ) -> Result<Option<Running>, String> {
-    let Some(cfg) =
-        crate::config::Config::of(&engine.catalog().config).and_then(|c| c.vault_api.clone())
+    let Some(cfg) = engine
+        .catalog()
+        .config
+        .section::<vault::VaultApiConfig>()
+        .cloned()
     else {
         return Ok(None);
     };

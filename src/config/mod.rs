@@ -7,6 +7,7 @@ mod secret;
 
 pub use crate::backend::SecretSpec;
 pub use crate::engine::settings::{SchedulerConfig, ServerConfig, Settings};
+pub use crate::metrics::MetricsConfig;
 pub use interp::{env_lookup, interpolate, map_lookup, InterpError};
 pub use sidecred_core::duration::{parse_duration, Dur, DurationError, MAX_DURATION};
 pub use sidecred_core::spec::{line_col, ConfigError, Locator, Scope, Zone};
@@ -16,6 +17,7 @@ use crate::engine::settings::{CatalogConfig, ConfigSource};
 use crate::backend::BackendConfig;
 use crate::policy::{Policy, RawRule};
 use serde::Deserialize;
+use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -231,18 +233,6 @@ fn yes() -> bool {
     true
 }
 
-/// Where Prometheus metrics are served; nothing is served when both are unset.
-#[derive(Clone, Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// A loopback TCP address such as "127.0.0.1:9464".
-    #[serde(default)]
-    pub listen: Option<String>,
-    /// Or a Unix socket path.
-    #[serde(default)]
-    pub socket: Option<PathBuf>,
-}
-
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -293,6 +283,25 @@ impl ConfigSource for Config {
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+    fn section(&self, ty: TypeId) -> Option<&dyn Any> {
+        use crate::compat::aws_agent::config::AwsAgentApiConfig;
+        use crate::compat::vault::VaultApiConfig;
+        use crate::proxy::config::ProxyConfig;
+        fn any<T: Any>(v: &T) -> &dyn Any {
+            v
+        }
+        if ty == TypeId::of::<VaultApiConfig>() {
+            self.vault_api.as_ref().map(any)
+        } else if ty == TypeId::of::<AwsAgentApiConfig>() {
+            self.aws_agent_api.as_ref().map(any)
+        } else if ty == TypeId::of::<ProxyConfig>() {
+            self.proxy.as_ref().map(any)
+        } else if ty == TypeId::of::<MetricsConfig>() {
+            Some(any(&self.metrics))
+        } else {
+            None
+        }
     }
 }
 

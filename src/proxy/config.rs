@@ -4,8 +4,9 @@
 //! without `{value}` or a non-loopback listen address is a config error with its position.
 
 use crate::api::tcp_peer::loopback_addr;
-use crate::config::{Dur, Zone};
 use serde::Deserialize;
+use sidecred_core::duration::Dur;
+use sidecred_core::spec::Zone;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -9,9 +9,9 @@ use super::tokens::Entry;
 use super::upstream::{self, UpError};
 use super::{answer, status_of, Line, Response};
 use crate::api::pb;
-use crate::config::Zone;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use sidecred_core::spec::Zone;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -133,7 +133,7 @@ pub async fn forward(
         // ends; the others are the session's own lease, shared by its requests.
         let per_call = cat
             .secret(name)
-            .is_ok_and(|s| s.scope == crate::config::Scope::Call);
+            .is_ok_and(|s| s.scope == sidecred_core::spec::Scope::Call);
         let ask = pb::GetSecretRequest {
             name: name.into(),
             session_id: e.session.to_string(),

@@ -214,7 +214,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Zone;
+    use sidecred_core::spec::Zone;
 
     fn rule(wire: Wire) -> Rule {
         Rule {

@@ -108,8 +108,11 @@ impl Proxy {
         engine: Arc<Engine>,
         stop: watch::Receiver<bool>,
     ) -> Result<Option<Arc<Proxy>>, String> {
-        let Some(cfg) =
-            crate::config::Config::of(&engine.catalog().config).and_then(|c| c.proxy.clone())
+        let Some(cfg) = engine
+            .catalog()
+            .config
+            .section::<config::ProxyConfig>()
+            .cloned()
         else {
             return Ok(None);
         };

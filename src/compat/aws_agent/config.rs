@@ -3,9 +3,9 @@
 //! the agent (same port, same token variable, same header) needs no change.
 
 use crate::api::tcp_peer::loopback_addr;
-use crate::config::Dur;
 use crate::secret::SecretText;
 use serde::Deserialize;
+use sidecred_core::duration::Dur;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

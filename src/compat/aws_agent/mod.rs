@@ -182,7 +182,7 @@ impl AwsAgentApi {
     async fn pinned_stages(
         &self,
         cat: &crate::engine::Catalog,
-        spec: &crate::config::SecretSpec,
+        spec: &crate::backend::SecretSpec,
         v: &str,
     ) -> &'static [&'static str] {
         let previous = self
@@ -317,8 +317,11 @@ pub async fn spawn(
     engine: Arc<Engine>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Running>, String> {
-    let Some(cfg) =
-        crate::config::Config::of(&engine.catalog().config).and_then(|c| c.aws_agent_api.clone())
+    let Some(cfg) = engine
+        .catalog()
+        .config
+        .section::<config::AwsAgentApiConfig>()
+        .cloned()
     else {
         return Ok(None);
     };

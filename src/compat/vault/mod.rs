@@ -171,8 +171,7 @@ impl VaultApi {
     ) -> Result<Reply, Fail> {
         use Method as M;
         let cat = self.engine().catalog();
-        let Some(cfg) = crate::config::Config::of(&cat.config).and_then(|c| c.vault_api.as_ref())
-        else {
+        let Some(cfg) = cat.config.section::<VaultApiConfig>() else {
             return Err(Fail::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "[vault_api] was removed from the config",
@@ -309,6 +308,6 @@ impl VaultApi {
 }
 
 /// The spec of a mapped secret, when the catalog has it (its `key` and scope shape replies).
-fn spec_of<'c>(cat: &'c Catalog, name: &str) -> Option<&'c crate::config::SecretSpec> {
+fn spec_of<'c>(cat: &'c Catalog, name: &str) -> Option<&'c crate::backend::SecretSpec> {
     cat.config.secrets.get(name)
 }

@@ -7,11 +7,11 @@ use super::{spec_of, token, Fail, Note, Reply, VaultApi, VaultApiConfig};
 use crate::api::pb;
 use crate::api::peer::PeerIdentity;
 use crate::compat::listen::clip;
-use crate::config::Scope;
 use crate::engine::Catalog;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use serde_json::{json, Map, Value};
+use sidecred_core::spec::Scope;
 use std::time::SystemTime;
 
 /// A version as Vault numbers it (KV versions are integers); other backends' ids as text.

@@ -116,7 +116,7 @@ impl VaultApi {
         let ttl_seconds = match lb.ttl {
             None => 0,
             Some(Ttl::Secs(s)) => s,
-            Some(Ttl::Text(t)) => crate::config::parse_duration(&t)
+            Some(Ttl::Text(t)) => sidecred_core::duration::parse_duration(&t)
                 .map_err(|m| Fail::bad(format!("ttl: {m}")))?
                 .as_secs(),
         };

@@ -6,7 +6,7 @@ use crate::backend::{BackendConfig, SecretSpec};
 use crate::policy::Policy;
 use serde::Deserialize;
 use sidecred_core::duration::Dur;
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -29,6 +29,11 @@ pub struct Settings {
 pub trait ConfigSource: Any + Send + Sync {
     fn settings(&self) -> &Settings;
     fn as_any(&self) -> &dyn Any;
+    /// One of the server's own sections, by its type (see [`CatalogConfig::section`]); None
+    /// when it is unset or not a section of this config.
+    fn section(&self, _ty: TypeId) -> Option<&dyn Any> {
+        None
+    }
 }
 
 /// The config a catalog was built from; reads as its [`Settings`].
@@ -43,6 +48,13 @@ impl CatalogConfig {
     /// The config as the type it was built from.
     pub fn downcast<T: ConfigSource>(&self) -> Option<&T> {
         self.0.as_any().downcast_ref()
+    }
+
+    /// A section of the config by its type, for a layer that defines the section's type but
+    /// not the config (a compat endpoint, the proxy): it reads its own settings without
+    /// naming the config layer above it.
+    pub fn section<T: Any>(&self) -> Option<&T> {
+        self.0.section(TypeId::of::<T>())?.downcast_ref()
     }
 }
 
