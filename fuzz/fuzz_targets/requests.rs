@@ -126,6 +126,7 @@ fn caller(uid: u32) -> PeerIdentity {
         exe: None,
         start_time: None,
         proc_dir: None,
+        reads: None,
     }
 }
 

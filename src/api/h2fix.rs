@@ -24,6 +24,8 @@ const PRIORITY: u8 = 0x20;
 /// Largest frame accepted from a client (the server's default max frame size is 16 KiB).
 const MAX_FRAME: usize = 1 << 20;
 const OUT_FRAME: usize = 16 * 1024;
+/// Room made in the read buffer before each read from the socket.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Reads an HPACK integer with an `n`-bit prefix at `b[*i]`.
 fn int(b: &[u8], i: &mut usize, n: u8) -> Option<usize> {
@@ -128,6 +130,8 @@ pub struct AuthorityFix<S> {
     preface_left: usize,
     /// A header block spanning HEADERS + CONTINUATION: (flags, stream id, priority, block).
     pending: Option<(u8, u32, Vec<u8>, Vec<u8>)>,
+    /// Counts reads for the connection's shared identity re-check, where the server keeps one.
+    reads: Option<super::peer::ReadEpoch>,
 }
 
 impl<S> AuthorityFix<S> {
@@ -138,7 +142,14 @@ impl<S> AuthorityFix<S> {
             ready: BytesMut::new(),
             preface_left: PREFACE_LEN,
             pending: None,
+            reads: None,
         }
+    }
+
+    /// Counts every read that delivers bytes into `reads` (see [`super::peer::ReadEpoch`]).
+    pub fn counting(mut self, reads: super::peer::ReadEpoch) -> Self {
+        self.reads = Some(reads);
+        self
     }
 
     fn emit_headers(&mut self, flags: u8, stream: u32, prio: &[u8], block: &[u8]) {
@@ -244,23 +255,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            let mut tmp = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut tmp);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
-                    // EOF: hand over whatever is left as is.
-                    this.ready = this.raw.split();
-                    if this.ready.is_empty() {
-                        return Poll::Ready(Ok(()));
-                    }
+            // Read straight into `raw`'s spare room: no zeroed scratch buffer, no second copy.
+            this.raw.reserve(READ_CHUNK);
+            let n =
+                match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw) {
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                };
+            if n == 0 {
+                // EOF: hand over whatever is left as is.
+                this.ready = this.raw.split();
+                if this.ready.is_empty() {
+                    return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(())) => {
-                    this.raw.extend_from_slice(rb.filled());
-                    this.process()?;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                continue;
             }
+            if let Some(r) = &this.reads {
+                r.read();
+            }
+            this.process()?;
         }
     }
 }
@@ -278,6 +292,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    // Without these, h2 writes a response's frame heads and its DATA payload with separate
+    // `write` calls (one syscall each, and a client wake-up for each partial answer).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

@@ -18,7 +18,9 @@ use tokio::net::UnixStream;
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
-pub use sidecred_core::identity::{proc_start_time, stat_start_time, PeerIdentity, ProcDir};
+pub use sidecred_core::identity::{
+    proc_start_time, stat_start_time, PeerIdentity, ProcDir, ReadEpoch,
+};
 
 /// Reads the peer of a connected Unix socket.
 pub fn identify(stream: &UnixStream) -> io::Result<PeerIdentity> {
@@ -43,6 +45,7 @@ pub fn identify(stream: &UnixStream) -> io::Result<PeerIdentity> {
         exe: None,
         start_time: None,
         proc_dir: None,
+        reads: None,
     };
     // Another connection of this process pinned its directory already: if that directory
     // still resolves, its process holds `pid` now, and if the caller is still alive after
@@ -59,6 +62,7 @@ pub fn identify(stream: &UnixStream) -> io::Result<PeerIdentity> {
                 exe: Some(p.exe),
                 start_time: Some(p.start_time),
                 proc_dir: Some(p.dir),
+                reads: None,
             });
         }
     }
@@ -86,6 +90,7 @@ pub fn identify(stream: &UnixStream) -> io::Result<PeerIdentity> {
         exe,
         start_time,
         proc_dir,
+        reads: None,
     })
 }
 

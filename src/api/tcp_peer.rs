@@ -272,6 +272,7 @@ fn holder(inode: u64, uid: u32) -> Result<PeerIdentity, String> {
         exe,
         start_time: Some(before),
         proc_dir,
+        reads: None,
     })
 }
 

@@ -38,6 +38,7 @@ fn id(uid: u32, exe: &str) -> PeerIdentity {
         exe: Some(std::sync::Arc::from(std::path::Path::new(exe))),
         start_time: Some(1),
         proc_dir: None,
+        reads: None,
     }
 }
 

@@ -18,6 +18,7 @@ pub const ROOT: PeerIdentity = PeerIdentity {
     exe: None,
     start_time: None,
     proc_dir: None,
+    reads: None,
 };
 
 /// ROOT's session identity under the policy rule `rule`.

@@ -2,9 +2,9 @@
 
 use crate::h2c;
 use crate::http::Conn;
+pub use crate::target::Target;
 use hdrhistogram::Histogram;
 use sidecred_proto::v1 as pb;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,106 +39,6 @@ pub struct Opts {
     pub threads: usize,
     /// Instead: one work-stealing runtime with `threads` workers, a task per caller.
     pub stealing: bool,
-}
-
-#[derive(Clone, Debug)]
-pub enum Target {
-    Sidecred {
-        socket: PathBuf,
-        secret: String,
-        /// Label only: this sidecred writes an audit log.
-        audit: bool,
-    },
-    Echo {
-        socket: PathBuf,
-    },
-    HttpUnix {
-        socket: PathBuf,
-        path: String,
-        header: Option<String>,
-        name: &'static str,
-    },
-    HttpTcp {
-        addr: String,
-        path: String,
-        header: Option<String>,
-        /// Label only: sidecred's AWS-agent-compatible endpoint rather than the agent.
-        sidecred: bool,
-        /// A label of its own (`labelled-tcp=`), e.g. one leg of the proxy comparison.
-        label: Option<&'static str>,
-    },
-}
-
-impl Target {
-    pub fn parse(s: &str) -> Result<Target, String> {
-        let (kind, rest) = s
-            .split_once('=')
-            .ok_or(format!("target `{s}`: expected KIND=..."))?;
-        let parts: Vec<&str> = rest.splitn(3, ',').collect();
-        let need = |i: usize| {
-            parts
-                .get(i)
-                .map(|s| s.to_string())
-                .ok_or(format!("target `{s}`: missing field {i}"))
-        };
-        Ok(match kind {
-            "sidecred" => Target::Sidecred {
-                socket: need(0)?.into(),
-                secret: need(1)?,
-                audit: parts.get(2) == Some(&"audit"),
-            },
-            "echo" => Target::Echo {
-                socket: need(0)?.into(),
-            },
-            "http-unix" | "vault-unix" => Target::HttpUnix {
-                socket: need(0)?.into(),
-                path: need(1)?,
-                header: parts.get(2).map(|s| s.to_string()),
-                name: if kind == "vault-unix" {
-                    "sidecred Vault API (HTTP/UDS)"
-                } else {
-                    "bao proxy cached (HTTP/UDS)"
-                },
-            },
-            "http-tcp" | "sidecred-http-tcp" => Target::HttpTcp {
-                addr: need(0)?,
-                path: need(1)?,
-                header: parts.get(2).map(|s| s.to_string()),
-                sidecred: kind == "sidecred-http-tcp",
-                label: None,
-            },
-            "labelled-tcp" => {
-                // LABEL,HOST:PORT,PATH[,H:V]: the label is leaked once per target (a CLI tool).
-                let (label, rest) = rest
-                    .split_once(',')
-                    .ok_or(format!("target `{s}`: expected LABEL,HOST:PORT,PATH[,H:V]"))?;
-                let parts: Vec<&str> = rest.splitn(3, ',').collect();
-                if parts.len() < 2 {
-                    return Err(format!("target `{s}`: expected LABEL,HOST:PORT,PATH[,H:V]"));
-                }
-                Target::HttpTcp {
-                    addr: parts[0].to_string(),
-                    path: parts[1].to_string(),
-                    header: parts.get(2).map(|s| s.to_string()),
-                    sidecred: false,
-                    label: Some(Box::leak(label.to_string().into_boxed_str())),
-                }
-            }
-            k => return Err(format!("unknown target kind `{k}`")),
-        })
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Target::Sidecred { audit: true, .. } => "sidecred GetSecret, audit on",
-            Target::Sidecred { .. } => "sidecred GetSecret (gRPC/UDS)",
-            Target::Echo { .. } => "bare tonic echo (gRPC/UDS)",
-            Target::HttpUnix { name, .. } => name,
-            Target::HttpTcp { label: Some(l), .. } => l,
-            Target::HttpTcp { sidecred: true, .. } => "sidecred AWS agent API (HTTP/TCP)",
-            Target::HttpTcp { .. } => "AWS SM Agent cached (HTTP/TCP)",
-        }
-    }
 }
 
 pub struct Outcome {
@@ -179,6 +79,7 @@ enum Caller {
     Grpc(h2c::Unary),
     HttpUnix(Conn<tokio::net::UnixStream>),
     HttpTcp(Conn<tokio::net::TcpStream>),
+    HttpTls(Box<Conn<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
     Client(std::sync::Arc<sidecred_client::Session>, String),
     Hyper(
         hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
@@ -199,6 +100,7 @@ impl Caller {
             Caller::Grpc(c) => c.call().await,
             Caller::HttpUnix(c) => matches!(c.get().await, Ok(200)),
             Caller::HttpTcp(c) => matches!(c.get().await, Ok(200)),
+            Caller::HttpTls(c) => matches!(c.get().await, Ok(200)),
             Caller::Client(s, name) => s.get_secret(name).await.is_ok(),
             Caller::Hyper(c, req) => {
                 let mut r = http::Request::new(http_body_util::Empty::new());
@@ -351,6 +253,13 @@ async fn callers(t: &Target, opts: &Opts) -> Vec<Caller> {
             }
             out
         }
+        Target::Tls(t) => {
+            let cfg = t.client_config();
+            for _ in 0..opts.concurrency {
+                out.push(Caller::HttpTls(Box::new(t.connect(cfg.clone()).await)));
+            }
+            out
+        }
     }
 }
 
@@ -443,6 +352,7 @@ fn run_one(t: &Target, opts: &Opts) -> Outcome {
         .min(opts.duration);
     let layout = match t {
         Target::Sidecred { .. } | Target::Echo { .. } => grpc_layout(opts),
+        Target::Tls(_) => format!("{} keep-alive HTTP/1.1 TLS conns", opts.concurrency),
         _ => format!("{} keep-alive HTTP/1.1 conns", opts.concurrency),
     };
     Outcome {

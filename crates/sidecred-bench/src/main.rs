@@ -2,7 +2,8 @@
 //! side-by-side comparison of sidecred against the transport floor and the peer sidecars.
 //!
 //!   sidecred-bench serve-echo SOCKET
-//!   sidecred-bench run [--duration 10s] [--concurrency 32] [--connections 4] [--client h2|tonic|stock] TARGET...
+//!   sidecred-bench run [--duration 10s] [--concurrency 32] [--connections 4] [--client h2|tonic|stock]
+//!                      [--fail-on-errors] TARGET...
 //!   sidecred-bench startup SIDECRED_BIN CONFIG SOCKET RUNS
 //!   sidecred-bench singleflight SOCKET ADMIN_SOCKET SECRET N
 //!   sidecred-bench fill SOCKET PREFIX N
@@ -19,6 +20,9 @@
 //!   http-tcp=HOST:PORT,PATH[,H:V] HTTP/1.1 keep-alive GET over loopback TCP (AWS SM Agent)
 //!   sidecred-http-tcp=HOST:PORT,PATH[,H:V]  the same, labelled as sidecred's AWS agent API
 //!   labelled-tcp=LABEL,HOST:PORT,PATH[,H:V] the same with a label (the proxy comparison)
+//!   tls-tcp=LABEL,HOST:PORT,SNI,CA_FILE,PATH[,H:V]  the same over TLS, verified against CA_FILE
+//!   connect-tls=LABEL,PROXY:PORT,DEST:PORT,CA_FILE,PATH[,H:V]  `CONNECT DEST:PORT` through the
+//!                                 proxy (H:V sent with the CONNECT), then TLS with SNI = DEST
 #![forbid(unsafe_code)]
 
 mod extra;
@@ -27,6 +31,8 @@ mod h2c;
 mod http;
 mod load;
 mod rotation;
+mod target;
+mod tls;
 
 use std::time::Duration;
 
@@ -43,7 +49,7 @@ fn parse_duration(s: &str) -> Result<Duration, ()> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--client h2|tonic|stock] TARGET...");
+    eprintln!("usage: sidecred-bench serve-echo SOCKET | run [--duration D] [--concurrency C] [--connections N] [--client h2|tonic|stock] [--fail-on-errors] TARGET...");
     std::process::exit(2)
 }
 
@@ -76,10 +82,13 @@ fn main() {
                 stealing: std::env::var("BENCH_RUNTIME").is_ok_and(|v| v == "stealing"),
             };
             let mut targets = Vec::new();
+            // A row with failed requests measured something else (e.g. a missing injection).
+            let mut fail_on_errors = false;
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
                 let mut val = || it.next().cloned().unwrap_or_else(|| usage());
                 match a.as_str() {
+                    "--fail-on-errors" => fail_on_errors = true,
                     "--duration" => {
                         opts.duration = parse_duration(&val()).unwrap_or_else(|_| usage())
                     }
@@ -106,6 +115,12 @@ fn main() {
             }
             let results = rt.block_on(load::run_all(&opts, &targets));
             load::print_table(&opts, &results);
+            if fail_on_errors {
+                if let Some(r) = results.iter().find(|r| r.errors > 0) {
+                    eprintln!("{}: {} failed requests", r.name, r.errors);
+                    std::process::exit(1);
+                }
+            }
         }
         Some("startup") if args.len() == 5 => rt.block_on(extra::startup(
             &args[1],

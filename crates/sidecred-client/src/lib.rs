@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod conn;
 mod error;
 mod retry;
 mod session;
@@ -29,6 +30,7 @@ pub use error::ClientError;
 pub use retry::RetryPolicy;
 pub use session::{Call, EventKind, PreviousVersion, Secret, SecretEvent, Session, Watch};
 
+use conn::Conn;
 use sidecred_proto::v1::{self as pb, broker_client::BrokerClient};
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::codegen::http::Uri;
 use tonic::{Request, Response, Status};
 
 /// The environment variable naming the workload socket.
@@ -81,7 +83,7 @@ pub struct SessionOptions {
 /// Connections to sidecred's workload socket. Cheap to clone; clones share the connections.
 #[derive(Clone)]
 pub struct Client {
-    brokers: Arc<[BrokerClient<Channel>]>,
+    brokers: Arc<[BrokerClient<Conn>]>,
     next: Arc<AtomicUsize>,
     opts: ClientOptions,
     socket: PathBuf,
@@ -121,18 +123,23 @@ impl Client {
                 socket.display()
             )));
         }
-        let endpoint = Endpoint::from_shared(format!("unix://{}", socket.display()))
-            .map_err(|e| ClientError::Config(format!("socket `{}`: {e}", socket.display())))?
-            .connect_timeout(opts.connect_timeout);
         let mut brokers = Vec::with_capacity(opts.connections.max(1));
         for _ in 0..opts.connections.max(1) {
-            let channel = with_retry(&opts.retry, || async {
-                endpoint.connect().await.map_err(|e| {
-                    ClientError::Unavailable(format!("cannot connect to {}: {e}", socket.display()))
-                })
+            let conn = with_retry(&opts.retry, || async {
+                Conn::connect(socket.clone(), opts.connect_timeout)
+                    .await
+                    .map_err(|e| {
+                        ClientError::Unavailable(format!(
+                            "cannot connect to {}: {e}",
+                            socket.display()
+                        ))
+                    })
             })
             .await?;
-            brokers.push(BrokerClient::new(channel));
+            brokers.push(BrokerClient::with_origin(
+                conn,
+                Uri::from_static("http://localhost"),
+            ));
         }
         Ok(Self {
             brokers: brokers.into(),
@@ -143,7 +150,7 @@ impl Client {
     }
 
     /// The next connection, round robin.
-    fn broker(&self) -> BrokerClient<Channel> {
+    fn broker(&self) -> BrokerClient<Conn> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.brokers.len();
         self.brokers[i].clone()
     }
@@ -177,7 +184,7 @@ impl Client {
     pub(crate) async fn unary<M, T, F, Fut>(&self, f: F, msg: &M) -> Result<T, ClientError>
     where
         M: Clone,
-        F: Fn(BrokerClient<Channel>, Request<M>) -> Fut,
+        F: Fn(BrokerClient<Conn>, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         with_retry(&self.opts.retry, || async {

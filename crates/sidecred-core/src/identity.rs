@@ -29,6 +29,59 @@ pub struct PeerIdentity {
     /// that process (see [`ProcDir`]); None where it could not be opened, or for identities
     /// built by hand.
     pub proc_dir: Option<ProcDir>,
+    /// Set by transports that carry many requests per read (HTTP/2): requests received by one
+    /// read share one re-check (see [`ReadEpoch`]). None: every request re-checks.
+    pub reads: Option<ReadEpoch>,
+}
+
+/// A connection's count of reads, and the count its last successful identity re-check saw.
+///
+/// A re-check made after read N has seen the process as it was after every request that read N
+/// (or an earlier one) carried had been sent, so it answers for all of them: an exec before any
+/// of them was sent is visible to it. A request from a later read makes the next use re-check.
+#[derive(Clone, Default)]
+pub struct ReadEpoch(Arc<Epochs>);
+
+#[derive(Default)]
+struct Epochs {
+    reads: std::sync::atomic::AtomicU64,
+    /// 1 + the read count the last successful check saw; 0 before any.
+    checked: std::sync::atomic::AtomicU64,
+}
+
+impl ReadEpoch {
+    /// Counts one read that delivered bytes; call before the bytes are handed on.
+    pub fn read(&self) {
+        self.0
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Runs `check` unless a successful one already covers every read so far.
+    fn covered(&self, check: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let seen = self.0.reads.load(Ordering::Acquire);
+        if self.0.checked.load(Ordering::Acquire) == seen + 1 {
+            return Ok(());
+        }
+        check()?;
+        self.0.checked.fetch_max(seen + 1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// Identities compare by who the caller is, not by how its connection counts reads.
+impl PartialEq for ReadEpoch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ReadEpoch {}
+
+impl fmt::Debug for ReadEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReadEpoch")
+    }
 }
 
 impl fmt::Display for PeerIdentity {
@@ -50,6 +103,13 @@ impl PeerIdentity {
     /// buffer: it fails once that process has exited (a later process reusing the pid has a
     /// directory of its own), and names the new program after an exec.
     pub fn still_bound(&self) -> Result<(), String> {
+        match &self.reads {
+            Some(r) => r.covered(|| self.check_bound()),
+            None => self.check_bound(),
+        }
+    }
+
+    fn check_bound(&self) -> Result<(), String> {
         let Some(exe) = &self.exe else {
             return Ok(());
         };
@@ -297,6 +357,48 @@ mod tests {
         assert!(ProcDir::open(-1).is_none() && ProcDir::open(0).is_none());
     }
 
+    /// On a connection that counts its reads, one re-check answers for the requests of the
+    /// reads before it; a request from a later read checks again and sees the exec.
+    #[test]
+    fn one_check_answers_for_the_reads_before_it() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let dir = ProcDir::open(pid).unwrap();
+        let exe: Arc<Path> = Arc::from(dir.exe().unwrap());
+        let plain = PeerIdentity {
+            uid: 0,
+            gid: 0,
+            pid,
+            exe: Some(exe.clone()),
+            start_time: dir.start_time(),
+            proc_dir: Some(dir.clone().shared(pid, dir.start_time().unwrap(), &exe)),
+            reads: None,
+        };
+        let reads = ReadEpoch::default();
+        let counted = PeerIdentity {
+            reads: Some(reads.clone()),
+            ..plain.clone()
+        };
+        reads.read();
+        assert_eq!(counted.still_bound(), Ok(()));
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        eventually(|| plain.still_bound().err()).expect("the exec is seen");
+        // No read since the check: nothing arrived that the exec could have sent.
+        assert_eq!(counted.still_bound(), Ok(()));
+        reads.read();
+        let why = counted.still_bound().unwrap_err();
+        assert!(why.contains("executed another program"), "{why}");
+        // A failed check is not remembered: every later use fails too.
+        assert!(counted.still_bound().is_err());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// A process that execs another program after the identity was read is caught at use; one
     /// that exits is reported as gone.
     #[test]
@@ -320,6 +422,7 @@ mod tests {
                 dir.start_time().unwrap(),
                 &Arc::from(dir.exe().unwrap()),
             )),
+            reads: None,
         };
         assert_eq!(id.still_bound(), Ok(()));
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();

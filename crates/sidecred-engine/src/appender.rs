@@ -7,10 +7,13 @@
 //! form the next batch. A failed write fails every waiter of that batch, and no other.
 //!
 //! Who writes: a file that syncs is written by its own thread, so no request handler ever
-//! blocks on an fsync. A file that does not sync (the audit log) is written by the waiting
-//! caller that finds no write in flight: one `write` into the page cache, on the caller's
-//! thread, where a hand-off to another thread would cost a wake-up on each side. It writes what
-//! queued meanwhile for a few rounds, then leaves the rest to the thread.
+//! blocks on an fsync. A file that does not sync (the audit log) is written by a waiting
+//! caller: one `write` into the page cache, on the caller's thread, where a hand-off to another
+//! thread would cost a wake-up on each side. The caller first yields once to its runtime, so
+//! the other requests ready on that thread (the streams of one HTTP/2 read, other connections)
+//! add their lines and one `write` carries them all; then, if no write is in flight and its
+//! batch is still open, it writes the batch, and what queued meanwhile for a few rounds, and
+//! leaves the rest to the thread. A waiter dropped before writing hands its batch to the thread.
 
 use parking_lot::{Condvar, Mutex};
 use std::io::Write;
@@ -61,11 +64,53 @@ struct State {
 }
 
 /// A line's place in a batch: [`Ticket::wait`] resolves when that batch is written.
-pub struct Ticket(Arc<Batch>);
+pub struct Ticket {
+    batch: Arc<Batch>,
+    /// Set when this waiter is to write its batch itself if nobody else has (no sync).
+    writer: Option<Arc<Shared>>,
+}
 
 impl Ticket {
-    pub async fn wait(self) -> std::io::Result<()> {
-        self.0.wait().await
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        if let Some(shared) = self.writer.clone() {
+            YieldOnce(false).await;
+            shared.write_open(&self.batch);
+            self.writer = None;
+        }
+        self.batch.wait().await
+    }
+}
+
+/// Pending once, with the task woken at once: the runtime runs the other tasks already
+/// queued on this thread (and a `FuturesUnordered` its other ready futures) before this one
+/// again, without parking or polling the I/O driver in between as `tokio::task::yield_now`
+/// would (its deferred wake costs a driver poll, and at times a wake-up of another worker).
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Ticket {
+    /// A waiter dropped before it wrote: its line still waits in the open batch, so the thread
+    /// writes it.
+    fn drop(&mut self) {
+        if let Some(shared) = &self.writer {
+            if self.batch.result.get().is_none() {
+                shared.work.notify_one();
+            }
+        }
     }
 }
 
@@ -146,32 +191,24 @@ impl Appender {
     /// when that batch is written (and synced). Not bounded by the backlog cap: every such
     /// line has a caller waiting on it, so callers bound them.
     pub fn enqueue(&self, line: &[u8]) -> Ticket {
-        let shared = &*self.handle.shared;
+        let shared = &self.handle.shared;
         let mut st = shared.state.lock();
-        let ticket = Ticket(st.batch.clone());
-        if shared.sync || st.writing {
+        let batch = st.batch.clone();
+        if shared.sync {
             self.push(&mut st, line);
             st.awaited = true;
-            return ticket;
+            return Ticket {
+                batch,
+                writer: None,
+            };
         }
-        st.awaited = true;
-        // No write in flight and no fsync to wait for: write this batch here and now.
+        // No fsync to wait for: the waiter writes (see `Ticket::wait`), the thread sleeps on.
         st.buf.extend_from_slice(line);
-        st.writing = true;
-        for round in 0.. {
-            let (out, batch, awaited) = take_batch(&mut st);
-            drop(st);
-            shared.write_batch(out, &batch, awaited);
-            st = shared.state.lock();
-            if (st.buf.is_empty() && !st.awaited) || round == LEAD_ROUNDS {
-                break;
-            }
+        st.awaited = true;
+        Ticket {
+            batch,
+            writer: Some(shared.clone()),
         }
-        st.writing = false;
-        if !st.buf.is_empty() || st.awaited {
-            shared.work.notify_one();
-        }
-        ticket
     }
 
     /// Hands a line over without waiting; false if the backlog is full.
@@ -217,6 +254,30 @@ fn take_batch(st: &mut State) -> (Vec<u8>, Arc<Batch>, bool) {
 }
 
 impl Shared {
+    /// Writes the open batch on the caller's thread if `batch` is still unwritten and no write
+    /// is in flight (whoever is writing takes it, or hands it to the thread), then what queued
+    /// meanwhile for a few rounds; what is left goes to the thread.
+    fn write_open(&self, batch: &Arc<Batch>) {
+        let mut st = self.state.lock();
+        if st.writing || batch.result.get().is_some() {
+            return;
+        }
+        st.writing = true;
+        for round in 0.. {
+            let (out, batch, awaited) = take_batch(&mut st);
+            drop(st);
+            self.write_batch(out, &batch, awaited);
+            st = self.state.lock();
+            if (st.buf.is_empty() && !st.awaited) || round == LEAD_ROUNDS {
+                break;
+            }
+        }
+        st.writing = false;
+        if !st.buf.is_empty() || st.awaited {
+            self.work.notify_one();
+        }
+    }
+
     /// Writes one batch (and syncs it when asked and awaited), answers its waiters, and keeps
     /// the buffer for the next batch. Called with `writing` held by the caller.
     fn write_batch(&self, mut out: Vec<u8>, batch: &Batch, awaited: bool) {

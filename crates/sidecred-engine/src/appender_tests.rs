@@ -91,7 +91,11 @@ async fn waiters_meanwhile_share_one_write() {
         tokio::spawn(async move { a.append(big).await })
     };
     // The first batch is in flight once the writer has taken it.
-    let taken = wait(|| a.handle.shared.state.lock().buf.is_empty()).await;
+    let taken = wait(|| {
+        let st = a.handle.shared.state.lock();
+        st.writing && st.buf.is_empty()
+    })
+    .await;
     assert!(taken, "the writer never took the first batch");
     let rest: Vec<_> = (0..100)
         .map(|i| {
@@ -110,6 +114,38 @@ async fn waiters_meanwhile_share_one_write() {
         t.await.unwrap().unwrap();
     }
     assert_eq!(a.writes(), 2, "the 100 waiters shared one write");
+}
+
+/// Requests ready on one thread at once (the streams of one HTTP/2 read, other connections)
+/// share one write: each waiter yields once before writing, so the others add their lines.
+#[tokio::test(flavor = "current_thread")]
+async fn lines_ready_together_share_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let a = Appender::open(&path, false).await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.append(format!("r{i}\n")).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(a.writes(), 1, "20 lines ready together, one write");
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 20);
+}
+
+/// A waiter that goes away before writing (its request cancelled) leaves its line to the
+/// thread: nothing queued is lost.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_waiter_leaves_its_line_to_the_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let a = Appender::open(&path, false).await.unwrap();
+    drop(a.enqueue(b"cancelled\n"));
+    let written = wait(|| std::fs::read_to_string(&path).unwrap() == "cancelled\n").await;
+    assert!(written, "the dropped waiter's line was never written");
 }
 
 #[tokio::test]

@@ -79,7 +79,12 @@ pub async fn serve(
 }
 
 async fn connection(io: PeerStream, svc: Arc<Services>, mut stop: watch::Receiver<bool>) {
-    let peer = io.identity().clone();
+    // Requests that arrive in one read share one identity re-check (see `ReadEpoch`).
+    let reads = super::peer::ReadEpoch::default();
+    let peer = PeerIdentity {
+        reads: Some(reads.clone()),
+        ..io.identity().clone()
+    };
     let l = &svc.limits;
     let Ok(mut conn) = h2::server::Builder::new()
         .max_concurrent_streams(l.max_concurrent_streams)
@@ -88,7 +93,7 @@ async fn connection(io: PeerStream, svc: Arc<Services>, mut stop: watch::Receive
         .max_send_buffer_size(l.max_send_buffer)
         .initial_connection_window_size(l.initial_connection_window)
         .initial_window_size(l.initial_stream_window)
-        .handshake::<_, Bytes>(super::h2fix::AuthorityFix::new(io))
+        .handshake::<_, Bytes>(super::h2fix::AuthorityFix::new(io).counting(reads))
         .await
     else {
         return;
