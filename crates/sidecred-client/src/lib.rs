@@ -1,8 +1,8 @@
 //! Client library for the orchestrator and tool router: sessions that close themselves,
 //! call-scoped leases released when the call ends, watch streams, per-call deadlines,
 //! bounded retries on UNAVAILABLE only, and values held in zeroizing, redacting types.
-//! It depends on tonic and prost only: a router embedding it compiles none of the server's
-//! backends.
+//! It depends on tonic, prost and the hyper that tonic already uses: a router embedding it
+//! compiles none of the server's backends.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sidecred_client::ClientError> {
@@ -52,8 +52,9 @@ pub struct ClientOptions {
     /// Deadline for establishing the socket connection.
     pub connect_timeout: Duration,
     pub retry: RetryPolicy,
-    /// HTTP/2 connections calls are spread over, round robin. One connection is one
-    /// connection task on each side: under a multi-threaded runtime many concurrent callers
+    /// HTTP/2 connections calls are spread over, round robin. A call goes straight to its
+    /// connection's task (no buffer task in between, see `conn.rs`), but one connection is
+    /// still one task on each side: under a multi-threaded runtime many concurrent callers
     /// queue behind it, so the default is one per CPU (at most 4).
     pub connections: usize,
 }
