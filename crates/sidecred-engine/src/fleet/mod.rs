@@ -16,12 +16,21 @@ pub use watch::{plan, Plan};
 pub use crate::backend::FleetStore as Store;
 
 use crate::backend::BackendError;
-use crate::engine::Step;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One line of a revocation report (re-exported as `engine::Step`): the fleet bus reports its
+/// steps as the engine's teardown does, and sits below the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub target: String,
+    pub what: String,
+    pub count: u32,
+    pub detail: String,
+}
 
 /// A revocation record: the tombstone and each log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

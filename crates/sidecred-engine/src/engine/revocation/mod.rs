@@ -7,6 +7,8 @@ use super::Engine;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle, SessionMeta};
 use crate::error::ApiError;
+/// One line of a revocation report; defined with the fleet bus, which reports steps too.
+pub use crate::fleet::Step;
 use crate::journal::Record;
 use crate::session::{Owner, Session};
 use parking_lot::Mutex;
@@ -22,15 +24,6 @@ pub(super) struct Revocation {
     pending: Mutex<Vec<Pending>>,
     fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
     journal: std::sync::OnceLock<crate::journal::Journal>,
-}
-
-/// One line of a revocation report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
-    pub target: String,
-    pub what: String,
-    pub count: u32,
-    pub detail: String,
 }
 
 #[derive(Clone, Debug, Default)]
