@@ -168,9 +168,13 @@ impl Appender {
             sync,
         });
         let writer = shared.clone();
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("sidecred-append".into())
-            .spawn(move || write_batches(&writer))?;
+            .spawn(move || write_batches(&writer, started_tx))?;
+        // Lines enqueued from here on find the thread asleep: it writes them only when asked
+        // (a sync file, leftovers, a dropped waiter), never by racing a caller at start-up.
+        let _ = started_rx.recv();
         Ok(Appender {
             handle: Arc::new(Handle { shared }),
         })
@@ -309,8 +313,11 @@ impl Drop for Handle {
 
 /// The writer thread: one write (and sync) per batch until the last handle is dropped and
 /// everything pending is written.
-fn write_batches(shared: &Shared) {
+fn write_batches(shared: &Shared, started: std::sync::mpsc::SyncSender<()>) {
     let mut st = shared.state.lock();
+    // Sent under the state lock, which the first wait releases: no line can be enqueued
+    // between the opener's return and this thread's first look at the buffer.
+    let _ = started.send(());
     loop {
         // A batch is due when it has lines, or a waiter (even one that added no bytes).
         if !st.writing && (!st.buf.is_empty() || st.awaited) {
