@@ -126,3 +126,23 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
         + 1;
     (line, column)
 }
+
+/// A path of plain segments: letters, digits, `-`, `_`, `.`; no empty, `.` or `..` segment.
+/// Shared by every config key that names a KV path or mount, so none can climb out of its tree.
+pub fn check_segments(what: &str, p: &str) -> Result<(), String> {
+    let ok = !p.is_empty()
+        && p.split('/').all(|s| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} `{p}`: expected path segments of letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}

@@ -26,6 +26,7 @@
 //! the secret's own `key`, else `value`); a value that is a JSON object is served as it is.
 
 use serde::Deserialize;
+use sidecred_core::spec::check_segments;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -161,25 +162,6 @@ fn best<'a>(maps: impl Iterator<Item = &'a Mapping>, path: &str) -> Option<Targe
     maps.filter_map(|m| m.resolve(path))
         .max_by_key(|(n, _)| *n)
         .map(|(_, t)| t)
-}
-
-/// Plain path segments: letters, digits, `-`, `_`, `.`; no empty, `.` or `..` segment.
-fn check_segments(what: &str, p: &str) -> Result<(), String> {
-    let ok = !p.is_empty()
-        && p.split('/').all(|s| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} `{p}`: expected path segments of letters, digits, `-`, `_` or `.`"
-        ))
-    }
 }
 
 impl RawVaultApi {

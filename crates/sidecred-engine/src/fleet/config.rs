@@ -51,21 +51,8 @@ pub const MAX_POLL: Duration = Duration::from_secs(10);
 /// A KV path made of plain segments (no empty, `.` or `..` segment, no odd characters).
 pub fn check_path(what: &str, p: &str) -> Result<String, String> {
     let p = p.trim_matches('/');
-    let ok = !p.is_empty()
-        && p.split('/').all(|s| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        });
-    if ok {
-        Ok(p.to_string())
-    } else {
-        Err(format!(
-            "{what} `{p}`: expected path segments of letters, digits, `-`, `_` or `.`"
-        ))
-    }
+    sidecred_core::spec::check_segments(what, p)?;
+    Ok(p.to_string())
 }
 
 fn hostname() -> String {
