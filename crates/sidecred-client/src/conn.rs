@@ -1,19 +1,24 @@
 //! One HTTP/2 connection to the workload socket, as a tower service that tonic's generated
-//! client drives. A call goes straight to hyper's connection task: unlike tonic's `Channel`
-//! there is no buffer task in between, so under a work-stealing runtime each call costs one
-//! hand-off instead of two. A broken connection is replaced on the next call (the retry
-//! policy decides whether that call is repeated).
+//! client drives, written on the `h2` crate directly.
+//!
+//! Why not hyper's client: hyper streams every request body that is not empty from a task of
+//! its own, so each unary call spawned a task and crossed threads twice more under a
+//! work-stealing runtime. A gRPC request here is one small message, so the call collects it
+//! and hands it to h2 in the caller's own task: the only task besides the caller is the
+//! connection's. A broken connection is replaced on the next call (the retry policy decides
+//! whether that call is repeated).
 
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tonic::body::Body;
 
 /// Largest window the client offers, so a burst of answers never waits for a WINDOW_UPDATE.
@@ -30,10 +35,17 @@ pub(crate) struct Conn {
 struct Inner {
     socket: PathBuf,
     connect_timeout: Duration,
-    /// The live connection's sender; None once it broke (the next call reconnects).
-    send: Mutex<Option<SendRequest<Body>>>,
+    /// The live connection; None once it broke (the next call reconnects).
+    live: Mutex<Option<Live>>,
     /// Serialises reconnects, so a burst of callers after a break opens one connection.
     connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Live {
+    send: h2::client::SendRequest<Bytes>,
+    /// Set by the connection's task when the connection ends.
+    closed: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -42,19 +54,19 @@ impl Conn {
         socket: PathBuf,
         connect_timeout: Duration,
     ) -> std::io::Result<Conn> {
-        let send = handshake(&socket, connect_timeout).await?;
+        let live = handshake(&socket, connect_timeout).await?;
         Ok(Conn {
             inner: Arc::new(Inner {
                 socket,
                 connect_timeout,
-                send: Mutex::new(Some(send)),
+                live: Mutex::new(Some(live)),
                 connecting: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
     /// A sender on a live connection, reconnecting when the last one broke.
-    async fn sender(&self) -> Result<SendRequest<Body>, BoxError> {
+    async fn sender(&self) -> Result<Live, BoxError> {
         if let Some(s) = self.live() {
             return Ok(s);
         }
@@ -63,14 +75,14 @@ impl Conn {
             return Ok(s);
         }
         let s = handshake(&self.inner.socket, self.inner.connect_timeout).await?;
-        *self.inner.send.lock() = Some(s.clone());
+        *self.inner.live.lock() = Some(s.clone());
         Ok(s)
     }
 
-    fn live(&self) -> Option<SendRequest<Body>> {
-        let mut g = self.inner.send.lock();
+    fn live(&self) -> Option<Live> {
+        let mut g = self.inner.live.lock();
         match g.as_ref() {
-            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(l) if !l.closed.load(Ordering::Acquire) => Some(l.clone()),
             Some(_) => {
                 *g = None;
                 None
@@ -78,33 +90,41 @@ impl Conn {
             None => None,
         }
     }
+
+    /// Forgets `broken` (if it is still the current connection), so the next call reconnects.
+    fn forget(&self, broken: &Live) {
+        let mut g = self.inner.live.lock();
+        if g.as_ref().is_some_and(|l| Arc::ptr_eq(&l.closed, &broken.closed)) {
+            *g = None;
+        }
+    }
 }
 
-async fn handshake(socket: &PathBuf, timeout: Duration) -> std::io::Result<SendRequest<Body>> {
+async fn handshake(socket: &PathBuf, timeout: Duration) -> std::io::Result<Live> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
     let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(socket))
         .await
         .map_err(|_| timed_out())??;
-    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .initial_stream_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let (send, conn) = tokio::time::timeout(timeout, b.handshake(TokioIo::new(stream)))
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW);
+    let (send, conn) = tokio::time::timeout(timeout, b.handshake::<_, Bytes>(stream))
         .await
         .map_err(|_| timed_out())?
         .map_err(std::io::Error::other)?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "sidecred connection ended");
         }
+        flag.store(true, Ordering::Release);
     });
-    Ok(send)
+    Ok(Live { send, closed })
 }
 
 impl tower_service::Service<http::Request<Body>> for Conn {
-    type Response = http::Response<hyper::body::Incoming>;
+    type Response = http::Response<RecvBody>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -116,18 +136,67 @@ impl tower_service::Service<http::Request<Body>> for Conn {
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let me = self.clone();
         Box::pin(async move {
-            let mut send = me.sender().await.map_err(unavailable)?;
-            send.ready().await.map_err(unavailable)?;
-            send.send_request(req).await.map_err(|e| {
-                // Never sent, or the connection went away under it: like a refused connection,
-                // a transient failure the retry policy may repeat.
-                if e.is_canceled() || e.is_closed() {
-                    unavailable(e)
+            let (parts, body) = req.into_parts();
+            // One encoded message (or none): tonic's body yields it without waiting.
+            let data = body.collect().await?.to_bytes();
+            let live = me.sender().await.map_err(unavailable)?;
+            let broken = |e: h2::Error| {
+                me.forget(&live);
+                unavailable(e)
+            };
+            let mut send = live.send.clone().ready().await.map_err(broken)?;
+            let eos = data.is_empty();
+            let (answer, mut stream) = send
+                .send_request(http::Request::from_parts(parts, ()), eos)
+                .map_err(broken)?;
+            if !eos {
+                stream.send_data(data, true).map_err(broken)?;
+            }
+            let answer = answer.await.map_err(|e| {
+                // Refused or reset before an answer: a transient failure like a refused
+                // connection, which the retry policy may repeat.
+                if e.is_io() || e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                {
+                    broken(e)
                 } else {
-                    e.into()
+                    Box::new(e) as BoxError
                 }
-            })
+            })?;
+            Ok(answer.map(|recv| RecvBody { recv, done: false }))
         })
+    }
+}
+
+/// An answer's body: h2's stream as an `http_body::Body`, trailers last (gRPC's status).
+pub(crate) struct RecvBody {
+    recv: h2::RecvStream,
+    done: bool,
+}
+
+impl HttpBody for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(chunk) = ready!(self.recv.poll_data(cx)) {
+            let chunk = chunk?;
+            // Read data is window the server may use again at once.
+            let _ = self.recv.flow_control().release_capacity(chunk.len());
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let trailers = ready!(self.recv.poll_trailers(cx))?;
+        self.done = true;
+        Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
