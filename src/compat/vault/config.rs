@@ -152,6 +152,29 @@ impl VaultApiConfig {
         best(self.kv.iter().filter(|m| m.mount == mount), path)
     }
 
+    /// Every request path of KV mount `mount` that a mapping could name: exact paths, and for
+    /// a subtree each of `secrets` under its secret prefix. Callers resolve each with [`kv`]
+    /// (the best mapping wins, as for reads) before showing it.
+    ///
+    /// [`kv`]: VaultApiConfig::kv
+    pub fn kv_paths<'a>(&'a self, mount: &'a str, secrets: &'a [&'a str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.kv.iter().filter(|m| m.mount == mount) {
+            match (&m.path, &m.secret) {
+                (Pattern::Exact(p), _) => out.push(p.clone()),
+                (Pattern::Prefix(p), Pattern::Prefix(s)) => out.extend(
+                    secrets
+                        .iter()
+                        .filter_map(|n| n.strip_prefix(s.as_str()))
+                        .filter(|rest| !rest.is_empty())
+                        .map(|rest| format!("{p}{rest}")),
+                ),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The secret behind a leased-read path.
     pub fn leased(&self, path: &str) -> Option<Target> {
         best(self.leased.iter(), path)
@@ -364,6 +387,11 @@ secret = "db/ro"
         assert_eq!(c.kv("kv/team", "x/y").unwrap().secret, "team/x/y");
         assert_eq!(c.leased("database/creds/ro").unwrap().secret, "db/ro");
         assert!(c.is_kv_mount("secret") && !c.is_kv_mount("database"));
+        let names = ["app/db", "t/gh/a", "t/x", "team/y", "other"];
+        let mut paths = c.kv_paths("secret", &names);
+        paths.sort();
+        assert_eq!(paths, ["app/db", "tools/gh/a", "tools/x"]);
+        assert_eq!(c.kv_paths("kv/team", &names), ["y"]);
     }
 
     #[test]

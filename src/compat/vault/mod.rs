@@ -7,6 +7,7 @@
 //! | `GET /v1/auth/token/lookup-self` | the session, for its owner |
 //! | `POST /v1/auth/token/revoke-self` | CloseSession |
 //! | `GET /v1/<mount>/data/<path>[?version=N]`, `/metadata/<path>` | GetSecret (KV v2 shape) |
+//! | `LIST /v1/<mount>/metadata/<dir>/` (or `GET ...?list=true`) | the mapped keys the caller may read (list.rs) |
 //! | `GET /v1/<leased path>` | GetSecret with `lease_id`, `lease_duration`, `renewable` |
 //! | `PUT /v1/sys/leases/renew`, `/lookup` | the lease's remaining life (sidecred renews the backend lease itself) |
 //! | `PUT /v1/sys/leases/revoke` | ReleaseLease |
@@ -16,6 +17,7 @@
 //! (or another rule's caller) presenting it gets 403, exactly like a session id over gRPC.
 
 pub mod config;
+mod list;
 mod read;
 pub mod reply;
 mod tokens;
@@ -220,6 +222,9 @@ impl VaultApi {
             return self.mount_info(caller, &t, p, cfg).await;
         }
         if let Some((mount, rest)) = cfg.split_kv(&path) {
+            if list::is_list(m, req.uri().query())? {
+                return list::list(self, caller, req, &cat, cfg, (mount, rest), note).await;
+            }
             allow(m, &[M::GET])?;
             return read::kv(self, caller, req, &cat, cfg, (mount, rest), note).await;
         }
