@@ -296,6 +296,20 @@ impl crate::compat::Endpoint for AwsAgentApi {
         true
     }
 
+    fn metrics(&self) -> Option<crate::metrics::HttpEndpoint> {
+        Some(crate::metrics::HttpEndpoint::AwsAgent)
+    }
+
+    fn route_class(&self, _: &http::Method, uri: &http::Uri) -> crate::metrics::HttpRoute {
+        use crate::metrics::HttpRoute;
+        match uri.path() {
+            "/ping" => HttpRoute::Ping,
+            "/secretsmanager/get" => HttpRoute::Get,
+            p if p.starts_with(self.cfg.path_prefix.as_str()) => HttpRoute::Get,
+            _ => HttpRoute::Other,
+        }
+    }
+
     fn error(
         &self,
         status: http::StatusCode,

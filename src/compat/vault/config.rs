@@ -98,6 +98,14 @@ pub struct Target {
 }
 
 impl Mapping {
+    /// Whether this mapping names `path` (what `resolve` checks, without building the target).
+    fn matches(&self, path: &str) -> bool {
+        match &self.path {
+            Pattern::Exact(p) => p == path,
+            Pattern::Prefix(p) => path.strip_prefix(p.as_str()).is_some_and(|r| !r.is_empty()),
+        }
+    }
+
     /// The secret this path names, with the precision of the match (longer wins).
     fn resolve(&self, path: &str) -> Option<(usize, Target)> {
         let (len, secret) = match (&self.path, &self.secret) {
@@ -173,6 +181,11 @@ impl VaultApiConfig {
             }
         }
         out
+    }
+
+    /// Whether some leased mapping names `path` (no allocation: the metrics' route class).
+    pub fn is_leased(&self, path: &str) -> bool {
+        self.leased.iter().any(|m| m.matches(path))
     }
 
     /// The secret behind a leased-read path.
@@ -386,6 +399,7 @@ secret = "db/ro"
         assert_eq!(c.split_kv("secretx/data/a"), None);
         assert_eq!(c.kv("kv/team", "x/y").unwrap().secret, "team/x/y");
         assert_eq!(c.leased("database/creds/ro").unwrap().secret, "db/ro");
+        assert!(c.is_leased("database/creds/ro") && !c.is_leased("database/creds"));
         assert!(c.is_kv_mount("secret") && !c.is_kv_mount("database"));
         let names = ["app/db", "t/gh/a", "t/x", "team/y", "other"];
         let mut paths = c.kv_paths("secret", &names);
