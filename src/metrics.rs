@@ -4,6 +4,9 @@
 pub use sidecred_engine::metrics::*;
 
 use serde::Deserialize;
+use sidecred_engine::metrics::prometheus_client::metrics::{
+    counter::Counter, family::Family, histogram::Histogram,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -141,19 +144,12 @@ pub struct HttpMetrics {
     latency_family: Family<HttpLatencyLabels, Histogram, fn() -> Histogram>,
 }
 
-use sidecred_engine::metrics::prometheus_client::metrics::{
-    counter::Counter, family::Family, histogram::Histogram,
-};
-
 /// Latency buckets, from 100 µs (a cache hit over a Unix socket) to 10 s.
 fn http_histogram() -> Histogram {
-    Histogram::new(
-        [
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            2.5, 5.0, 10.0,
-        ]
-        .into_iter(),
-    )
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
 }
 
 /// Registered in the shared registry when first touched (each endpoint's listener does at
