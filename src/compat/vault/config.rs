@@ -8,7 +8,7 @@
 //! # tcp = "127.0.0.1:8200"            # loopback only
 //! login_path = "auth/sidecred/login"   # POST here opens a session; its id is the client token
 //!
-//! [[vault_api.kv]]                     # KV v2: GET /v1/secret/data/app/db[?version=N], /metadata/
+//! [[vault_api.kv]]                     # KV v2: GET /v1/secret/data/app/db[?version=N], /metadata/; LIST
 //! mount = "secret"
 //! path = "app/db"
 //! secret = "app/db"
