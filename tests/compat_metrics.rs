@@ -124,6 +124,14 @@ listen = "127.0.0.1:{aport}"
         200
     );
     assert_eq!(vault(&sock, "GET", "/v1/nowhere", &tok, b"").0, 404);
+    // Headers over the limit: hyper answers 431 before there is a request to route.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let pad = format!(
+        "GET /v1/sys/health HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n",
+        "p".repeat(20_000)
+    );
+    assert_eq!(exchange(&mut s, &pad, b"").0, 431);
     let big = vec![b'x'; 70_000];
     assert_eq!(
         vault(&sock, "POST", "/v1/auth/sidecred/login", "", &big).0,
@@ -143,7 +151,14 @@ listen = "127.0.0.1:{aport}"
     assert_eq!(agent(aport, bad, TOKEN), 400);
     assert_eq!(agent(aport, "/nowhere", TOKEN), 404);
 
-    let m = scrape(&maddr);
+    // A refusal by hyper is counted once its connection has ended, which may be just after
+    // the client read the answer.
+    let line_431 = "sidecred_http_requests_total{endpoint=\"vault\",route=\"other\",code=\"431\"}";
+    let m = wait_for(Duration::from_secs(3), || {
+        let m = scrape(&maddr);
+        m.contains(line_431).then_some(m)
+    })
+    .unwrap_or_else(|| scrape(&maddr));
     let req = |ep: &str, route: &str, code: &str| {
         value(
             &m,
@@ -158,6 +173,7 @@ listen = "127.0.0.1:{aport}"
         ("vault", "kv_list", "200", 1.0),
         ("vault", "other", "404", 1.0),
         ("vault", "login", "413", 1.0),
+        ("vault", "other", "431", 1.0),
         ("aws_agent", "ping", "200", 1.0),
         ("aws_agent", "get", "200", 2.0),
         ("aws_agent", "get", "403", 1.0),
@@ -177,6 +193,7 @@ listen = "127.0.0.1:{aport}"
         )
     };
     assert_eq!(count("vault", "kv_read"), 4.0, "{m}");
+    assert_eq!(count("vault", "other"), 1.0, "a 431 has no latency: {m}");
     assert_eq!(count("aws_agent", "get"), 4.0, "{m}");
     let inf = value(
         &m,

@@ -480,29 +480,5 @@ fn encode(r: Response<Full<Bytes>>) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clip_keeps_char_boundaries() {
-        assert_eq!(clip("abc", 8), "abc");
-        assert_eq!(clip("abcdef", 3), "abc");
-        assert_eq!(clip("aé", 2), "a");
-    }
-
-    #[test]
-    fn encode_writes_one_closing_response() {
-        let r = Response::builder()
-            .status(403)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(b"{\"errors\":[]}")))
-            .unwrap();
-        let b = String::from_utf8(encode(r)).unwrap();
-        assert!(b.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{b}");
-        assert!(b.contains("content-length: 13\r\nconnection: close\r\n\r\n{\"errors\":[]}"));
-    }
-}
-
-#[cfg(test)]
 #[path = "listen_tests.rs"]
 mod listen_tests;
