@@ -1,6 +1,6 @@
 //! KV v2 LIST through the Vault-compatible endpoint, against the real thing: hvac's
-//! `list_secrets` and `bao kv list` run unchanged against an OpenBao dev server and against
-//! sidecred fronting it, and must see the same keys, folders and 404s. Then the attacker's side:
+//! `list_secrets` (Unix socket and loopback TCP) and `bao kv list` run unchanged against an
+//! OpenBao dev server and against sidecred fronting it, and must see the same keys, folders and 404s. Then the attacker's side:
 //! a second rule's caller sees only its own keys, a token does not list for another uid, and
 //! `..`, NUL and over-long paths are a clear 4xx with an audit line.
 
@@ -26,6 +26,8 @@ struct Env {
     bao: OpenBao,
     sc: Sidecar,
     sock: PathBuf,
+    /// The same endpoint on loopback TCP.
+    tcp: String,
     tmp: tempfile::TempDir,
 }
 
@@ -39,6 +41,7 @@ async fn setup() -> Env {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let tf = write_file(tmp.path(), "token", &bao.root_token);
     let sock = tmp.path().join("v/vault.sock");
+    let port = free_port(false);
     let mut body = token_file_backend(&bao, &tf, "");
     for s in SECRETS {
         body.push_str(&format!(
@@ -56,6 +59,7 @@ secrets = ["team-b/*"]
 [vault_api]
 socket = "{}"
 socket_mode = "0666"
+tcp = "127.0.0.1:{port}"
 [[vault_api.kv]]
 mount = "secret"
 path = "app/*"
@@ -77,7 +81,13 @@ secret = "team-b/key"
         "vault socket missing:\n{}",
         sc.logs()
     );
-    Env { bao, sc, sock, tmp }
+    Env {
+        bao,
+        sc,
+        sock,
+        tcp: format!("http://127.0.0.1:{port}"),
+        tmp,
+    }
 }
 
 fn hvac_list(addr: &str, token: Option<&str>) -> Value {
@@ -174,6 +184,8 @@ async fn hvac_and_bao_list_the_same_keys_as_against_openbao() {
     assert_eq!(got["list:"]["keys"], json!(["app/", "team-b/", "tools/"]));
     assert_eq!(got["list:app"]["keys"], json!(["cache", "db", "nested/"]));
     assert_eq!(got["list:nope"]["error"], "InvalidPath");
+    let tcp = hvac_list(&env.tcp, None);
+    assert_eq!(tcp, want, "\nsidecred over TCP: {tcp:#}\nopenbao: {want:#}");
 
     let home = env.tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
