@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod client;
 mod connect;
+#[cfg(feature = "openbao")]
 mod direct;
 
 use clap::{Parser, Subcommand};
@@ -123,6 +124,7 @@ enum Cmd {
         session: String,
         #[arg(long, default_value = "")]
         reason: String,
+        #[cfg(feature = "openbao")]
         #[command(flatten)]
         direct: direct::Direct,
         #[command(flatten)]
