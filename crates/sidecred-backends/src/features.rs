@@ -125,8 +125,8 @@ mod tests {
     #[test]
     fn full_build_reads_the_remote_kinds() {
         let b = read(
-            "[backends.bao]\nkind = \"openbao\"\naddress = \"http://127.0.0.1:8200\"\n\n\
-             [backends.sm]\nkind = \"aws\"\nregion = \"us-east-1\"\n",
+            "[backends.bao]\nkind = \"openbao\"\naddress = \"http://127.0.0.1:8200\"\n\
+             auth = { method = \"token_file\", path = \"/run/t\" }\n\n[backends.sm]\nkind = \"aws\"\nregion = \"us-east-1\"\n",
         )
         .expect("openbao and aws read");
         assert_eq!(b["bao"].get_ref().kind(), "openbao");
