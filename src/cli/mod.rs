@@ -119,7 +119,8 @@ enum Cmd {
         conn: Conn,
     },
     /// Revoke every credential of a session (admin), on every sidecar of the fleet. With
-    /// --openbao, talks to OpenBao directly and needs no sidecar.
+    /// --openbao (a build with the `openbao` feature), talks to OpenBao directly and needs no
+    /// sidecar.
     RevokeSession {
         session: String,
         #[arg(long, default_value = "")]
