@@ -20,8 +20,6 @@ pub mod lease;
 pub mod metrics;
 pub mod policy;
 pub mod session;
-#[cfg(feature = "grpc")]
-mod status;
 
 // The lower crates under the names the engine's modules have always used for them.
 use sidecred_backends as backend;
