@@ -85,11 +85,9 @@ impl Admin for AdminService {
         self.allow(&caller, Action::Rotate, Some(&r.name)).await?;
         let grace = (r.grace_seconds > 0).then(|| Duration::from_secs(r.grace_seconds));
         if grace.is_some_and(|g| g > sidecred_core::duration::MAX_DURATION) {
-            return Err(
-                status(ApiError::InvalidArgument(
-                    "grace_seconds: at most 3650 days".into(),
-                )),
-            );
+            return Err(status(ApiError::InvalidArgument(
+                "grace_seconds: at most 3650 days".into(),
+            )));
         }
         let value = (!r.value.is_empty()).then(|| SecretBytes::new(r.value));
         let out = self

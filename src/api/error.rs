@@ -30,10 +30,8 @@ pub fn code(e: &ApiError) -> Code {
 pub fn status(e: impl Into<ApiError>) -> Status {
     let e = e.into();
     let mut s = Status::new(code(&e), e.to_string());
-    s.metadata_mut().insert(
-        "sidecred-error",
-        MetadataValue::from_static(e.code_name()),
-    );
+    s.metadata_mut()
+        .insert("sidecred-error", MetadataValue::from_static(e.code_name()));
     s
 }
 

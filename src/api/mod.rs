@@ -78,9 +78,7 @@ pub fn caller<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
         .extensions()
         .get::<PeerIdentity>()
         .cloned()
-        .ok_or_else(|| {
-            status(ApiError::Internal("connection has no peer identity".into()))
-        })?;
+        .ok_or_else(|| status(ApiError::Internal("connection has no peer identity".into())))?;
     id.still_bound().map_err(|why| {
         tracing::info!(caller = %id, reason = %why, "identity no longer bound; refused");
         status(ApiError::Denied(why))

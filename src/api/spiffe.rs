@@ -265,12 +265,10 @@ impl SpiffeWorkloadApi for SpiffeService {
             )));
         }
         if !r.spiffe_id.is_empty() && r.spiffe_id != w.spiffe_id {
-            return Err(
-                status(ApiError::Denied(format!(
-                    "caller is not entitled to `{}`",
-                    r.spiffe_id
-                ))),
-            );
+            return Err(status(ApiError::Denied(format!(
+                "caller is not entitled to `{}`",
+                r.spiffe_id
+            ))));
         }
         let svid = self
             .engine
@@ -320,11 +318,10 @@ impl SpiffeWorkloadApi for SpiffeService {
                 "audience and svid are required".into(),
             )));
         }
-        let v =
-            w.ca.jwt_validate(&r.svid, &r.audience, self.engine.now())
-                .map_err(|e| {
-                    status(ApiError::InvalidArgument(format!("JWT-SVID rejected: {e}")))
-                })?;
+        let v = w
+            .ca
+            .jwt_validate(&r.svid, &r.audience, self.engine.now())
+            .map_err(|e| status(ApiError::InvalidArgument(format!("JWT-SVID rejected: {e}"))))?;
         Ok(Response::new(wpb::ValidateJwtsvidResponse {
             spiffe_id: v.spiffe_id,
             claims: Some(to_struct(v.claims)),

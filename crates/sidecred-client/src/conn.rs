@@ -94,7 +94,9 @@ impl Conn {
     /// Forgets `broken` (if it is still the current connection), so the next call reconnects.
     fn forget(&self, broken: &Live) {
         let mut g = self.inner.live.lock();
-        if g.as_ref().is_some_and(|l| Arc::ptr_eq(&l.closed, &broken.closed)) {
+        if g.as_ref()
+            .is_some_and(|l| Arc::ptr_eq(&l.closed, &broken.closed))
+        {
             *g = None;
         }
     }
@@ -155,8 +157,7 @@ impl tower_service::Service<http::Request<Body>> for Conn {
             let answer = answer.await.map_err(|e| {
                 // Refused or reset before an answer: a transient failure like a refused
                 // connection, which the retry policy may repeat.
-                if e.is_io() || e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM)
-                {
+                if e.is_io() || e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
                     broken(e)
                 } else {
                     Box::new(e) as BoxError

@@ -61,8 +61,7 @@ impl http_body::Body for RecvBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
-        let h2err =
-            |e: h2::Error| status(ApiError::Cancelled(format!("request stream: {e}")));
+        let h2err = |e: h2::Error| status(ApiError::Cancelled(format!("request stream: {e}")));
         if !self.data_done {
             match std::task::ready!(self.recv.poll_data(cx)) {
                 Some(Ok(d)) => {
