@@ -2,6 +2,8 @@
 //! journal of revocations not yet done at their backends, and their retries.
 
 mod fleet;
+mod replay;
+mod watcher;
 
 use super::Engine;
 use crate::audit::AuditEvent;
