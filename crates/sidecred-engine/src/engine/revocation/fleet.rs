@@ -2,11 +2,10 @@
 //! (journaled, retried until done) and the session records that let anyone revoke a session's
 //! token by accessor.
 
-use super::{backoff, step, RevocationReport};
+use super::{backoff, step, RevocationError, RevocationReport};
 use crate::audit::AuditEvent;
 use crate::backend::{BackendError, SessionHandle, SessionMeta};
 use crate::engine::Engine;
-use crate::error::ApiError;
 use crate::fleet::{self, Fleet, Retry, SessionRecord, Store, Tombstone};
 use crate::journal::Record;
 use crate::metrics::METRICS;
@@ -99,13 +98,13 @@ impl Engine {
         caller: Option<&PeerIdentity>,
         id: &str,
         reason: &str,
-    ) -> Result<RevocationReport, ApiError> {
+    ) -> Result<RevocationReport, RevocationError> {
         let open = self.sessions.list().into_iter().find(|s| s.meta.id == id);
         let fleet = self.revocation.fleet.get().cloned();
         let already = self.sessions.is_revoked(id);
         if open.is_none() && !already {
             let Some(f) = &fleet else {
-                return Err(ApiError::NotFound(format!("unknown session `{id}`")));
+                return Err(RevocationError::UnknownSession(id.to_string()));
             };
             // Not ours: revoke it fleet-wide if some sidecar recorded it.
             let found = match self.fleet_store(f) {
@@ -117,11 +116,7 @@ impl Engine {
             };
             match found {
                 Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(ApiError::NotFound(format!(
-                        "unknown session `{id}` (not open here, and no sidecar recorded it)"
-                    )))
-                }
+                Ok(None) => return Err(RevocationError::UnknownInFleet(id.to_string())),
                 Err(e) => {
                     tracing::warn!(session = %id, error = %e, "cannot check the fleet for this session; revoking it anyway")
                 }
@@ -182,7 +177,7 @@ impl Engine {
         self.audit
             .record(ev)
             .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            .map_err(RevocationError::Audit)?;
         Ok(report)
     }
 

@@ -19,11 +19,13 @@ mod scheduler;
 
 use super::{Engine, WatchEvent, WatchKind};
 use crate::appender::Appender;
+use crate::audit::AuditError;
 use crate::audit::AuditEvent;
 use crate::backend::SecretSpec;
 use crate::backend::{BackendLease, SessionHandle};
 use crate::clock::unix_millis;
-use crate::error::ApiError;
+use crate::engine::LookupError;
+use crate::error::{ApiError, BackendFailure};
 use crate::lease::cache::{CacheKey, ScopeKey};
 use crate::rotation::{Previous, RotationState};
 use crate::secret::SecretBytes;
@@ -32,6 +34,31 @@ use retirements::{HeldLease, Line};
 use sidecred_core::identity::PeerIdentity;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
+
+/// Why a rotation did not happen (or, for `Audit`, was not recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("`{0}` is issued fresh per read; a rotation cannot supply its value")]
+    ValueForReissued(String),
+    /// An admin's rotation: the backend's own text is shown.
+    #[error(transparent)]
+    Backend(#[from] BackendFailure),
+    #[error("{0}")]
+    Audit(#[source] AuditError),
+}
+
+impl From<RotationError> for ApiError {
+    fn from(e: RotationError) -> Self {
+        match e {
+            RotationError::Lookup(e) => e.into(),
+            e @ RotationError::ValueForReissued(_) => ApiError::InvalidArgument(e.to_string()),
+            RotationError::Backend(e) => e.into(),
+            e @ RotationError::Audit(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct RotateOutcome {
@@ -151,7 +178,7 @@ impl Engine {
         name: &str,
         grace: Option<Duration>,
         value: Option<SecretBytes>,
-    ) -> Result<RotateOutcome, ApiError> {
+    ) -> Result<RotateOutcome, RotationError> {
         self.rotate_as(Origin::Admin(caller), name, grace, value)
             .await
     }
@@ -162,16 +189,14 @@ impl Engine {
         name: &str,
         grace: Option<Duration>,
         value: Option<SecretBytes>,
-    ) -> Result<RotateOutcome, ApiError> {
+    ) -> Result<RotateOutcome, RotationError> {
         let cat = self.catalog();
         let spec = cat.secret(name)?.clone();
         let backend = cat.backend(&spec.backend)?;
         let grace = grace.unwrap_or(spec.grace);
         let (version, previous) = if backend.reissues(&spec) {
             if value.is_some() {
-                return Err(ApiError::InvalidArgument(format!(
-                    "`{name}` is issued fresh per read; a rotation cannot supply its value"
-                )));
+                return Err(RotationError::ValueForReissued(name.to_string()));
             }
             let old = self.current_epoch(name);
             (format!("r{}", unix_millis(self.now())), Some(old))
@@ -179,7 +204,7 @@ impl Engine {
             let r = self
                 .bounded(&spec.backend, backend.rotate(&spec, value))
                 .await
-                .map_err(|e| ApiError::from_backend(name, e))?;
+                .map_err(|e| BackendFailure::admin(name, e))?;
             (r.version, r.previous_version)
         };
         let retires_at = self.now() + grace;
@@ -206,10 +231,7 @@ impl Engine {
         ev.secret = Some(name);
         ev.version = Some(&out.version);
         ev.detail = Some(&detail);
-        self.audit
-            .record(ev)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        self.audit.record(ev).await.map_err(RotationError::Audit)?;
         Ok(out)
     }
 
