@@ -79,4 +79,39 @@ mod tests {
             assert!(s.message().contains("`db`") && s.message().contains("`bao`"));
         }
     }
+
+    /// Component errors reach the status mapping through their one `From`: same code, same
+    /// `sidecred-error` code and message as the kind they map to, no backend text.
+    #[test]
+    fn component_errors_become_statuses() {
+        use crate::engine::{CertError, GrantError, LookupError, RevocationError};
+        use crate::error::BackendFailure;
+        let leak = "arn:aws:iam::123456789012:user/x";
+        let s = status(GrantError::Backend(BackendFailure::workload(
+            "db",
+            "aws",
+            BackendError::Denied(leak.into()),
+        )));
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.metadata().get("sidecred-error").unwrap(), "denied");
+        assert!(!s.message().contains("arn:"), "{}", s.message());
+        assert!(s.message().starts_with("permission denied: backend `aws`"));
+
+        let s = status(GrantError::NeedsCallId("db".into()));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "secret `db` is call-scoped: set call_id");
+
+        let s = status(LookupError::UnknownSecret("nope".into()));
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "unknown secret `nope`");
+
+        let s = status(RevocationError::UnknownSession("ses_x".into()));
+        assert_eq!(s.metadata().get("sidecred-error").unwrap(), "not-found");
+
+        let s = status(CertError::Sans("DNS SAN `x` not allowed".into()));
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "permission denied: DNS SAN `x` not allowed");
+        let s = status(CertError::NotCa("db".into()));
+        assert_eq!(s.code(), Code::FailedPrecondition);
+    }
 }

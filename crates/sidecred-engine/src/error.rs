@@ -342,6 +342,49 @@ pub fn validate_id(kind: &'static str, id: &str) -> Result<(), IdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn wrappers_word_errors_as_api_error_and_keep_sources() {
+        let e = SessionRefused::new("ses_1", SessionError::Expired);
+        assert_eq!(e.to_string(), "session `ses_1` has expired");
+        assert_eq!(e.source().unwrap().to_string(), "session expired");
+        assert!(matches!(ApiError::from(e), ApiError::SessionExpired(_)));
+
+        let e = GateRefused::new("ses_1", GateError::TooManyCalls(3));
+        let api = ApiError::from_gate("ses_1", GateError::TooManyCalls(3));
+        assert_eq!(e.to_string(), api.message());
+        assert_eq!(ApiError::from(e).code_name(), "resource-exhausted");
+
+        let e = IdError::Empty("lease_id");
+        assert_eq!(ApiError::from(e).to_string(), "lease_id must not be empty");
+    }
+
+    #[test]
+    fn backend_failures_hide_backend_text_from_workloads() {
+        let leak = "arn:aws:iam::123456789012:user/x https://bao.internal:8200";
+        for b in [
+            BackendError::NotFound(leak.into()),
+            BackendError::Denied(leak.into()),
+            BackendError::Unavailable(leak.into()),
+            BackendError::Precondition(leak.into()),
+            BackendError::Invalid(leak.into()),
+            BackendError::Internal(leak.into()),
+        ] {
+            let admin = BackendFailure::admin("db", b.clone());
+            assert!(admin.to_string().contains(leak), "{admin}");
+            let admin = ApiError::from(admin);
+            let w = BackendFailure::workload("db", "bao", b.clone());
+            // The source keeps the backend's text for the log; the message does not.
+            assert_eq!(w.source().unwrap().to_string(), b.to_string());
+            let text = w.to_string();
+            assert!(!text.contains("arn:") && !text.contains("https:"), "{text}");
+            let api = ApiError::from(w);
+            assert_eq!(api.code_name(), admin.code_name(), "{b:?}");
+            assert_eq!(api.message(), text);
+            assert!(!api.to_string().contains("arn:"));
+        }
+    }
 
     #[test]
     fn names() {
