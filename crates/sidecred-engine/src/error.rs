@@ -1,6 +1,10 @@
 //! The broker's errors, as every transport reports them: a kind (which becomes a gRPC code,
 //! an HTTP status and the `sidecred-error` code) and a message that never carries a value.
-//! Ids and names are validated here too, before anything looks them up.
+//! The engine's components report their own error enums; each maps to a kind here in one
+//! `From`. The pieces several components share live here: [`SessionRefused`],
+//! [`GateRefused`], [`BackendFailure`] (which words a backend failure for admin or workload
+//! callers) and [`IdError`]. Ids and names are validated here too, before anything looks
+//! them up.
 
 use crate::backend::BackendError;
 use crate::session::{GateError, SessionError};
