@@ -265,9 +265,9 @@ fn bad_input_gets_a_precise_4xx_and_an_audit_line_never_a_500_or_a_hang() {
             "unsupported operation",
         ),
         (
-            req("GET /v1/secret/metadata/app/a?list=true HTTP/1.1", ""),
-            405,
-            "does not list",
+            req("GET /v1/secret/metadata/app/a?list=maybe HTTP/1.1", ""),
+            400,
+            "invalid value for `list`",
         ),
         (
             req(

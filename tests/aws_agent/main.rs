@@ -13,5 +13,6 @@ mod moto;
 mod bad_input;
 mod diff;
 mod identity;
+mod refresh;
 mod sessions;
 mod support;

@@ -15,6 +15,7 @@ pub mod fileperm;
 pub mod identity;
 pub mod rotation;
 pub mod san;
+pub mod sched;
 pub mod schedule;
 pub mod spec;
 

@@ -16,6 +16,7 @@
 //! leaves the rest to the thread. A waiter dropped before writing hands its batch to the thread.
 
 use parking_lot::{Condvar, Mutex};
+use sidecred_core::sched::YieldOnce;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -73,32 +74,11 @@ pub struct Ticket {
 impl Ticket {
     pub async fn wait(mut self) -> std::io::Result<()> {
         if let Some(shared) = self.writer.clone() {
-            YieldOnce(false).await;
+            YieldOnce::default().await;
             shared.write_open(&self.batch);
             self.writer = None;
         }
         self.batch.wait().await
-    }
-}
-
-/// Pending once, with the task woken at once: the runtime runs the other tasks already
-/// queued on this thread (and a `FuturesUnordered` its other ready futures) before this one
-/// again, without parking or polling the I/O driver in between as `tokio::task::yield_now`
-/// would (its deferred wake costs a driver poll, and at times a wake-up of another worker).
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
     }
 }
 

@@ -2,6 +2,8 @@
 //! OpenMetrics text (`sidecred::metrics::serve_http`). Labels carry RPC names, status codes,
 //! backend and secret names — never values.
 
+/// For the layers above that add metrics of their own (see [`Metrics::register_more`]).
+pub use prometheus_client;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -208,6 +210,17 @@ impl Metrics {
             "Lag from a revocation to this sidecar enforcing it",
             self.propagation_family.clone(),
         );
+    }
+
+    /// Adds a metric owned by a layer above the engine (the server's HTTP endpoints), so one
+    /// registry, and one scrape, holds everything.
+    pub fn register_more(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.lock().register(name, help, metric);
     }
 
     /// Counts one request by RPC and gRPC status code (its number, `tonic::Code as i32`).

@@ -8,6 +8,9 @@
 //! Stages: `AWSCURRENT` (or none) is the current version; `AWSPREVIOUS` is the previous version
 //! while a rotation's grace window is open (and "not found" outside it, as sidecred no longer
 //! serves a retired version); `versionId` pins a version. Other labels are not served.
+//!
+//! `refreshNow=true` (or `1`) reads from the backend instead of the cache, as the agent does;
+//! any other value than true/1/false/0 is the agent's 400 `invalid refreshNow value`.
 
 mod calls;
 pub mod config;
@@ -136,6 +139,18 @@ impl AwsAgentApi {
             return response::error(404, "ResourceNotFoundException", response::NO_SUCH_SECRET);
         };
         let version = q.version_id.as_deref();
+        // `refreshNow=true`: the agent skips its cache and reads from Secrets Manager. Only a
+        // caller whose policy grants the secret may drop the cached value; the read below is
+        // then the backend read, audited like any other.
+        if q.refresh_now
+            && cat
+                .config
+                .workload_policy
+                .check_secret(caller, spec)
+                .is_ok()
+        {
+            self.engine.forget_shared(name, version);
+        }
         let r = match self.read(caller, name, version).await {
             Ok(r) => r,
             Err(ApiError::NotFound(_)) if version.is_some() => {
@@ -279,6 +294,20 @@ impl crate::compat::Endpoint for AwsAgentApi {
     /// identity themselves; `/ping` and refusals before them use it only to audit.
     fn rechecks_identity(&self) -> bool {
         true
+    }
+
+    fn metrics(&self) -> Option<crate::metrics::HttpEndpoint> {
+        Some(crate::metrics::HttpEndpoint::AwsAgent)
+    }
+
+    fn route_class(&self, _: &http::Method, uri: &http::Uri) -> crate::metrics::HttpRoute {
+        use crate::metrics::HttpRoute;
+        match uri.path() {
+            "/ping" => HttpRoute::Ping,
+            "/secretsmanager/get" => HttpRoute::Get,
+            p if p.starts_with(self.cfg.path_prefix.as_str()) => HttpRoute::Get,
+            _ => HttpRoute::Other,
+        }
     }
 
     fn error(

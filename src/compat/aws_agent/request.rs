@@ -26,8 +26,7 @@ pub struct Query {
     pub secret_id: String,
     pub version_id: Option<String>,
     pub version_stage: Option<String>,
-    /// Accepted for compatibility; sidecred's cache keeps itself fresh (TTL, recheck, rotation
-    /// events), so a forced refresh is not needed and not offered to callers.
+    /// Read from the backend, not the cache (the agent's `refreshNow`).
     pub refresh_now: bool,
 }
 

@@ -8,7 +8,7 @@
 //! # tcp = "127.0.0.1:8200"            # loopback only
 //! login_path = "auth/sidecred/login"   # POST here opens a session; its id is the client token
 //!
-//! [[vault_api.kv]]                     # KV v2: GET /v1/secret/data/app/db[?version=N], /metadata/
+//! [[vault_api.kv]]                     # KV v2: GET /v1/secret/data/app/db[?version=N], /metadata/; LIST
 //! mount = "secret"
 //! path = "app/db"
 //! secret = "app/db"
@@ -98,6 +98,14 @@ pub struct Target {
 }
 
 impl Mapping {
+    /// Whether this mapping names `path` (what `resolve` checks, without building the target).
+    fn matches(&self, path: &str) -> bool {
+        match &self.path {
+            Pattern::Exact(p) => p == path,
+            Pattern::Prefix(p) => path.strip_prefix(p.as_str()).is_some_and(|r| !r.is_empty()),
+        }
+    }
+
     /// The secret this path names, with the precision of the match (longer wins).
     fn resolve(&self, path: &str) -> Option<(usize, Target)> {
         let (len, secret) = match (&self.path, &self.secret) {
@@ -150,6 +158,34 @@ impl VaultApiConfig {
     /// The secret behind `path` of KV mount `mount`.
     pub fn kv(&self, mount: &str, path: &str) -> Option<Target> {
         best(self.kv.iter().filter(|m| m.mount == mount), path)
+    }
+
+    /// Every request path of KV mount `mount` that a mapping could name: exact paths, and for
+    /// a subtree each of `secrets` under its secret prefix. Callers resolve each with [`kv`]
+    /// (the best mapping wins, as for reads) before showing it.
+    ///
+    /// [`kv`]: VaultApiConfig::kv
+    pub fn kv_paths<'a>(&'a self, mount: &'a str, secrets: &'a [&'a str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.kv.iter().filter(|m| m.mount == mount) {
+            match (&m.path, &m.secret) {
+                (Pattern::Exact(p), _) => out.push(p.clone()),
+                (Pattern::Prefix(p), Pattern::Prefix(s)) => out.extend(
+                    secrets
+                        .iter()
+                        .filter_map(|n| n.strip_prefix(s.as_str()))
+                        .filter(|rest| !rest.is_empty())
+                        .map(|rest| format!("{p}{rest}")),
+                ),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether some leased mapping names `path` (no allocation: the metrics' route class).
+    pub fn is_leased(&self, path: &str) -> bool {
+        self.leased.iter().any(|m| m.matches(path))
     }
 
     /// The secret behind a leased-read path.
@@ -363,7 +399,13 @@ secret = "db/ro"
         assert_eq!(c.split_kv("secretx/data/a"), None);
         assert_eq!(c.kv("kv/team", "x/y").unwrap().secret, "team/x/y");
         assert_eq!(c.leased("database/creds/ro").unwrap().secret, "db/ro");
+        assert!(c.is_leased("database/creds/ro") && !c.is_leased("database/creds"));
         assert!(c.is_kv_mount("secret") && !c.is_kv_mount("database"));
+        let names = ["app/db", "t/gh/a", "t/x", "team/y", "other"];
+        let mut paths = c.kv_paths("secret", &names);
+        paths.sort();
+        assert_eq!(paths, ["app/db", "tools/gh/a", "tools/x"]);
+        assert_eq!(c.kv_paths("kv/team", &names), ["y"]);
     }
 
     #[test]

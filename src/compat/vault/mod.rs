@@ -7,6 +7,7 @@
 //! | `GET /v1/auth/token/lookup-self` | the session, for its owner |
 //! | `POST /v1/auth/token/revoke-self` | CloseSession |
 //! | `GET /v1/<mount>/data/<path>[?version=N]`, `/metadata/<path>` | GetSecret (KV v2 shape) |
+//! | `LIST /v1/<mount>/metadata/<dir>/` (or `GET ...?list=true`) | the mapped keys the caller may read (list.rs) |
 //! | `GET /v1/<leased path>` | GetSecret with `lease_id`, `lease_duration`, `renewable` |
 //! | `PUT /v1/sys/leases/renew`, `/lookup` | the lease's remaining life (sidecred renews the backend lease itself) |
 //! | `PUT /v1/sys/leases/revoke` | ReleaseLease |
@@ -16,6 +17,7 @@
 //! (or another rule's caller) presenting it gets 403, exactly like a session id over gRPC.
 
 pub mod config;
+mod list;
 mod read;
 pub mod reply;
 mod tokens;
@@ -28,6 +30,7 @@ use crate::api::ApiError;
 use crate::compat::listen::{clip, Endpoint};
 use crate::engine::RequestLine;
 use crate::engine::{Catalog, Engine};
+use crate::metrics::{HttpEndpoint, HttpRoute};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -120,6 +123,52 @@ impl Endpoint for VaultApi {
     /// re-check the identity; `sys/health` does not use it.
     fn rechecks_identity(&self) -> bool {
         true
+    }
+
+    fn metrics(&self) -> Option<HttpEndpoint> {
+        Some(HttpEndpoint::Vault)
+    }
+
+    /// The route `dispatch` would take, read from the raw path (not decoded: a class only).
+    fn route_class(&self, m: &Method, uri: &http::Uri) -> HttpRoute {
+        let Some(path) = uri.path().strip_prefix("/v1/") else {
+            return HttpRoute::Other;
+        };
+        let path = path.strip_suffix('/').unwrap_or(path);
+        if path == "sys/health" {
+            return HttpRoute::Health;
+        }
+        if path.starts_with("auth/token/") {
+            return HttpRoute::Token;
+        }
+        if path.starts_with("sys/leases/") {
+            return HttpRoute::Lease;
+        }
+        if path.starts_with("sys/internal/ui/mounts/") {
+            return HttpRoute::Mounts;
+        }
+        let cat = self.engine().catalog();
+        let Some(cfg) = cat.config.section::<VaultApiConfig>() else {
+            return HttpRoute::Other;
+        };
+        if path == cfg.login_path {
+            return HttpRoute::Login;
+        }
+        if let Some((_, rest)) = cfg.split_kv(path) {
+            return if list::is_list(m, uri.query()).unwrap_or(false) {
+                HttpRoute::KvList
+            } else if rest.starts_with("data/") {
+                HttpRoute::KvRead
+            } else if rest.starts_with("metadata/") {
+                HttpRoute::KvMetadata
+            } else {
+                HttpRoute::Other
+            };
+        }
+        if cfg.is_leased(path) {
+            return HttpRoute::Leased;
+        }
+        HttpRoute::Other
     }
 }
 
@@ -220,6 +269,9 @@ impl VaultApi {
             return self.mount_info(caller, &t, p, cfg).await;
         }
         if let Some((mount, rest)) = cfg.split_kv(&path) {
+            if list::is_list(m, req.uri().query())? {
+                return list::list(self, caller, req, &cat, cfg, (mount, rest), note).await;
+            }
             allow(m, &[M::GET])?;
             return read::kv(self, caller, req, &cat, cfg, (mount, rest), note).await;
         }

@@ -92,12 +92,6 @@ pub(super) async fn kv(
             ),
         ));
     };
-    if req.uri().query().is_some_and(|q| q.contains("list=")) {
-        return Err(Fail::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "unsupported operation: sidecred does not list secrets",
-        ));
-    }
     let version = reply::version_param(req.uri().query()).map_err(Fail::bad)?;
     let t = cfg.kv(mount, path).ok_or_else(|| {
         Fail::new(

@@ -329,6 +329,19 @@ impl Engine {
         self.grants.calls_counter(backend).load(Ordering::Relaxed)
     }
 
+    /// Drops the shared cached value of `name` (of a pinned `version`, or the current one), so
+    /// the next read goes to the backend (the AWS agent API's `refreshNow=true`). A read
+    /// already in flight is joined by the next one, so it is not started over. Values issued
+    /// per session or call are the caller's own and are not touched. True when one was cached.
+    pub fn forget_shared(&self, name: &str, version: Option<&str>) -> bool {
+        let key = CacheKey {
+            secret: name.to_string(),
+            version: version.map(str::to_string),
+            scope: ScopeKey::Shared,
+        };
+        self.grants.cache.remove(&key).is_some()
+    }
+
     /// A lease of `session_id` that is still live.
     pub fn live_lease(&self, session_id: &str, lease_id: &str) -> Option<Lease> {
         let now = self.now();

@@ -13,6 +13,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
+mod reads;
+pub use reads::ReadEpoch;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
     pub uid: u32,
@@ -29,59 +32,9 @@ pub struct PeerIdentity {
     /// that process (see [`ProcDir`]); None where it could not be opened, or for identities
     /// built by hand.
     pub proc_dir: Option<ProcDir>,
-    /// Set by transports that carry many requests per read (HTTP/2): requests received by one
-    /// read share one re-check (see [`ReadEpoch`]). None: every request re-checks.
+    /// Set by transports that count their reads: requests read before one successful re-check
+    /// share it (see [`ReadEpoch`]). None: every request re-checks.
     pub reads: Option<ReadEpoch>,
-}
-
-/// A connection's count of reads, and the count its last successful identity re-check saw.
-///
-/// A re-check made after read N has seen the process as it was after every request that read N
-/// (or an earlier one) carried had been sent, so it answers for all of them: an exec before any
-/// of them was sent is visible to it. A request from a later read makes the next use re-check.
-#[derive(Clone, Default)]
-pub struct ReadEpoch(Arc<Epochs>);
-
-#[derive(Default)]
-struct Epochs {
-    reads: std::sync::atomic::AtomicU64,
-    /// 1 + the read count the last successful check saw; 0 before any.
-    checked: std::sync::atomic::AtomicU64,
-}
-
-impl ReadEpoch {
-    /// Counts one read that delivered bytes; call before the bytes are handed on.
-    pub fn read(&self) {
-        self.0
-            .reads
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Runs `check` unless a successful one already covers every read so far.
-    fn covered(&self, check: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
-        use std::sync::atomic::Ordering;
-        let seen = self.0.reads.load(Ordering::Acquire);
-        if self.0.checked.load(Ordering::Acquire) == seen + 1 {
-            return Ok(());
-        }
-        check()?;
-        self.0.checked.fetch_max(seen + 1, Ordering::AcqRel);
-        Ok(())
-    }
-}
-
-/// Identities compare by who the caller is, not by how its connection counts reads.
-impl PartialEq for ReadEpoch {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for ReadEpoch {}
-
-impl fmt::Debug for ReadEpoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ReadEpoch")
-    }
 }
 
 impl fmt::Display for PeerIdentity {
@@ -102,11 +55,22 @@ impl PeerIdentity {
     /// With the pinned `/proc/PID` directory this is one `readlinkat(dir, "exe")` into a stack
     /// buffer: it fails once that process has exited (a later process reusing the pid has a
     /// directory of its own), and names the new program after an exec.
+    ///
+    /// Where the transport counts reads ([`ReadEpoch`]), a check answers for every request
+    /// read before it began, on any connection of the same process that expects the same
+    /// executable: only a request read after the last successful check checks again.
     pub fn still_bound(&self) -> Result<(), String> {
-        match &self.reads {
-            Some(r) => r.covered(|| self.check_bound()),
-            None => self.check_bound(),
+        let (Some(reads), Some(dir), Some(exe)) = (&self.reads, &self.proc_dir, &self.exe) else {
+            return self.check_bound();
+        };
+        let last = reads.last();
+        if last != 0 && dir.checked_after(exe, last) {
+            return Ok(());
         }
+        let began = reads::clock();
+        self.check_bound()?;
+        dir.record_check(exe, began);
+        Ok(())
     }
 
     fn check_bound(&self) -> Result<(), String> {
@@ -150,7 +114,19 @@ impl PeerIdentity {
 /// table of weak references, keyed by pid and start time), so a process holding many
 /// connections costs one descriptor, closed when its last identity is dropped.
 #[derive(Clone)]
-pub struct ProcDir(Arc<OwnedFd>);
+pub struct ProcDir(Arc<Pin>);
+
+/// The pinned directory, and its `exe` link opened as a link (`O_PATH | O_NOFOLLOW`): reading
+/// the link through that descriptor (`readlinkat(link, "")`) skips the name lookup that
+/// `readlinkat(dir, "exe")` pays on every request (measured 1.4 µs against 2.2 µs). The link
+/// belongs to the same process as the directory: after an exec it names the new program,
+/// after an exit reading it fails.
+struct Pin {
+    dir: OwnedFd,
+    exe: OwnedFd,
+    /// The executable the last successful re-check found, and the read clock when it began.
+    checked: Mutex<Option<(Arc<Path>, u64)>>,
+}
 
 /// Pinned directories by pid, with what was read through them. Weak: the table never keeps
 /// one open.
@@ -166,7 +142,7 @@ struct Pinned {
 }
 
 struct PinnedEntry {
-    dir: Weak<OwnedFd>,
+    dir: Weak<Pin>,
     exe: Arc<Path>,
     start_time: u64,
 }
@@ -185,9 +161,14 @@ impl ProcDir {
             return None;
         }
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        rustix::fs::open(format!("/proc/{pid}").as_str(), flags, Mode::empty())
-            .ok()
-            .map(|fd| ProcDir(Arc::new(fd)))
+        let dir = rustix::fs::open(format!("/proc/{pid}").as_str(), flags, Mode::empty()).ok()?;
+        let link = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let exe = rustix::fs::openat(&dir, c"exe", link, Mode::empty()).ok()?;
+        Some(ProcDir(Arc::new(Pin {
+            dir,
+            exe,
+            checked: Mutex::new(None),
+        })))
     }
 
     /// The directory another connection pinned for `pid`, provided its process still runs the
@@ -242,7 +223,7 @@ impl ProcDir {
 
     /// The process's executable now; None once it has exited (or cannot be read).
     pub fn exe(&self) -> Option<PathBuf> {
-        rustix::fs::readlinkat(&*self.0, c"exe", Vec::new())
+        rustix::fs::readlinkat(&self.0.exe, c"", Vec::new())
             .ok()
             .map(|c| PathBuf::from(std::ffi::OsString::from_vec(c.into_bytes())))
     }
@@ -251,12 +232,26 @@ impl ProcDir {
     /// One system call, no allocation: this runs on every request.
     pub fn exe_is(&self, exe: &Path) -> Option<bool> {
         let mut buf = [MaybeUninit::<u8>::uninit(); EXE_BUF];
-        let (now, _) = rustix::fs::readlinkat_raw(&*self.0, c"exe", &mut buf).ok()?;
+        let (now, _) = rustix::fs::readlinkat_raw(&self.0.exe, c"", &mut buf).ok()?;
         if now.len() < EXE_BUF {
             return Some(*now == *exe.as_os_str().as_bytes());
         }
         // A long path may have been cut: read it whole.
         self.exe().map(|now| now == exe)
+    }
+
+    /// Whether a successful re-check that found `exe` began after read `stamp`.
+    fn checked_after(&self, exe: &Path, stamp: u64) -> bool {
+        matches!(&*self.0.checked.lock(), Some((e, at)) if *at >= stamp && **e == *exe)
+    }
+
+    /// Records a successful re-check that found `exe` and began at read clock `began`.
+    fn record_check(&self, exe: &Arc<Path>, began: u64) {
+        let mut g = self.0.checked.lock();
+        match &mut *g {
+            Some((e, at)) if **e == **exe => *at = (*at).max(began),
+            _ => *g = Some((exe.clone(), began)),
+        }
     }
 
     /// Whether two handles share one descriptor (one pin per process).
@@ -267,7 +262,7 @@ impl ProcDir {
     /// Start time of the process (field 22 of its `stat`).
     pub fn start_time(&self) -> Option<u64> {
         let fd = rustix::fs::openat(
-            &*self.0,
+            &self.0.dir,
             c"stat",
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -316,171 +311,4 @@ pub fn stat_start_time(stat: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    /// Polls `f` until it returns Some, for at most 10 s.
-    fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(v) = f() {
-                return Some(v);
-            }
-            if std::time::Instant::now() > end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn proc_dir_names_one_process_until_it_exits() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let dir = ProcDir::open(child.id() as i32).expect("own child's /proc dir");
-        let exe = dir.exe().expect("a live process has an exe");
-        assert!(exe.ends_with("sleep"), "{}", exe.display());
-        assert_eq!(dir.exe_is(&exe), Some(true));
-        assert_eq!(dir.exe_is(Path::new("/usr/bin/other")), Some(false));
-        assert!(dir.start_time().is_some());
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert_eq!(
-            dir.exe(),
-            None,
-            "an exited process's directory resolves nothing"
-        );
-        assert_eq!(dir.exe_is(&exe), None);
-        assert!(ProcDir::open(-1).is_none() && ProcDir::open(0).is_none());
-    }
-
-    /// On a connection that counts its reads, one re-check answers for the requests of the
-    /// reads before it; a request from a later read checks again and sees the exec.
-    #[test]
-    fn one_check_answers_for_the_reads_before_it() {
-        use std::io::Write;
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "read line; exec sleep 30"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let dir = ProcDir::open(pid).unwrap();
-        let exe: Arc<Path> = Arc::from(dir.exe().unwrap());
-        let plain = PeerIdentity {
-            uid: 0,
-            gid: 0,
-            pid,
-            exe: Some(exe.clone()),
-            start_time: dir.start_time(),
-            proc_dir: Some(dir.clone().shared(pid, dir.start_time().unwrap(), &exe)),
-            reads: None,
-        };
-        let reads = ReadEpoch::default();
-        let counted = PeerIdentity {
-            reads: Some(reads.clone()),
-            ..plain.clone()
-        };
-        reads.read();
-        assert_eq!(counted.still_bound(), Ok(()));
-        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        eventually(|| plain.still_bound().err()).expect("the exec is seen");
-        // No read since the check: nothing arrived that the exec could have sent.
-        assert_eq!(counted.still_bound(), Ok(()));
-        reads.read();
-        let why = counted.still_bound().unwrap_err();
-        assert!(why.contains("executed another program"), "{why}");
-        // A failed check is not remembered: every later use fails too.
-        assert!(counted.still_bound().is_err());
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// A process that execs another program after the identity was read is caught at use; one
-    /// that exits is reported as gone.
-    #[test]
-    fn still_bound_catches_an_exec_and_an_exit() {
-        use std::io::Write;
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "read line; exec sleep 30"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let dir = ProcDir::open(pid).unwrap();
-        let id = PeerIdentity {
-            uid: 0,
-            gid: 0,
-            pid,
-            exe: dir.exe().map(Arc::from),
-            start_time: dir.start_time(),
-            proc_dir: Some(dir.clone().shared(
-                pid,
-                dir.start_time().unwrap(),
-                &Arc::from(dir.exe().unwrap()),
-            )),
-            reads: None,
-        };
-        assert_eq!(id.still_bound(), Ok(()));
-        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        let why = eventually(|| id.still_bound().err()).expect("the exec is seen");
-        assert!(why.contains("executed another program"), "{why}");
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let why = id.still_bound().unwrap_err();
-        assert!(why.contains("has exited"), "{why}");
-        // Without a pinned directory the same facts come from /proc/PID by path.
-        let by_path = PeerIdentity {
-            proc_dir: None,
-            ..id
-        };
-        assert!(by_path.still_bound().is_err());
-    }
-
-    /// The table keeps none open: dropping every holder closes the descriptor.
-    #[test]
-    fn pinned_table_shares_and_keeps_none_open() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let d = ProcDir::open(pid).unwrap();
-        let (start, exe) = (d.start_time().unwrap(), Arc::from(d.exe().unwrap()));
-        let a = ProcDir::open(pid).unwrap().shared(pid, start, &exe);
-        let b = ProcDir::open(pid).unwrap().shared(pid, start, &exe);
-        assert!(a.same_descriptor(&b));
-        let p = ProcDir::pinned(pid).expect("pinned while held");
-        assert!(a.same_descriptor(&p.dir));
-        assert_eq!((p.start_time, &p.exe), (start, &exe));
-        drop(p);
-        let weak = Arc::downgrade(&a.0);
-        drop((a, b));
-        assert_eq!(weak.strong_count(), 0);
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    #[test]
-    fn stat_start_time_table() {
-        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
-        for (comm, want) in [
-            ("(bash)", Some(424242)),
-            ("(a b) c)", Some(424242)),
-            ("(x))", Some(424242)),
-            ("()", Some(424242)),
-        ] {
-            assert_eq!(
-                stat_start_time(&format!("77 {comm} {tail}")),
-                want,
-                "{comm}"
-            );
-        }
-        assert_eq!(stat_start_time("77 (x) S 1 2"), None);
-        assert_eq!(stat_start_time("no paren at all"), None);
-        assert_eq!(stat_start_time(""), None);
-    }
-}
+mod tests;
