@@ -121,12 +121,12 @@ impl Engine {
         let out = self
             .sign_csr_inner(caller, owner, &r, spiffe_id, sans)
             .await;
-        if let Err(e) = out.as_ref().map_err(|e| e.is_denial().then_some(e)) {
-            let why = e.map(ToString::to_string);
+        if let Some(e) = out.as_ref().err().filter(|e| e.is_denial()) {
+            let why = e.to_string();
             let mut ev = AuditEvent::new("csr_sign", "denied").caller(caller);
             ev.session = (!r.session_id.is_empty()).then_some(r.session_id);
             ev.secret = (!r.name.is_empty()).then_some(r.name);
-            ev.detail = why.as_deref();
+            ev.detail = Some(&why);
             let _ = self.audit.record(ev).await;
         }
         out
