@@ -5,6 +5,7 @@ use super::pb::{self, broker_server::Broker};
 use super::peer::PeerIdentity;
 use crate::clock::unix_secs;
 use crate::engine::{Engine, GetRequest, WatchKind};
+use crate::error::GateRefused;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,7 +246,7 @@ impl Broker for BrokerService {
             .map_err(status)?
             .gate
             .watch(cat.config.server.max_watches_per_session)
-            .map_err(|e| status(ApiError::from_gate(&r.session_id, e)))?;
+            .map_err(|e| status(GateRefused::new(&r.session_id, e)))?;
         let spec = cat.secret(&r.name).map_err(status)?.clone();
         let mut rx = engine.subscribe(&r.name);
         let current = engine.current_version(&cat, &spec).await;
