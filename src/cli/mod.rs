@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod client;
 mod connect;
+#[cfg(feature = "openbao")]
 mod direct;
 
 use clap::{Parser, Subcommand};
@@ -118,11 +119,13 @@ enum Cmd {
         conn: Conn,
     },
     /// Revoke every credential of a session (admin), on every sidecar of the fleet. With
-    /// --openbao, talks to OpenBao directly and needs no sidecar.
+    /// --openbao (a build with the `openbao` feature), talks to OpenBao directly and needs no
+    /// sidecar.
     RevokeSession {
         session: String,
         #[arg(long, default_value = "")]
         reason: String,
+        #[cfg(feature = "openbao")]
         #[command(flatten)]
         direct: direct::Direct,
         #[command(flatten)]

@@ -265,10 +265,14 @@ impl<E: Endpoint> Listener<E> {
 
     /// Serves one admitted connection: HTTP/1.1 with keep-alive, bounded headers, until the
     /// client closes, a bound is crossed, or the server shuts down.
-    async fn connection<S>(self: Arc<Self>, stream: S, id: PeerIdentity)
+    async fn connection<S>(self: Arc<Self>, stream: S, mut id: PeerIdentity)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // Requests read before one identity re-check began share it (see `ReadEpoch`).
+        let reads = crate::api::peer::ReadEpoch::default();
+        id.reads = Some(reads.clone());
+        let stream = crate::api::counted::Counted::new(stream, reads);
         let id = Arc::new(id);
         let me = self.clone();
         let who = id.clone();
@@ -332,6 +336,10 @@ impl<E: Endpoint> Listener<E> {
 
     /// Reads one request's body within its bounds, re-checks the caller, then asks the endpoint.
     async fn answer(&self, id: &PeerIdentity, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // Let the other connections ready on this thread read their requests first: one
+        // identity re-check then answers for all of them (one `readlinkat` per round of ready
+        // connections instead of one per request).
+        sidecred_core::sched::YieldOnce::default().await;
         let (parts, body) = req.into_parts();
         let max = self.limits.max_body;
         let declared = parts

@@ -286,7 +286,7 @@ fn check_scheduler(
 ) -> Result<(), SchedulerError> {
     if let Some(b) = &s.lock_backend {
         match backends.get(b) {
-            Some(BackendConfig::OpenBao(_)) => {}
+            Some(b) if b.kind() == "openbao" => {}
             Some(other) => {
                 return Err(SchedulerError::NotOpenBao {
                     name: b.clone(),

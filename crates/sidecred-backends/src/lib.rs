@@ -7,13 +7,19 @@
 //! ([`SecretSpec`], options compiled at load), the caller's identity and its SAN rules, and
 //! nothing of the engine, the config parser or the transports. Cargo enforces that; the engine
 //! (in the `sidecred` crate today) depends on this crate, never the other way round.
+//!
+//! `openbao` and `aws` are cargo features, on by default; the dev backend and the CA are always
+//! in ([`features`]).
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod ca;
 pub mod dev;
+pub mod features;
 mod fleet_store;
+#[cfg(feature = "openbao")]
 pub mod openbao;
 pub mod options;
 mod setup;
@@ -25,7 +31,6 @@ pub use setup::SetupError;
 pub use spec::SecretSpec;
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use sidecred_core::identity::PeerIdentity;
 use sidecred_core::san::SanPolicy;
 use sidecred_secret::{SecretBytes, SecretText};
@@ -225,13 +230,14 @@ pub trait RecordStore: Send + Sync {
     ) -> Result<u64, BackendError>;
 }
 
-/// Backend settings from `[backends.NAME]`, tagged by `kind`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+/// Backend settings from `[backends.NAME]`, tagged by `kind`: one variant per kind this build
+/// has (`features` reads them, and refuses a kind left out naming its cargo feature).
+#[derive(Clone, Debug)]
 pub enum BackendConfig {
     Dev(dev::DevConfig),
-    #[serde(rename = "openbao")]
+    #[cfg(feature = "openbao")]
     OpenBao(openbao::OpenBaoConfig),
+    #[cfg(feature = "aws")]
     Aws(aws::AwsConfig),
     Ca(ca::CaConfig),
 }
@@ -240,7 +246,9 @@ impl BackendConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::Dev(_) => "dev",
+            #[cfg(feature = "openbao")]
             BackendConfig::OpenBao(_) => "openbao",
+            #[cfg(feature = "aws")]
             BackendConfig::Aws(_) => "aws",
             BackendConfig::Ca(_) => "ca",
         }
@@ -249,7 +257,9 @@ impl BackendConfig {
     pub fn validate(&self) -> Result<(), SetupError> {
         match self {
             BackendConfig::Dev(c) => c.validate(),
+            #[cfg(feature = "openbao")]
             BackendConfig::OpenBao(c) => c.validate(),
+            #[cfg(feature = "aws")]
             BackendConfig::Aws(c) => c.validate(),
             BackendConfig::Ca(c) => c.validate(),
         }
@@ -264,7 +274,9 @@ impl BackendConfig {
     ) -> Result<CompiledOptions, OptionError> {
         Ok(match self {
             BackendConfig::Dev(c) => CompiledOptions::Dev(c.prepare(secret, raw)?),
+            #[cfg(feature = "openbao")]
             BackendConfig::OpenBao(c) => CompiledOptions::OpenBao(c.prepare(secret, raw)?),
+            #[cfg(feature = "aws")]
             BackendConfig::Aws(c) => CompiledOptions::Aws(c.prepare(secret, raw)?),
             BackendConfig::Ca(c) => CompiledOptions::Ca(c.prepare(secret, raw)?),
         })
@@ -275,14 +287,21 @@ impl BackendConfig {
     pub async fn build(
         &self,
         name: &str,
+        // Only the remote backends bound their calls by it.
+        #[cfg_attr(
+            not(any(feature = "openbao", feature = "aws")),
+            allow(unused_variables)
+        )]
         timeout: Duration,
         clock: Arc<dyn sidecred_core::clock::Clock>,
     ) -> Result<Arc<dyn Backend>, SetupError> {
         match self {
             BackendConfig::Dev(c) => Ok(Arc::new(dev::DevBackend::new(name, c)?)),
+            #[cfg(feature = "openbao")]
             BackendConfig::OpenBao(c) => Ok(Arc::new(
                 openbao::OpenBaoBackend::new(name, c, timeout).await?,
             )),
+            #[cfg(feature = "aws")]
             BackendConfig::Aws(c) => Ok(Arc::new(aws::AwsBackend::new(name, c, timeout).await?)),
             BackendConfig::Ca(c) => Ok(Arc::new(ca::CaBackend::new(name, c, clock)?)),
         }

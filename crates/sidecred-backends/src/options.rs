@@ -13,7 +13,9 @@ use toml::Spanned;
 #[derive(Clone, Debug)]
 pub enum CompiledOptions {
     Dev(super::dev::DevOptions),
+    #[cfg(feature = "openbao")]
     OpenBao(super::openbao::Opts),
+    #[cfg(feature = "aws")]
     Aws(super::aws::AwsOptions),
     Ca(super::ca::CaOptions),
 }
@@ -23,7 +25,9 @@ impl CompiledOptions {
     pub fn kind(&self) -> &'static str {
         match self {
             CompiledOptions::Dev(_) => "dev",
+            #[cfg(feature = "openbao")]
             CompiledOptions::OpenBao(_) => "openbao",
+            #[cfg(feature = "aws")]
             CompiledOptions::Aws(_) => "aws",
             CompiledOptions::Ca(_) => "ca",
         }

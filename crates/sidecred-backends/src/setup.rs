@@ -24,8 +24,18 @@ pub enum SetupError {
     SeedFile { path: PathBuf, message: String },
     #[error(transparent)]
     FileMode(#[from] sidecred_core::fileperm::FileModeError),
+    /// The config names a backend kind whose cargo feature this build left out.
+    #[error(
+        "backend kind `{kind}` is not in this build: rebuild sidecred with the cargo feature \
+         `{feature}` (on by default; `--no-default-features` drops it)"
+    )]
+    NotBuilt {
+        kind: &'static str,
+        feature: &'static str,
+    },
     /// The OpenBao HTTP client could not be built (address, CA bundle); `what` says which
     /// setting and how, `source` is the client library's error.
+    #[cfg(feature = "openbao")]
     #[error("{what}")]
     HttpClient {
         what: String,
@@ -33,11 +43,13 @@ pub enum SetupError {
     },
     /// Logging in to the backend was refused (a server that cannot be reached is not an error
     /// at start; it is retried).
+    #[cfg(feature = "openbao")]
     #[error("auth method `{method}`: {source}")]
     Login {
         method: &'static str,
         source: super::BackendError,
     },
+    #[cfg(feature = "aws")]
     #[error("no AWS region: set `region` or AWS_REGION")]
     NoRegion,
     #[error(transparent)]

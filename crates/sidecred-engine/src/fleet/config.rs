@@ -75,7 +75,7 @@ impl RawFleet {
         backends: &BTreeMap<String, BackendConfig>,
     ) -> Result<FleetConfig, (&'static str, String)> {
         match backends.get(&self.backend) {
-            Some(BackendConfig::OpenBao(_)) => {}
+            Some(b) if b.kind() == "openbao" => {}
             Some(b) => {
                 return Err((
                     "fleet.backend",
