@@ -302,6 +302,25 @@ async fn csr_signing_checks_requested_sans_against_policy() {
         assert!(e.message().contains(frag), "{frag}: {}", e.message());
     }
     assert!(ca.sc.audit_has("\"csr_sign\""));
+    // The three policy refusals are audited as denials, with their reason; the two malformed
+    // CSRs are not.
+    let denials = || -> Vec<String> {
+        ca.sc
+            .audit_events()
+            .into_iter()
+            .filter(|e| e["event"] == "csr_sign" && e["outcome"] == "denied")
+            .map(|e| e["detail"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let until = Instant::now() + Duration::from_secs(3);
+    while denials().len() < 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = denials();
+    assert_eq!(d.len(), 3, "{d:?}");
+    for frag in ["evil.com", "10.1.2.3", "spiffe://test.example/admin"] {
+        assert!(d.iter().any(|x| x.contains(frag)), "{frag}: {d:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,6 @@
 //! The `Admin` service, for security teams and rotation jobs. Served only on the admin socket.
 
-use super::error::{validate_id, validate_name, ApiError};
+use super::error::{status, validate_id, validate_name, ApiError};
 use super::pb::{self, admin_server::Admin};
 use super::peer::PeerIdentity;
 use crate::clock::unix_secs;
@@ -35,7 +35,10 @@ impl AdminService {
         action: Action,
         secret: Option<&str>,
     ) -> Result<(), Status> {
-        Ok(self.engine.allow_admin(caller, action, secret).await?)
+        self.engine
+            .allow_admin(caller, action, secret)
+            .await
+            .map_err(status)
     }
 }
 
@@ -48,9 +51,11 @@ impl Admin for AdminService {
         let caller = super::caller(&req)?;
         self.allow(&caller, Action::RevokeSession, None).await?;
         let r = req.into_inner();
-        validate_id("session_id", &r.session_id)?;
+        validate_id("session_id", &r.session_id).map_err(status)?;
         if r.reason.len() > 512 {
-            return Err(ApiError::InvalidArgument("reason: at most 512 bytes".into()).into());
+            return Err(status(ApiError::InvalidArgument(
+                "reason: at most 512 bytes".into(),
+            )));
         }
         let reason = if r.reason.is_empty() {
             "unspecified"
@@ -60,7 +65,8 @@ impl Admin for AdminService {
         let rep = self
             .engine
             .revoke_session(Some(&caller), &r.session_id, reason)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RevokeSessionResponse {
             session_id: r.session_id,
             done: steps(rep.done),
@@ -74,16 +80,21 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RotateResponse>, Status> {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
-        validate_name(&r.name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
+        validate_name(&r.name)
+            .map_err(|m| status(ApiError::InvalidArgument(format!("name: {m}"))))?;
         self.allow(&caller, Action::Rotate, Some(&r.name)).await?;
         let grace = (r.grace_seconds > 0).then(|| Duration::from_secs(r.grace_seconds));
         if grace.is_some_and(|g| g > sidecred_core::duration::MAX_DURATION) {
-            return Err(
-                ApiError::InvalidArgument("grace_seconds: at most 3650 days".into()).into(),
-            );
+            return Err(status(ApiError::InvalidArgument(
+                "grace_seconds: at most 3650 days".into(),
+            )));
         }
         let value = (!r.value.is_empty()).then(|| SecretBytes::new(r.value));
-        let out = self.engine.rotate(&caller, &r.name, grace, value).await?;
+        let out = self
+            .engine
+            .rotate(&caller, &r.name, grace, value)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RotateResponse {
             name: r.name,
             version: out.version,
@@ -121,9 +132,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GetCrlResponse>, Status> {
         let caller = super::caller(&req)?;
         let r = req.into_inner();
-        validate_name(&r.name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
+        validate_name(&r.name)
+            .map_err(|m| status(ApiError::InvalidArgument(format!("name: {m}"))))?;
         self.allow(&caller, Action::GetCrl, Some(&r.name)).await?;
-        Ok(Response::new(super::certs::get_crl(&self.engine, &r.name)?))
+        Ok(Response::new(
+            super::certs::get_crl(&self.engine, &r.name).map_err(status)?,
+        ))
     }
 
     async fn get_proxy_bundle(
@@ -133,7 +147,9 @@ impl Admin for AdminService {
         let caller = super::caller(&req)?;
         self.allow(&caller, Action::GetProxyBundle, None).await?;
         let bundle_pem = self.proxy_bundle.clone().ok_or_else(|| {
-            ApiError::Precondition("no [proxy] is configured, so there is no proxy CA".into())
+            status(ApiError::Precondition(
+                "no [proxy] is configured, so there is no proxy CA".into(),
+            ))
         })?;
         Ok(Response::new(pb::GetProxyBundleResponse { bundle_pem }))
     }

@@ -1,10 +1,11 @@
 //! The workload-facing `Broker` service: policy check, then the engine, then an audit line.
 
-use super::error::{validate_id, ApiError};
+use super::error::{status, validate_id, ApiError};
 use super::pb::{self, broker_server::Broker};
 use super::peer::PeerIdentity;
 use crate::clock::unix_secs;
 use crate::engine::{Engine, GetRequest, WatchKind};
+use crate::error::GateRefused;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,7 +168,7 @@ fn peer_of<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
     req.extensions()
         .get::<PeerIdentity>()
         .cloned()
-        .ok_or_else(|| ApiError::Internal("connection has no peer identity".into()).into())
+        .ok_or_else(|| status(ApiError::Internal("connection has no peer identity".into())))
 }
 
 /// Runs a plain handler for tonic.
@@ -177,7 +178,7 @@ macro_rules! via_tonic {
         BrokerService::$handler($self, &caller, $req.into_inner())
             .await
             .map(Response::new)
-            .map_err(Status::from)
+            .map_err(status)
     }};
 }
 
@@ -236,15 +237,17 @@ impl Broker for BrokerService {
                 &r.session_id,
                 &r.name,
             )
-            .await?;
+            .await
+            .map_err(status)?;
         let engine = self.engine.clone();
         let cat = engine.catalog();
         let slot = engine
-            .session(&r.session_id, &owner)?
+            .session(&r.session_id, &owner)
+            .map_err(status)?
             .gate
             .watch(cat.config.server.max_watches_per_session)
-            .map_err(|e| ApiError::from_gate(&r.session_id, e))?;
-        let spec = cat.secret(&r.name)?.clone();
+            .map_err(|e| status(GateRefused::new(&r.session_id, e)))?;
+        let spec = cat.secret(&r.name).map_err(status)?.clone();
         let mut rx = engine.subscribe(&r.name);
         let current = engine.current_version(&cat, &spec).await;
         let name = r.name.clone();
@@ -284,7 +287,7 @@ impl Broker for BrokerService {
                     },
                     _ = check.tick() => {
                         if let Err(e) = engine.session(&session, &owner) {
-                            yield Err(Status::from(e));
+                            yield Err(status(e));
                             break;
                         }
                     }

@@ -5,6 +5,7 @@ use super::pb;
 use super::peer::PeerIdentity;
 use crate::clock::unix_secs;
 use crate::engine::{authority_of, CsrRequest, Engine};
+use crate::error::BackendFailure;
 use crate::policy::SanPolicy;
 use crate::session::Owner;
 
@@ -38,7 +39,7 @@ pub(crate) fn get_crl(engine: &Engine, name: &str) -> Result<pb::GetCrlResponse,
     let ca = authority_of(&cat, name)?;
     let (crls, serials) = ca
         .crls(engine.now())
-        .map_err(|e| ApiError::from_backend(name, e))?;
+        .map_err(|e| BackendFailure::admin(name, e))?;
     Ok(pb::GetCrlResponse {
         crls: crls
             .into_iter()

@@ -18,7 +18,7 @@ pub mod sockdir;
 pub mod spiffe;
 pub mod tcp_peer;
 
-pub use error::{validate_id, validate_name, ApiError};
+pub use error::{status, validate_id, validate_name, ApiError};
 
 /// sidecred's wire types (the `sidecred-proto` crate, with server stubs).
 pub mod pb {
@@ -79,12 +79,10 @@ pub fn caller<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
         .extensions()
         .get::<PeerIdentity>()
         .cloned()
-        .ok_or_else(|| {
-            Status::from(ApiError::Internal("connection has no peer identity".into()))
-        })?;
+        .ok_or_else(|| status(ApiError::Internal("connection has no peer identity".into())))?;
     id.still_bound().map_err(|why| {
         tracing::info!(caller = %id, reason = %why, "identity no longer bound; refused");
-        Status::from(ApiError::Denied(why))
+        status(ApiError::Denied(why))
     })?;
     Ok(id)
 }

@@ -8,7 +8,7 @@ use super::envoy::extensions::transport_sockets::tls::v3::{
 };
 use super::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use super::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
-use super::error::ApiError;
+use super::error::{status, ApiError};
 use super::spiffe::{workload, LeafSlot, Workload};
 use crate::backend::ca::{issuer, View};
 use crate::engine::Engine;
@@ -93,13 +93,13 @@ async fn resources(
 
 fn check_request(r: &DiscoveryRequest) -> Result<(), Status> {
     if !r.type_url.is_empty() && r.type_url != SECRET_TYPE {
-        return Err(Status::from(ApiError::InvalidArgument(format!(
+        return Err(status(ApiError::InvalidArgument(format!(
             "type_url `{}` is not served here (only {SECRET_TYPE})",
             r.type_url
         ))));
     }
     if r.resource_names.len() > MAX_NAMES || r.resource_names.iter().any(|n| n.len() > 256) {
-        return Err(Status::from(ApiError::InvalidArgument(
+        return Err(status(ApiError::InvalidArgument(
             "resource_names: at most 16, each at most 256 bytes".into(),
         )));
     }

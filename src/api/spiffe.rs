@@ -3,7 +3,7 @@
 //! identified by the kernel; the first workload rule matching them with a `spiffe_id` says who
 //! they are.
 
-use super::error::ApiError;
+use super::error::{status, ApiError};
 use super::peer::PeerIdentity;
 use super::spiffe_pb::{self as wpb, spiffe_workload_api_server::SpiffeWorkloadApi};
 use crate::backend::ca::{timing, Authority, Issued, View};
@@ -66,7 +66,11 @@ pub(crate) async fn workload(
         .as_ref()
         .and_then(|n| cat.backends.get(n))
         .and_then(|b| b.authority())
-        .ok_or_else(|| ApiError::Unavailable("no certificate authority is configured".into()))?;
+        .ok_or_else(|| {
+            status(ApiError::Unavailable(
+                "no certificate authority is configured".into(),
+            ))
+        })?;
     let rule = engine
         .spiffe_rule(
             &cat,
@@ -75,7 +79,8 @@ pub(crate) async fn workload(
             &ca.trust_domain_id(),
             &ca.settings.trust_domain,
         )
-        .await?;
+        .await
+        .map_err(status)?;
     let id = rule.spiffe_id.clone().unwrap_or_default();
     let SanPolicy { dns, ips, .. } = rule.sans.clone();
     Ok(Workload {
@@ -114,7 +119,8 @@ impl LeafSlot {
         if stale {
             let issued = engine
                 .issue_svid(&w.caller, &w.ca, api, &w.spiffe_id, (&w.dns, &w.ips))
-                .await?;
+                .await
+                .map_err(status)?;
             self.renew_at = Some(timing::leaf_renew_at(
                 now,
                 issued.leaf.not_after,
@@ -149,7 +155,7 @@ fn crls(view: &View) -> Vec<Vec<u8>> {
 fn check_header<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
     match req.metadata().get("workload.spiffe.io") {
         Some(v) if v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("true")) => super::caller(req),
-        _ => Err(Status::from(ApiError::InvalidArgument(
+        _ => Err(status(ApiError::InvalidArgument(
             "security header missing from request".into(),
         ))),
     }
@@ -254,19 +260,21 @@ impl SpiffeWorkloadApi for SpiffeService {
         let w = workload(&self.engine, caller, "svid_jwt").await?;
         let r = req.into_inner();
         if r.audience.is_empty() || r.audience.iter().any(|a| a.is_empty() || a.len() > 256) {
-            return Err(Status::from(ApiError::InvalidArgument(
+            return Err(status(ApiError::InvalidArgument(
                 "audience: at least one, each 1-256 bytes".into(),
             )));
         }
         if !r.spiffe_id.is_empty() && r.spiffe_id != w.spiffe_id {
-            return Err(
-                ApiError::Denied(format!("caller is not entitled to `{}`", r.spiffe_id)).into(),
-            );
+            return Err(status(ApiError::Denied(format!(
+                "caller is not entitled to `{}`",
+                r.spiffe_id
+            ))));
         }
         let svid = self
             .engine
             .mint_jwt_svid(&w.caller, &w.ca, &w.spiffe_id, &r.audience)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(wpb::JwtsvidResponse {
             svids: vec![wpb::Jwtsvid {
                 spiffe_id: w.spiffe_id,
@@ -306,15 +314,14 @@ impl SpiffeWorkloadApi for SpiffeService {
         let w = workload(&self.engine, caller, "svid_jwt_validate").await?;
         let r = req.into_inner();
         if r.audience.is_empty() || r.svid.is_empty() {
-            return Err(Status::from(ApiError::InvalidArgument(
+            return Err(status(ApiError::InvalidArgument(
                 "audience and svid are required".into(),
             )));
         }
-        let v =
-            w.ca.jwt_validate(&r.svid, &r.audience, self.engine.now())
-                .map_err(|e| {
-                    Status::from(ApiError::InvalidArgument(format!("JWT-SVID rejected: {e}")))
-                })?;
+        let v = w
+            .ca
+            .jwt_validate(&r.svid, &r.audience, self.engine.now())
+            .map_err(|e| status(ApiError::InvalidArgument(format!("JWT-SVID rejected: {e}"))))?;
         Ok(Response::new(wpb::ValidateJwtsvidResponse {
             spiffe_id: v.spiffe_id,
             claims: Some(to_struct(v.claims)),

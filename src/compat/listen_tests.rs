@@ -4,8 +4,11 @@
 use super::*;
 use crate::audit::Audit;
 use crate::clock::SystemClock;
-use crate::config::Config;
+use crate::engine::settings::{ConfigSource, SchedulerConfig, ServerConfig, Settings};
 use crate::engine::Catalog;
+use crate::policy::{Policy, RawRule};
+use sidecred_core::spec::Locator;
+use std::collections::BTreeMap;
 use std::path::Path;
 use tokio::net::UnixStream;
 
@@ -30,30 +33,65 @@ impl Endpoint for Echo {
     }
 }
 
+/// The engine's settings for the listener: the sockets, a per-uid cap of 2 and one workload
+/// rule for `uids`; no backends or secrets (the echo endpoint reads none). Built without the
+/// config layer, which sits above compat.
+struct Fixture(Settings);
+
+impl ConfigSource for Fixture {
+    fn settings(&self) -> &Settings {
+        &self.0
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 async fn engine(dir: &Path, uids: &str) -> Arc<Engine> {
-    let text = format!(
-        r#"
-[server]
-workload_socket = "{d}/w/w.sock"
-admin_socket = "{d}/a/a.sock"
-max_connections_per_uid = 2
-[backends.dev]
-kind = "dev"
-values = {{ "p" = "v" }}
-[[secret]]
-name = "s"
-backend = "dev"
-path = "p"
-zone = "internal"
-[[policy.workload]]
-name = "some"
-uids = [{uids}]
-secrets = ["*"]
-"#,
-        d = dir.display()
-    );
-    let cfg = Config::parse(Path::new("t.toml"), &text, &|_| None).unwrap();
-    let cat = Catalog::build(cfg, 1, Arc::new(SystemClock)).await.unwrap();
+    #[derive(serde::Deserialize)]
+    struct Rules {
+        rule: Vec<RawRule>,
+    }
+    let text = format!("[[rule]]\nname = \"some\"\nuids = [{uids}]\n");
+    let raw: Rules = toml::from_str(&text).unwrap();
+    let loc = Locator {
+        file: Path::new("t.toml"),
+        text: &text,
+    };
+    let secrets = BTreeMap::new();
+    let workload_policy = Policy::build(raw.rule, "policy.workload", &secrets, &loc).unwrap();
+    let server = ServerConfig {
+        workload_socket: dir.join("w/w.sock"),
+        workload_socket_mode: 0o660,
+        admin_socket: dir.join("a/a.sock"),
+        admin_socket_mode: 0o600,
+        default_session_ttl: Duration::from_secs(3600),
+        max_session_ttl: Duration::from_secs(86400),
+        stale_window: Duration::from_secs(300),
+        backend_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(10),
+        max_connections: 1024,
+        max_connections_per_uid: 2,
+        state_dir: None,
+        mlockall: false,
+        spiffe_socket: None,
+        spiffe_ca: None,
+        max_sessions_per_identity: 256,
+        max_calls_per_session: 4096,
+        max_watches_per_session: 64,
+        test_hold_dir: None,
+    };
+    let settings = Settings {
+        server,
+        scheduler: SchedulerConfig::default(),
+        backends: BTreeMap::new(),
+        secrets,
+        workload_policy,
+        admin_policy: Policy::default(),
+    };
+    let cat = Catalog::build(Fixture(settings), 1, Arc::new(SystemClock))
+        .await
+        .unwrap();
     Engine::new(cat, Arc::new(SystemClock), Audit::disabled())
 }
 

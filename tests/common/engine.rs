@@ -71,5 +71,5 @@ pub async fn grant(
         spiffe_id,
         sans: None,
     };
-    e.get_secret(&cat, &spec, &ROOT, req).await
+    Ok(e.get_secret(&cat, &spec, &ROOT, req).await?)
 }

@@ -46,30 +46,36 @@ impl BackendError {
     }
 }
 
-/// Why a session cannot be used.
-#[derive(Debug, PartialEq, Eq)]
+/// Why a session cannot be used. The engine words it for callers (with the session's id);
+/// this text is for logs and error chains.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
     /// Unknown here, or not the caller's: the two look alike so nothing leaks to a stranger.
+    #[error("session not open for this caller")]
     NotOpen,
-    Revoked {
-        at: SystemTime,
-        reason: String,
-    },
+    #[error("session revoked ({reason})")]
+    Revoked { at: SystemTime, reason: String },
     /// Revoked through another sidecar; it was never open here.
+    #[error("session revoked through the fleet")]
     RevokedElsewhere,
+    #[error("session expired")]
     Expired,
 }
 
 /// Why the gate refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GateError {
     /// The session ended (closed, revoked or expired).
+    #[error("session ended")]
     Closed,
     /// This call's lease of this secret was released after the request began.
+    #[error("call's lease released")]
     Released,
     /// The session already has this many distinct call ids.
+    #[error("{0} call ids in use")]
     TooManyCalls(usize),
     /// The session already has this many open watches.
+    #[error("{0} watches open")]
     TooManyWatches(usize),
 }
 

@@ -5,7 +5,9 @@
 //! A crate of its own, between the server and the backends: it sees callers' identities,
 //! catalog entries and backends, and nothing of the config parser, the transports or gRPC;
 //! cargo enforces that. The server (`sidecred`) builds it from config and calls it from every
-//! socket. Handlers get typed errors ([`error::ApiError`]); the server turns them into statuses.
+//! socket. Each component returns its own error enum (`GrantError`, `RotationError`, ...),
+//! which keeps the underlying error as its source and maps to one [`error::ApiError`] kind in
+//! one `From`; the server turns an `ApiError` into a status or a compat API's error.
 
 // Unsafe code is denied everywhere in the engine.
 #![deny(unsafe_code)]
@@ -20,8 +22,6 @@ pub mod lease;
 pub mod metrics;
 pub mod policy;
 pub mod session;
-#[cfg(feature = "grpc")]
-mod status;
 
 // The lower crates under the names the engine's modules have always used for them.
 use sidecred_backends as backend;

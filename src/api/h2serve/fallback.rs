@@ -3,7 +3,7 @@
 //! back under HTTP/2 flow control.
 
 use super::{PeerIdentity, Services};
-use crate::api::error::ApiError;
+use crate::api::error::{status, ApiError};
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use std::future::poll_fn;
@@ -40,7 +40,7 @@ impl RecvBody {
             if self.prefix.len() == 5 {
                 let len = (&self.prefix[1..5]).get_u32() as usize;
                 if len > self.max {
-                    return Err(tonic::Status::from(ApiError::Exhausted(format!(
+                    return Err(status(ApiError::Exhausted(format!(
                         "request larger than {} bytes",
                         self.max
                     ))));
@@ -61,8 +61,7 @@ impl http_body::Body for RecvBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
-        let h2err =
-            |e: h2::Error| tonic::Status::from(ApiError::Cancelled(format!("request stream: {e}")));
+        let h2err = |e: h2::Error| status(ApiError::Cancelled(format!("request stream: {e}")));
         if !self.data_done {
             match std::task::ready!(self.recv.poll_data(cx)) {
                 Some(Ok(d)) => {

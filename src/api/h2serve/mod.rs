@@ -14,7 +14,7 @@ use super::broker::BrokerService;
 use super::layer::{finish, rpc_span};
 use super::limits::Limits;
 use super::peer::{PeerIdentity, PeerStream};
-use crate::api::error::ApiError;
+use crate::api::error::{status, ApiError};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
@@ -230,7 +230,7 @@ async fn stream(
             }
             .instrument(span.clone());
             let out = bounded(limit, work).await.unwrap_or_else(|| {
-                Err(Status::from(ApiError::DeadlineExceeded(
+                Err(status(ApiError::DeadlineExceeded(
                     "request did not finish within its deadline".into(),
                 )))
             });
@@ -283,7 +283,7 @@ async fn bounded<F: Future>(limit: Duration, f: F) -> Option<F::Output> {
 /// stream and connection windows bound what it can make the server hold meanwhile.
 async fn read_message(mut body: h2::RecvStream, max: usize) -> Result<Bytes, Status> {
     let too_large = || {
-        Status::from(ApiError::Exhausted(format!(
+        status(ApiError::Exhausted(format!(
             "request larger than {max} bytes"
         )))
     };
@@ -291,7 +291,7 @@ async fn read_message(mut body: h2::RecvStream, max: usize) -> Result<Bytes, Sta
     let mut want = None;
     while let Some(chunk) = body.data().await {
         let chunk =
-            chunk.map_err(|e| Status::from(ApiError::Cancelled(format!("request stream: {e}"))))?;
+            chunk.map_err(|e| status(ApiError::Cancelled(format!("request stream: {e}"))))?;
         if buf.len() + chunk.len() > max + 5 {
             return Err(too_large());
         }
@@ -304,7 +304,7 @@ async fn read_message(mut body: h2::RecvStream, max: usize) -> Result<Bytes, Sta
             want = Some(len + 5);
         }
         if want.is_some_and(|w| buf.len() > w) {
-            return Err(Status::from(ApiError::InvalidArgument(
+            return Err(status(ApiError::InvalidArgument(
                 "request body is not exactly one gRPC message".into(),
             )));
         }
@@ -317,18 +317,18 @@ async fn read_message(mut body: h2::RecvStream, max: usize) -> Result<Bytes, Sta
 /// The one length-prefixed gRPC message of a whole unary request body.
 pub fn unframe(mut buf: Bytes) -> Result<Bytes, Status> {
     if buf.len() < 5 {
-        return Err(Status::from(ApiError::InvalidArgument(
+        return Err(status(ApiError::InvalidArgument(
             "request has no gRPC message".into(),
         )));
     }
     if buf[0] != 0 {
-        return Err(Status::from(ApiError::Unimplemented(
+        return Err(status(ApiError::Unimplemented(
             "compressed requests are not accepted".into(),
         )));
     }
     let len = (&buf[1..5]).get_u32() as usize;
     if buf.len() - 5 != len {
-        return Err(Status::from(ApiError::InvalidArgument(
+        return Err(status(ApiError::InvalidArgument(
             "request body is not exactly one gRPC message".into(),
         )));
     }
@@ -375,11 +375,11 @@ where
     F: Future<Output = Result<Resp, ApiError>>,
 {
     let req = Req::decode(msg).map_err(|e| {
-        Status::from(ApiError::InvalidArgument(format!(
+        status(ApiError::InvalidArgument(format!(
             "malformed request message: {e}"
         )))
     })?;
-    Ok(frame(&handler(req).await?))
+    Ok(frame(&handler(req).await.map_err(status)?))
 }
 
 /// One message with its 5-byte gRPC prefix (uncompressed), in a buffer sized for it.

@@ -33,7 +33,7 @@ impl BrokerService {
             .engine
             .admit(&cat, caller, "session_lookup", session_id)
             .await?;
-        self.engine.session(session_id, &owner)
+        Ok(self.engine.session(session_id, &owner)?)
     }
 
     /// A live lease of the caller's own session.

@@ -2,10 +2,11 @@
 //! written by the engine: the policy decisions here, grants and revocations in their
 //! components, and refusals that transports report through [`Engine::record_request`].
 
+use super::catalog::LookupError;
 use super::{Catalog, Engine};
 use crate::audit::AuditEvent;
 use crate::backend::SecretSpec;
-use crate::error::{validate_id, validate_name, ApiError};
+use crate::error::{validate_id, validate_name, ApiError, IdError};
 use crate::policy::{Action, Rule};
 use crate::session::Owner;
 use sidecred_core::identity::PeerIdentity;
@@ -48,6 +49,32 @@ fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Why a caller may not do what it asked: a malformed name or id, an unknown secret, or a
+/// policy denial (already audited).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("name: {0}")]
+    InvalidName(String),
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// The policy's reason.
+    #[error("{0}")]
+    Denied(String),
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            e @ AccessError::InvalidName(_) => ApiError::InvalidArgument(e.to_string()),
+            AccessError::InvalidId(e) => e.into(),
+            AccessError::Lookup(e) => e.into(),
+            AccessError::Denied(why) => ApiError::Denied(why),
+        }
+    }
+}
+
 impl Engine {
     /// Audits and returns a policy denial.
     async fn deny(
@@ -57,14 +84,14 @@ impl Engine {
         session: &str,
         secret: &str,
         why: String,
-    ) -> ApiError {
+    ) -> AccessError {
         let mut ev = AuditEvent::new(event, "denied").caller(caller);
         ev.session = opt(session);
         ev.secret = opt(secret);
         ev.detail = Some(&why);
         let _ = self.audit.record(ev).await;
         tracing::info!(caller = %caller, secret, reason = %why, "denied");
-        ApiError::Denied(why)
+        AccessError::Denied(why)
     }
 
     /// Checks that some workload rule admits the caller at all (every Broker call passes this);
@@ -75,7 +102,7 @@ impl Engine {
         caller: &PeerIdentity,
         event: &str,
         session: &str,
-    ) -> Result<Owner, ApiError> {
+    ) -> Result<Owner, AccessError> {
         match cat.config.workload_policy.caller_rule(caller) {
             Ok(rule) => Ok(owner_of(caller, rule)),
             Err(why) => Err(self.deny(caller, event, session, "", why).await),
@@ -91,8 +118,8 @@ impl Engine {
         event: &str,
         session: &str,
         name: &str,
-    ) -> Result<(Owner, &'c Rule, &'c SecretSpec), ApiError> {
-        validate_name(name).map_err(|m| ApiError::InvalidArgument(format!("name: {m}")))?;
+    ) -> Result<(Owner, &'c Rule, &'c SecretSpec), AccessError> {
+        validate_name(name).map_err(AccessError::InvalidName)?;
         validate_id("session_id", session)?;
         let owner = self.admit(cat, caller, event, session).await?;
         let spec = cat.secret(name)?;
@@ -108,7 +135,7 @@ impl Engine {
         caller: &PeerIdentity,
         action: Action,
         secret: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AccessError> {
         let cat = self.catalog();
         match cat.config.admin_policy.check_action(caller, action, secret) {
             Ok(_) => Ok(()),
@@ -126,7 +153,7 @@ impl Engine {
         event: &str,
         trust_domain_id: &str,
         trust_domain: &str,
-    ) -> Result<&'c Rule, ApiError> {
+    ) -> Result<&'c Rule, AccessError> {
         let rule = cat
             .config
             .workload_policy

@@ -28,6 +28,24 @@ pub enum CatalogError {
     CaRemoved(String),
 }
 
+/// A name the catalog does not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("unknown secret `{0}`")]
+    UnknownSecret(String),
+    #[error("backend `{0}` is not running")]
+    BackendNotRunning(String),
+}
+
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            e @ LookupError::UnknownSecret(_) => ApiError::NotFound(e.to_string()),
+            e @ LookupError::BackendNotRunning(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 /// Config plus the backends built from it; swapped whole on reload.
 pub struct Catalog {
     pub config: CatalogConfig,
@@ -100,17 +118,17 @@ impl Catalog {
         })
     }
 
-    pub fn secret(&self, name: &str) -> Result<&SecretSpec, ApiError> {
+    pub fn secret(&self, name: &str) -> Result<&SecretSpec, LookupError> {
         self.config
             .secrets
             .get(name)
-            .ok_or_else(|| ApiError::NotFound(format!("unknown secret `{name}`")))
+            .ok_or_else(|| LookupError::UnknownSecret(name.to_string()))
     }
 
-    pub(super) fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, ApiError> {
+    pub(super) fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, LookupError> {
         self.backends
             .get(name)
             .cloned()
-            .ok_or_else(|| ApiError::Internal(format!("backend `{name}` is not running")))
+            .ok_or_else(|| LookupError::BackendNotRunning(name.to_string()))
     }
 }

@@ -23,12 +23,13 @@ mod status;
 mod sweep;
 mod watch;
 
-pub use access::{owner_of, RequestLine};
-pub use catalog::{Catalog, CatalogError};
-pub use certs::{authority_of, CsrRequest, SignedCsr};
-pub use grants::{GetRequest, Grant};
-pub use revocation::{RevocationReport, Step};
-pub use rotation::RotateOutcome;
+pub use access::{owner_of, AccessError, RequestLine};
+pub use catalog::{Catalog, CatalogError, LookupError};
+pub use certs::{authority_of, CertError, CsrRequest, SignedCsr};
+pub use grants::{GetRequest, Grant, GrantError};
+pub use revocation::{RevocationError, RevocationReport, Step};
+pub use rotation::{RotateOutcome, RotationError};
+pub use sessions::SessionOpenError;
 pub use status::{BackendHealth, StatusReport};
 pub use watch::{WatchEvent, WatchKind};
 

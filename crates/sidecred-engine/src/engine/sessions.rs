@@ -2,9 +2,10 @@
 //! here a session gets its backend handles, its fleet record and its audit line.
 
 use super::Engine;
+use crate::audit::AuditError;
 use crate::audit::AuditEvent;
 use crate::backend::SessionMeta;
-use crate::error::ApiError;
+use crate::error::{ApiError, SessionRefused};
 use crate::session::{new_id, Gate, Owner, Session};
 use parking_lot::Mutex;
 use sidecred_core::identity::PeerIdentity;
@@ -12,12 +13,38 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionOpenError {
+    #[error("ttl {}s exceeds the maximum session ttl {}s", .ttl.as_secs(), .max.as_secs())]
+    TtlTooLong { ttl: Duration, max: Duration },
+    #[error("labels: at most 32, keys 1-63 bytes, values at most 256 bytes")]
+    Labels,
+    #[error("this caller already holds {0} open sessions (server.max_sessions_per_identity)")]
+    TooManySessions(usize),
+    /// Fail-closed audit: the session was torn down again.
+    #[error("{0}")]
+    Audit(#[source] AuditError),
+}
+
+impl From<SessionOpenError> for ApiError {
+    fn from(e: SessionOpenError) -> Self {
+        match e {
+            e @ (SessionOpenError::TtlTooLong { .. } | SessionOpenError::Labels) => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            e @ SessionOpenError::TooManySessions(_) => ApiError::Exhausted(e.to_string()),
+            e @ SessionOpenError::Audit(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl Engine {
     /// The caller's own open session; anyone else's looks like no session at all.
-    pub fn session(&self, id: &str, owner: &Owner) -> Result<Arc<Session>, ApiError> {
+    pub fn session(&self, id: &str, owner: &Owner) -> Result<Arc<Session>, SessionRefused> {
         self.sessions
             .get(id, owner, self.now())
-            .map_err(|e| ApiError::from_session(id, e))
+            .map_err(|e| SessionRefused::new(id, e))
     }
 
     pub async fn open_session(
@@ -26,31 +53,26 @@ impl Engine {
         owner: Owner,
         ttl: Option<Duration>,
         labels: BTreeMap<String, String>,
-    ) -> Result<Arc<Session>, ApiError> {
+    ) -> Result<Arc<Session>, SessionOpenError> {
         let cat = self.catalog();
         let s = &cat.config.server;
         let ttl = ttl.unwrap_or(s.default_session_ttl);
         if ttl > s.max_session_ttl {
-            return Err(ApiError::InvalidArgument(format!(
-                "ttl {}s exceeds the maximum session ttl {}s",
-                ttl.as_secs(),
-                s.max_session_ttl.as_secs()
-            )));
+            return Err(SessionOpenError::TtlTooLong {
+                ttl,
+                max: s.max_session_ttl,
+            });
         }
         if labels.len() > 32
             || labels
                 .iter()
                 .any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 256)
         {
-            return Err(ApiError::InvalidArgument(
-                "labels: at most 32, keys 1-63 bytes, values at most 256 bytes".into(),
-            ));
+            return Err(SessionOpenError::Labels);
         }
         let cap = s.max_sessions_per_identity;
         if self.sessions.count_owned(&owner) >= cap {
-            return Err(ApiError::Exhausted(format!(
-                "this caller already holds {cap} open sessions (server.max_sessions_per_identity)"
-            )));
+            return Err(SessionOpenError::TooManySessions(cap));
         }
         let now = self.now();
         let meta = SessionMeta {
@@ -86,7 +108,7 @@ impl Engine {
         }
         if let Err(e) = self.audit.record(ev).await {
             self.teardown(&session, "audit failure").await;
-            return Err(ApiError::Unavailable(e.to_string()));
+            return Err(SessionOpenError::Audit(e));
         }
         Ok(session)
     }

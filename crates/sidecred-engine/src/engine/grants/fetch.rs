@@ -2,11 +2,12 @@
 //! refresh, and revoking what a read made after its session or call ended.
 
 use super::CertIdent;
+use super::GrantError;
 use crate::backend::SecretSpec;
 use crate::backend::{Backend, BackendError, FetchRequest, SessionHandle};
 use crate::clock::renew_at;
 use crate::engine::{Catalog, Engine};
-use crate::error::ApiError;
+use crate::error::{BackendFailure, GateRefused};
 use crate::lease::cache::{CacheKey, Entry, Lookup, ScopeKey};
 use crate::metrics::METRICS;
 use crate::session::Session;
@@ -26,7 +27,7 @@ impl Engine {
         caller: &PeerIdentity,
         key: &CacheKey,
         ident: CertIdent<'_>,
-    ) -> Result<(Arc<Entry>, bool), ApiError> {
+    ) -> Result<(Arc<Entry>, bool), GrantError> {
         let now = self.now();
         let window = cat.config.server.stale_window;
         let stale = match self.grants.cache.lookup(key, now, window) {
@@ -61,13 +62,12 @@ impl Engine {
                 METRICS.cache_stale.inc();
                 Ok((old, true))
             }
-            (Err(BackendError::Precondition(m)), _) if m == GATE_RELEASED => Err(
-                ApiError::from_gate(&session.meta.id, crate::session::GateError::Released),
-            ),
-            (Err(_), _) if !session.gate.is_open() => Err(ApiError::from_gate(
-                &session.meta.id,
-                crate::session::GateError::Closed,
-            )),
+            (Err(BackendError::Precondition(m)), _) if m == GATE_RELEASED => {
+                Err(GateRefused::new(&session.meta.id, crate::session::GateError::Released).into())
+            }
+            (Err(_), _) if !session.gate.is_open() => {
+                Err(GateRefused::new(&session.meta.id, crate::session::GateError::Closed).into())
+            }
             (Err(err), _) => {
                 if !err.is_transient() || first_this_second(now) {
                     tracing::warn!(secret = %spec.name, backend = %spec.backend, error = %err, "backend read failed");
@@ -79,10 +79,11 @@ impl Engine {
                     .get(&spec.backend)
                     .is_some_and(|b| matches!(b.kind(), "ca" | "dev"));
                 Err(if local {
-                    ApiError::from_backend(&spec.name, err)
+                    BackendFailure::admin(&spec.name, err)
                 } else {
-                    ApiError::for_workload(&spec.name, &spec.backend, &err)
-                })
+                    BackendFailure::workload(&spec.name, &spec.backend, err)
+                }
+                .into())
             }
         }
     }
@@ -115,7 +116,7 @@ impl Engine {
         caller: &PeerIdentity,
         key: &CacheKey,
         (spiffe_id, sans, seen): CertIdent<'_>,
-    ) -> Result<futures::future::BoxFuture<'static, crate::lease::cache::FetchResult>, ApiError>
+    ) -> Result<futures::future::BoxFuture<'static, crate::lease::cache::FetchResult>, GrantError>
     {
         let backend = cat.backend(&spec.backend)?;
         let spec = spec.clone();

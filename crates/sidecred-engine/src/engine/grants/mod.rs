@@ -1,7 +1,10 @@
 //! The grants component: the cache, the lease table and GetSecret. It owns both tables;
 //! the other components reach them only through the methods at the end of this file.
 
+mod error;
 mod fetch;
+
+pub use error::GrantError;
 
 use fetch::{late_revoke, test_panic};
 
@@ -9,7 +12,7 @@ use super::Catalog;
 use super::Engine;
 use crate::audit::AuditEvent;
 use crate::backend::SecretSpec;
-use crate::error::ApiError;
+use crate::error::{GateRefused, SessionRefused};
 use crate::lease::cache::{Cache, CacheKey, Entry, Lookup, ScopeKey};
 use crate::lease::{Lease, LeaseTable};
 use crate::session::{new_id, Owner, Session};
@@ -68,13 +71,13 @@ impl Engine {
         spec: &SecretSpec,
         caller: &PeerIdentity,
         req: GetRequest<'_>,
-    ) -> Result<Grant, ApiError> {
+    ) -> Result<Grant, GrantError> {
         let now = self.now();
         let session = self
             .sessions
             .get(req.session_id, req.owner, now)
-            .map_err(|e| ApiError::from_session(req.session_id, e))?;
-        let gate_err = |e| ApiError::from_gate(req.session_id, e);
+            .map_err(|e| SessionRefused::new(req.session_id, e))?;
+        let gate_err = |e| GateRefused::new(req.session_id, e);
         let call_key = match req.call_id {
             Some(c) => {
                 let max = cat.config.server.max_calls_per_session;
@@ -90,24 +93,14 @@ impl Engine {
             (Scope::Shared, _) => ScopeKey::Shared,
             (Scope::Session, _) => ScopeKey::Session(session.meta.id.clone()),
             (Scope::Call, Some(c)) => ScopeKey::Call(session.meta.id.clone(), c.to_string()),
-            (Scope::Call, None) => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "secret `{}` is call-scoped: set call_id",
-                    spec.name
-                )))
-            }
+            (Scope::Call, None) => return Err(GrantError::NeedsCallId(spec.name.clone())),
         };
         if req.version.is_some() && scope != ScopeKey::Shared {
-            return Err(ApiError::InvalidArgument(format!(
-                "secret `{}` is issued per session or call; it has no versions to pin",
-                spec.name
-            )));
+            return Err(GrantError::NotVersioned(spec.name.clone()));
         }
-        let retired = |v: &str| {
-            ApiError::NotFound(format!(
-                "secret `{}`: version `{v}` was retired and is no longer served",
-                spec.name
-            ))
+        let retired = |v: &str| GrantError::Retired {
+            secret: spec.name.clone(),
+            version: v.to_string(),
         };
         if let Some(v) = req
             .version
@@ -196,7 +189,7 @@ impl Engine {
         ev.call = req.call_id;
         if let Err(e) = self.audit.record(ev).await {
             self.grants.leases.lock().remove(&lease_id);
-            return Err(ApiError::Unavailable(e.to_string()));
+            return Err(GrantError::Audit(e));
         }
         let hold = match session.gate.reply(call_key).await {
             Ok(h) => h,
@@ -207,7 +200,7 @@ impl Engine {
                 if let Some(l) = mine {
                     self.end_lease(&l, "released").await;
                 }
-                return Err(gate_err(e));
+                return Err(gate_err(e).into());
             }
         };
         Ok(Grant {
@@ -259,11 +252,11 @@ impl Engine {
         owner: &Owner,
         session_id: &str,
         lease_id: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), GrantError> {
         let session = self
             .sessions
             .get(session_id, owner, self.now())
-            .map_err(|e| ApiError::from_session(session_id, e))?;
+            .map_err(|e| SessionRefused::new(session_id, e))?;
         let lease = {
             let mut t = self.grants.leases.lock();
             match t.get(lease_id) {
@@ -272,8 +265,7 @@ impl Engine {
                 _ => None,
             }
         };
-        let lease = lease
-            .ok_or_else(|| ApiError::NotFound(format!("no lease `{lease_id}` in this session")))?;
+        let lease = lease.ok_or_else(|| GrantError::UnknownLease(lease_id.to_string()))?;
         if let Some(c) = &lease.call_id {
             session.gate.release(c, &lease.secret).await;
         }
@@ -282,10 +274,7 @@ impl Engine {
         ev.session = Some(session_id);
         ev.secret = Some(&lease.secret);
         ev.lease = Some(lease_id);
-        self.audit
-            .record(ev)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))
+        self.audit.record(ev).await.map_err(GrantError::Audit)
     }
 
     /// Drops what a lease alone owned: its cache entry and its backend lease.

@@ -2,11 +2,14 @@
 //! journal of revocations not yet done at their backends, and their retries.
 
 mod fleet;
+mod replay;
+mod watcher;
 
 use super::Engine;
+use crate::audit::AuditError;
 use crate::audit::AuditEvent;
 use crate::backend::{BackendLease, SessionHandle, SessionMeta};
-use crate::error::ApiError;
+use crate::error::{ApiError, SessionRefused};
 /// One line of a revocation report; defined with the fleet bus, which reports steps too.
 pub use crate::fleet::Step;
 use crate::journal::Record;
@@ -24,6 +27,32 @@ pub(super) struct Revocation {
     pending: Mutex<Vec<Pending>>,
     fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
     journal: std::sync::OnceLock<crate::journal::Journal>,
+}
+
+/// Why CloseSession or RevokeSession was refused (or, for `Audit`, not recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    #[error(transparent)]
+    Session(#[from] SessionRefused),
+    #[error("unknown session `{0}`")]
+    UnknownSession(String),
+    /// With a fleet: not open here, and no sidecar recorded it.
+    #[error("unknown session `{0}` (not open here, and no sidecar recorded it)")]
+    UnknownInFleet(String),
+    #[error("{0}")]
+    Audit(#[source] AuditError),
+}
+
+impl From<RevocationError> for ApiError {
+    fn from(e: RevocationError) -> Self {
+        match e {
+            RevocationError::Session(e) => e.into(),
+            e @ (RevocationError::UnknownSession(_) | RevocationError::UnknownInFleet(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
+            e @ RevocationError::Audit(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -180,18 +209,18 @@ impl Engine {
         caller: &PeerIdentity,
         owner: &Owner,
         id: &str,
-    ) -> Result<u32, ApiError> {
+    ) -> Result<u32, RevocationError> {
         let s = self
             .sessions
             .get(id, owner, self.now())
-            .map_err(|e| ApiError::from_session(id, e))?;
+            .map_err(|e| SessionRefused::new(id, e))?;
         let report = self.teardown(&s, "closed").await;
         let mut ev = AuditEvent::new("session_close", "ok").caller(caller);
         ev.session = Some(id);
         self.audit
             .record(ev)
             .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            .map_err(RevocationError::Audit)?;
         Ok(report.done.first().map_or(0, |s| s.count))
     }
 

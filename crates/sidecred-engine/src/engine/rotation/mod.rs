@@ -13,16 +13,19 @@
 //! Open windows are journaled (see `retirements`) and survive a restart.
 
 mod recheck;
+mod retire;
 mod retirements;
 mod scheduler;
 
 use super::{Engine, WatchEvent, WatchKind};
 use crate::appender::Appender;
+use crate::audit::AuditError;
 use crate::audit::AuditEvent;
 use crate::backend::SecretSpec;
 use crate::backend::{BackendLease, SessionHandle};
-use crate::clock::{from_millis, unix_millis};
-use crate::error::ApiError;
+use crate::clock::unix_millis;
+use crate::engine::LookupError;
+use crate::error::{ApiError, BackendFailure};
 use crate::lease::cache::{CacheKey, ScopeKey};
 use crate::rotation::{Previous, RotationState};
 use crate::secret::SecretBytes;
@@ -30,16 +33,31 @@ use parking_lot::Mutex;
 use retirements::{HeldLease, Line};
 use sidecred_core::identity::PeerIdentity;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// The retirement journal could not be opened or read.
+/// Why a rotation did not happen (or, for `Audit`, was not recorded).
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
-pub struct JournalError {
-    pub path: std::path::PathBuf,
-    #[source]
-    pub source: std::io::Error,
+pub enum RotationError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("`{0}` is issued fresh per read; a rotation cannot supply its value")]
+    ValueForReissued(String),
+    /// An admin's rotation: the backend's own text is shown.
+    #[error(transparent)]
+    Backend(#[from] BackendFailure),
+    #[error("{0}")]
+    Audit(#[source] AuditError),
+}
+
+impl From<RotationError> for ApiError {
+    fn from(e: RotationError) -> Self {
+        match e {
+            RotationError::Lookup(e) => e.into(),
+            e @ RotationError::ValueForReissued(_) => ApiError::InvalidArgument(e.to_string()),
+            RotationError::Backend(e) => e.into(),
+            e @ RotationError::Audit(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -160,7 +178,7 @@ impl Engine {
         name: &str,
         grace: Option<Duration>,
         value: Option<SecretBytes>,
-    ) -> Result<RotateOutcome, ApiError> {
+    ) -> Result<RotateOutcome, RotationError> {
         self.rotate_as(Origin::Admin(caller), name, grace, value)
             .await
     }
@@ -171,16 +189,14 @@ impl Engine {
         name: &str,
         grace: Option<Duration>,
         value: Option<SecretBytes>,
-    ) -> Result<RotateOutcome, ApiError> {
+    ) -> Result<RotateOutcome, RotationError> {
         let cat = self.catalog();
         let spec = cat.secret(name)?.clone();
         let backend = cat.backend(&spec.backend)?;
         let grace = grace.unwrap_or(spec.grace);
         let (version, previous) = if backend.reissues(&spec) {
             if value.is_some() {
-                return Err(ApiError::InvalidArgument(format!(
-                    "`{name}` is issued fresh per read; a rotation cannot supply its value"
-                )));
+                return Err(RotationError::ValueForReissued(name.to_string()));
             }
             let old = self.current_epoch(name);
             (format!("r{}", unix_millis(self.now())), Some(old))
@@ -188,7 +204,7 @@ impl Engine {
             let r = self
                 .bounded(&spec.backend, backend.rotate(&spec, value))
                 .await
-                .map_err(|e| ApiError::from_backend(name, e))?;
+                .map_err(|e| BackendFailure::admin(name, e))?;
             (r.version, r.previous_version)
         };
         let retires_at = self.now() + grace;
@@ -215,10 +231,7 @@ impl Engine {
         ev.secret = Some(name);
         ev.version = Some(&out.version);
         ev.detail = Some(&detail);
-        self.audit
-            .record(ev)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        self.audit.record(ev).await.map_err(RotationError::Audit)?;
         Ok(out)
     }
 
@@ -340,141 +353,6 @@ impl Engine {
             },
         );
         prev.map(|p| p.retires_at)
-    }
-
-    /// Retires a previous version: gone at the backend and from the cache, watchers told.
-    pub(in crate::engine) async fn retire(&self, name: &str, version: &str) {
-        // Refused from now on, before the backend and the cache let go of it.
-        self.rotation.mark_retired(name, version);
-        let held: Vec<Held> = {
-            let mut h = self.rotation.held.lock();
-            let (mine, rest) = std::mem::take(&mut *h)
-                .into_iter()
-                .partition(|x| x.secret == name && x.epoch == version);
-            *h = rest;
-            mine
-        };
-        let cat = self.catalog();
-        for h in &held {
-            let Some(b) = cat.backends.get(&h.backend) else {
-                continue;
-            };
-            if let Err(e) = self
-                .bounded(&h.backend, b.revoke_lease(&h.lease, h.handle.as_ref()))
-                .await
-            {
-                tracing::warn!(secret = %name, lease = %h.lease.id, error = %e, "revoking a retired credential failed; queued for retry");
-                self.queue_lease_revocation(&h.backend, h.lease.clone(), h.handle.clone())
-                    .await;
-            }
-        }
-        if let Ok(spec) = cat.secret(name) {
-            if let Ok(b) = cat.backend(&spec.backend) {
-                if !b.reissues(spec) {
-                    if let Err(e) = self.bounded(&spec.backend, b.retire(spec, version)).await {
-                        tracing::warn!(secret = %name, version, error = %e, "backend retirement failed; the version is no longer served regardless");
-                    }
-                }
-            }
-        }
-        self.grants.remove_secret(name, Some(version));
-        self.journal_retirement(Line::Retired {
-            secret: name.to_string(),
-            version: version.to_string(),
-        })
-        .await;
-        let current = self.current_epoch(name);
-        self.notify(
-            name,
-            WatchEvent {
-                kind: WatchKind::Retired,
-                version: current,
-                previous_version: version.to_string(),
-                previous_retires_at: None,
-                at: self.now(),
-            },
-        );
-        let detail = format!("revoked={}", held.len());
-        let mut ev = AuditEvent::new("retire", "ok");
-        ev.secret = Some(name);
-        ev.version = Some(version);
-        ev.detail = Some(&detail);
-        let _ = self.audit.record(ev).await;
-    }
-
-    async fn journal_retirement(&self, line: Line) {
-        let app = self.rotation.journal.lock().clone();
-        if let Some(app) = app {
-            if let Err(e) = app.append(retirements::encode(&line)).await {
-                tracing::error!(error = %e, "cannot write the retirement journal; a restart would lose this grace window");
-            }
-        }
-    }
-
-    /// Opens `state_dir/retirements.jsonl` and resumes the grace windows it holds: open ones
-    /// run to their end, overdue ones retire at the next housekeeping pass.
-    pub async fn resume_retirements(&self, state_dir: &Path) -> Result<usize, JournalError> {
-        let (r, app) = retirements::open(state_dir)
-            .await
-            .map_err(|source| JournalError {
-                path: retirements::path(state_dir),
-                source,
-            })?;
-        *self.rotation.journal.lock() = Some(app);
-        for l in &r.retired {
-            if let Line::Retired { secret, version } = l {
-                self.rotation.mark_retired(secret, version);
-            }
-        }
-        let now = self.now();
-        let n = r.open.len() + r.superseded.len();
-        for line in r.superseded.into_iter().chain(r.open) {
-            let Line::Grace {
-                secret,
-                current,
-                version,
-                retires_at_ms,
-                leases,
-            } = line
-            else {
-                continue;
-            };
-            tracing::info!(secret = %secret, version = %version, "resuming grace window from the journal");
-            {
-                let mut h = self.rotation.held.lock();
-                for l in leases {
-                    h.push(Held {
-                        secret: secret.clone(),
-                        epoch: version.clone(),
-                        backend: l.backend,
-                        lease: BackendLease {
-                            id: l.id,
-                            ttl: Duration::ZERO,
-                            renewable: false,
-                        },
-                        handle: None,
-                    });
-                }
-            }
-            let applied = self
-                .rotation
-                .windows
-                .lock()
-                .entry(secret.clone())
-                .or_default()
-                .apply_until(Some(version), current, now, {
-                    // A window never outlasts the secret's grace, whatever the file says.
-                    let at = from_millis(retires_at_ms).max(now);
-                    match self.catalog().secret(&secret) {
-                        Ok(spec) => bounded_retirement(at, now, spec.grace),
-                        Err(_) => now,
-                    }
-                });
-            for v in applied.retire_now {
-                self.retire(&secret, &v).await;
-            }
-        }
-        Ok(n)
     }
 }
 
