@@ -214,3 +214,12 @@ pub fn verify(bundle: &Path, chain: &Path, leaf: &Path, extra: &[&str]) -> Outpu
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     openssl(&a)
 }
+
+/// Opens a session with the server's defaults; its id.
+pub async fn session(b: &mut sidecred::api::pb::broker_client::BrokerClient<Channel>) -> String {
+    b.open_session(sidecred::api::pb::OpenSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id
+}
