@@ -327,6 +327,7 @@ impl<E: Endpoint> Listener<E> {
 
     /// Answers one request and counts it, by route class and status, with its latency.
     async fn request(&self, id: &PeerIdentity, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let _counted = sidecred_core::sched::InFlight::enter();
         let Some(ep) = self.endpoint.metrics() else {
             return self.answer(id, req).await;
         };

@@ -9,14 +9,14 @@
 //! Who writes: a file that syncs is written by its own thread, so no request handler ever
 //! blocks on an fsync. A file that does not sync (the audit log) is written by a waiting
 //! caller: one `write` into the page cache, on the caller's thread, where a hand-off to another
-//! thread would cost a wake-up on each side. The caller first yields once to its runtime, so
-//! the other requests ready on that thread (the streams of one HTTP/2 read, other connections)
+//! thread would cost a wake-up on each side. When other requests are in flight, the caller
+//! first yields once to its runtime, so the other requests ready on that thread (the streams of one HTTP/2 read, other connections)
 //! add their lines and one `write` carries them all; then, if no write is in flight and its
 //! batch is still open, it writes the batch, and what queued meanwhile for a few rounds, and
 //! leaves the rest to the thread. A waiter dropped before writing hands its batch to the thread.
 
 use parking_lot::{Condvar, Mutex};
-use sidecred_core::sched::YieldOnce;
+use sidecred_core::sched::{InFlight, YieldOnce};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -74,7 +74,11 @@ pub struct Ticket {
 impl Ticket {
     pub async fn wait(mut self) -> std::io::Result<()> {
         if let Some(shared) = self.writer.clone() {
-            YieldOnce::default().await;
+            // Other requests ready on this thread add their lines first, so one write carries
+            // them all; alone, the caller writes at once (see `InFlight::others`).
+            if InFlight::others() {
+                YieldOnce::default().await;
+            }
             shared.write_open(&self.batch);
             self.writer = None;
         }

@@ -116,17 +116,27 @@ async fn waiters_meanwhile_share_one_write() {
     assert_eq!(a.writes(), 2, "the 100 waiters shared one write");
 }
 
+/// The tests below count requests in flight, which is process-wide: one at a time.
+static IN_FLIGHT_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Requests ready on one thread at once (the streams of one HTTP/2 read, other connections)
-/// share one write: each waiter yields once before writing, so the others add their lines.
+/// share one write: with others in flight, each waiter yields once before writing, so the
+/// others add their lines.
 #[tokio::test(flavor = "current_thread")]
 async fn lines_ready_together_share_one_write() {
+    let _one = IN_FLIGHT_TESTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
     let a = Appender::open(&path, false).await.unwrap();
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let a = a.clone();
-            tokio::spawn(async move { a.append(format!("r{i}\n")).await })
+            // Counted when received, as a transport does, before any of them is handled.
+            let counted = sidecred_core::sched::InFlight::enter();
+            tokio::spawn(async move {
+                let _counted = counted;
+                a.append(format!("r{i}\n")).await
+            })
         })
         .collect();
     for t in tasks {
@@ -134,6 +144,27 @@ async fn lines_ready_together_share_one_write() {
     }
     assert_eq!(a.writes(), 1, "20 lines ready together, one write");
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 20);
+}
+
+/// A request alone in flight writes its line at once, without yielding: a task queued after
+/// it finds the write done (a yield would let that task run first).
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_request_writes_without_yielding() {
+    let _one = IN_FLIGHT_TESTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let a = Appender::open(&path, false).await.unwrap();
+    let counted = sidecred_core::sched::InFlight::enter();
+    let writer = a.clone();
+    let first = tokio::spawn(async move {
+        let _counted = counted;
+        writer.append("alone\n".into()).await
+    });
+    let probe = a.clone();
+    let after = tokio::spawn(async move { probe.writes() });
+    assert_eq!(after.await.unwrap(), 1, "written before the next task ran");
+    first.await.unwrap().unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "alone\n");
 }
 
 /// A waiter that goes away before writing (its request cancelled) leaves its line to the

@@ -18,6 +18,7 @@ use crate::api::error::{status, ApiError};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
+use sidecred_core::sched::InFlight;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -120,7 +121,10 @@ async fn connection(io: PeerStream, svc: Arc<Services>, mut stop: watch::Receive
                 loop {
                     match conn.poll_accept(cx) {
                         Poll::Ready(Some(Ok((req, respond)))) => {
-                            streams.push(stream(svc.clone(), peer.clone(), req, respond));
+                            // Counted from here: the streams of this read are all in
+                            // flight before the first is handled (see `InFlight::others`).
+                            let counted = InFlight::enter();
+                            streams.push(stream(svc.clone(), peer.clone(), req, respond, counted));
                             moved = true;
                         }
                         Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Closed(Some(e))),
@@ -218,6 +222,7 @@ async fn stream(
     peer: PeerIdentity,
     req: http::Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
+    counted: InFlight,
 ) {
     let (rpc, span) = rpc_span(req.uri().path(), req.headers());
     match unary(req.uri().path()).filter(|_| is_grpc(&req)) {
@@ -241,8 +246,12 @@ async fn stream(
             );
             answer(respond, out);
         }
-        // Boxed: the rare path's state stays out of every stream's future.
-        None => Box::pin(generic(svc, peer, req, respond).instrument(span)).await,
+        // Boxed: the rare path's state stays out of every stream's future. Not counted in
+        // flight: a watch stream lives for as long as its caller keeps it.
+        None => {
+            drop(counted);
+            Box::pin(generic(svc, peer, req, respond).instrument(span)).await
+        }
     }
 }
 
