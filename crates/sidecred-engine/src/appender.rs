@@ -13,7 +13,8 @@
 //! first yields once to its runtime, so the other requests ready on that thread (the streams
 //! of one HTTP/2 read, other connections) add their lines and one `write` carries them all;
 //! then, if no write is in flight and its batch is still open, it writes the batch, and what
-//! queued meanwhile for a few rounds, and leaves the rest to the thread. A waiter dropped before writing hands its batch to the thread.
+//! queued meanwhile for a few rounds, and leaves the rest to the thread. A waiter dropped
+//! before writing hands its batch to the thread.
 
 use parking_lot::{Condvar, Mutex};
 use sidecred_core::sched::{InFlight, YieldOnce};
