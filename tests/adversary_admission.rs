@@ -243,11 +243,11 @@ fn per_uid_cap_refuses_one_uid_and_serves_another() {
     let bin = sc.dir.path().join("sidecred-nobody");
     std::fs::copy(BIN, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let o = nobody(bin.to_str().unwrap())
-        .args(["get", "app/a"])
-        .env("SIDECRED_SOCKET", &sc.workload)
-        .output()
-        .unwrap();
+    let o = output_retrying_busy(
+        nobody(bin.to_str().unwrap())
+            .args(["get", "app/a"])
+            .env("SIDECRED_SOCKET", &sc.workload),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     drop(held);
     let again = wait_for(Duration::from_secs(5), || {

@@ -320,16 +320,16 @@ fn as_nobody(sc: &Sidecar, args: &[&str]) -> std::process::Output {
         std::fs::copy(BIN, &bin).unwrap();
         std::fs::set_permissions(&bin, p(0o755)).unwrap();
     }
-    std::process::Command::new(&bin)
-        .args(args)
-        .env("SIDECRED_SOCKET", &sc.workload)
-        // The attacker knows sidecred runs as root; it wants to reach it, not be protected.
-        .env("SIDECRED_SERVER_UID", "0")
-        .stdin(std::process::Stdio::null())
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap()
+    output_retrying_busy(
+        std::process::Command::new(&bin)
+            .args(args)
+            .env("SIDECRED_SOCKET", &sc.workload)
+            // The attacker knows sidecred runs as root; it wants to reach it, not be protected.
+            .env("SIDECRED_SERVER_UID", "0")
+            .stdin(std::process::Stdio::null())
+            .uid(65534)
+            .gid(65534),
+    )
 }
 
 #[tokio::test]

@@ -165,15 +165,15 @@ fn another_uid_is_refused_at_accept_and_audited() {
     let bin = sc.dir.path().join("sidecred-cli");
     std::fs::copy(BIN, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(&bin)
-        .args(["get", "app/a"])
-        .env("SIDECRED_SOCKET", &sc.workload)
-        // This caller knows sidecred runs as root: without this it would refuse the socket.
-        .env("SIDECRED_SERVER_UID", "0")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = output_retrying_busy(
+        Command::new(&bin)
+            .args(["get", "app/a"])
+            .env("SIDECRED_SOCKET", &sc.workload)
+            // This caller knows sidecred runs as root: without this it would refuse the socket.
+            .env("SIDECRED_SERVER_UID", "0")
+            .uid(65534)
+            .gid(65534),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     // No rule admits uid 65534: its connection is refused at accept. The server's reason rides
     // on the GOAWAY; the client library shows it when the GOAWAY is read before the request is

@@ -440,3 +440,18 @@ actions = ["*"]
 pub mod openbao;
 pub mod postgres;
 pub mod readers;
+
+/// Runs `cmd` for its output, retrying while its executable is busy (ETXTBSY): a binary copied
+/// by this test can still be open for writing in a child that another test thread forked
+/// meanwhile, until that child's exec closes it.
+pub fn output_retrying_busy(cmd: &mut Command) -> Output {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
