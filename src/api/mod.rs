@@ -1,6 +1,46 @@
 //! gRPC services on Unix sockets: the workload `Broker`, the `Admin` API, health and reflection,
 //! and on the SPIFFE socket the SPIFFE Workload API and Envoy SDS.
 
+/// Writes of a stream wrapper go straight to its `inner` stream, vectored writes included:
+/// without those, h2 writes a response's frame heads and its DATA payload with separate
+/// `write` calls (one syscall each, and a client wake-up for each partial answer).
+macro_rules! forward_async_write {
+    ($ty:ty $(, $s:ident)?) => {
+        impl$(<$s: tokio::io::AsyncWrite + Unpin>)? tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.inner), cx, buf)
+            }
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.inner), cx)
+            }
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.inner), cx)
+            }
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                tokio::io::AsyncWrite::poll_write_vectored(std::pin::Pin::new(&mut self.inner), cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                tokio::io::AsyncWrite::is_write_vectored(&self.inner)
+            }
+        }
+    };
+}
+pub(crate) use forward_async_write;
+
 pub mod admin;
 pub mod admission;
 pub mod broker;
