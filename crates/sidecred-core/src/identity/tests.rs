@@ -38,18 +38,24 @@ fn proc_dir_names_one_process_until_it_exits() {
     assert!(ProcDir::open(-1).is_none() && ProcDir::open(0).is_none());
 }
 
-/// On a connection that counts its reads, one re-check answers for the requests of the
-/// reads before it; a request from a later read checks again and sees the exec.
-#[test]
-fn one_check_answers_for_the_reads_before_it() {
-    use std::io::Write;
-    let mut child = std::process::Command::new("sh")
+/// A shell that execs `sleep` once it reads a line on stdin; its pid and pinned directory.
+fn execs_on_a_line() -> (std::process::Child, i32, ProcDir) {
+    let child = std::process::Command::new("sh")
         .args(["-c", "read line; exec sleep 30"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
     let dir = ProcDir::open(pid).unwrap();
+    (child, pid, dir)
+}
+
+/// On a connection that counts its reads, one re-check answers for the requests of the
+/// reads before it; a request from a later read checks again and sees the exec.
+#[test]
+fn one_check_answers_for_the_reads_before_it() {
+    use std::io::Write;
+    let (mut child, pid, dir) = execs_on_a_line();
     let exe: Arc<Path> = Arc::from(dir.exe().unwrap());
     let plain = PeerIdentity {
         uid: 0,
@@ -85,13 +91,7 @@ fn one_check_answers_for_the_reads_before_it() {
 #[test]
 fn still_bound_catches_an_exec_and_an_exit() {
     use std::io::Write;
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "read line; exec sleep 30"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let dir = ProcDir::open(pid).unwrap();
+    let (mut child, pid, dir) = execs_on_a_line();
     let id = PeerIdentity {
         uid: 0,
         gid: 0,
@@ -171,13 +171,7 @@ fn stat_start_time_table() {
 #[test]
 fn a_check_answers_for_earlier_reads_of_every_connection_of_the_process() {
     use std::io::Write;
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "read line; exec sleep 30"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let dir = ProcDir::open(pid).unwrap();
+    let (mut child, pid, dir) = execs_on_a_line();
     let exe: Arc<Path> = Arc::from(dir.exe().unwrap());
     let start = dir.start_time().unwrap();
     let conn = |reads: &ReadEpoch, exe: &Arc<Path>| PeerIdentity {
