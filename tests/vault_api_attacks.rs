@@ -100,31 +100,6 @@ fn login(sock: &Path) -> String {
         .to_string()
 }
 
-/// curl as another uid (65534 is admitted by a rule; 65533 by none).
-fn curl_as(uid: u32, sock: &Path, path: &str, token: Option<&str>) -> (String, String) {
-    use std::os::unix::process::CommandExt;
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "-w",
-        "\n%{http_code}",
-        "--max-time",
-        "10",
-        "--unix-socket",
-    ])
-    .arg(sock)
-    .arg(format!("http://x{path}"))
-    .uid(uid)
-    .gid(uid);
-    if let Some(t) = token {
-        c.arg("-H").arg(format!("X-Vault-Token: {t}"));
-    }
-    let o = c.output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
-    (body.to_string(), code.to_string())
-}
-
 #[test]
 fn a_stolen_token_is_useless_to_another_uid_and_unadmitted_uids_are_refused_at_accept() {
     let (sc, sock, _tmp) = start("debug");
@@ -134,15 +109,27 @@ fn a_stolen_token_is_useless_to_another_uid_and_unadmitted_uids_are_refused_at_a
     assert_eq!(body_json(&mine)["data"]["data"]["value"], "value-a-1");
 
     // uid 65534 is admitted (it has its own rule) but the token is root's session.
-    let (body, code) = curl_as(65534, &sock, "/v1/secret/data/app/a", Some(&token));
+    let (body, code) = curl_vault_as(65534, &sock, "GET", "/v1/secret/data/app/a", Some(&token));
     assert_eq!(code, "403", "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     let msg = v["errors"][0].as_str().unwrap();
     assert!(msg.contains("is not open for this caller"), "{msg}");
     assert!(!body.contains("value-a-1"));
-    let (body, code) = curl_as(65534, &sock, "/v1/auth/token/lookup-self", Some(&token));
+    let (body, code) = curl_vault_as(
+        65534,
+        &sock,
+        "GET",
+        "/v1/auth/token/lookup-self",
+        Some(&token),
+    );
     assert_eq!(code, "403", "{body}");
-    let (_, code) = curl_as(65534, &sock, "/v1/auth/token/revoke-self", Some(&token));
+    let (_, code) = curl_vault_as(
+        65534,
+        &sock,
+        "GET",
+        "/v1/auth/token/revoke-self",
+        Some(&token),
+    );
     assert_eq!(code, "405", "lookup is GET; revoke-self must be POST");
     // Its own session works, and root cannot use it in turn.
     use std::os::unix::process::CommandExt;
@@ -156,7 +143,7 @@ fn a_stolen_token_is_useless_to_another_uid_and_unadmitted_uids_are_refused_at_a
         .unwrap();
     let theirs: Value = serde_json::from_slice(&o.stdout).unwrap();
     let theirs = theirs["auth"]["client_token"].as_str().unwrap().to_string();
-    let (body, code) = curl_as(65534, &sock, "/v1/secret/data/app/a", Some(&theirs));
+    let (body, code) = curl_vault_as(65534, &sock, "GET", "/v1/secret/data/app/a", Some(&theirs));
     assert_eq!(code, "200", "{body}");
     let r = get(&sock, "/v1/secret/data/app/a", Some(&theirs));
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
@@ -172,7 +159,7 @@ fn a_stolen_token_is_useless_to_another_uid_and_unadmitted_uids_are_refused_at_a
     .is_some());
 
     // uid 65533: no rule admits it; refused at accept, in Vault's error shape.
-    let (body, code) = curl_as(65533, &sock, "/v1/sys/health", None);
+    let (body, code) = curl_vault_as(65533, &sock, "GET", "/v1/sys/health", None);
     assert_eq!(code, "403", "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert!(

@@ -132,43 +132,10 @@ fn bao_list(home: &Path, addr: &str, token: &str) -> Value {
 
 /// Logs in over the socket as `uid` (curl run as that uid); the client token.
 fn login_as(sock: &Path, uid: u32) -> String {
-    let (body, code) = curl_as(uid, sock, "POST", "/v1/auth/sidecred/login", None);
+    let (body, code) = curl_vault_as(uid, sock, "POST", "/v1/auth/sidecred/login", None);
     assert_eq!(code, "200", "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     v["auth"]["client_token"].as_str().unwrap().to_string()
-}
-
-fn curl_as(
-    uid: u32,
-    sock: &Path,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (String, String) {
-    use std::os::unix::process::CommandExt;
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "--path-as-is",
-        "-w",
-        "\n%{http_code}",
-        "--max-time",
-        "10",
-        "-X",
-        method,
-    ])
-    .arg("--unix-socket")
-    .arg(sock)
-    .arg(format!("http://x{path}"))
-    .uid(uid)
-    .gid(uid);
-    if let Some(t) = token {
-        c.arg("-H").arg(format!("X-Vault-Token: {t}"));
-    }
-    let o = c.output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
-    (body.to_string(), code.to_string())
 }
 
 fn keys(body: &str) -> Value {
@@ -203,7 +170,7 @@ async fn a_caller_lists_only_what_its_rule_reads_and_bad_paths_are_clear_4xx() {
     let (sock, sc) = (&env.sock, &env.sc);
     let root = login_as(sock, 0);
     let theirs = login_as(sock, 65534);
-    let list = |uid, path: &str, tok: &str| curl_as(uid, sock, "LIST", path, Some(tok));
+    let list = |uid, path: &str, tok: &str| curl_vault_as(uid, sock, "LIST", path, Some(tok));
 
     // uid 65534's rule reads team-b/* only: nothing of root's keys shows, not even as folders.
     let (body, code) = list(65534, "/v1/secret/metadata/", &theirs);
@@ -226,7 +193,7 @@ async fn a_caller_lists_only_what_its_rule_reads_and_bad_paths_are_clear_4xx() {
             "{dir}"
         );
         let path = format!("/v1/secret/metadata/{dir}?list=true");
-        let (body, code) = curl_as(65534, sock, "GET", &path, Some(&theirs));
+        let (body, code) = curl_vault_as(65534, sock, "GET", &path, Some(&theirs));
         assert_eq!(
             (code.as_str(), body.as_str()),
             ("404", r#"{"errors":[]}"#),
@@ -261,7 +228,7 @@ async fn a_caller_lists_only_what_its_rule_reads_and_bad_paths_are_clear_4xx() {
         } else {
             "LIST"
         };
-        let (body, code) = curl_as(0, sock, method, path, Some(&root));
+        let (body, code) = curl_vault_as(0, sock, method, path, Some(&root));
         assert_eq!(code, "400", "{path}: {body}");
         let msg = serde_json::from_str::<Value>(&body).unwrap()["errors"][0]
             .as_str()

@@ -455,3 +455,38 @@ pub fn output_retrying_busy(cmd: &mut Command) -> Output {
         }
     }
 }
+
+/// curl as another uid against a Vault-compatible endpoint on a Unix socket (paths sent as
+/// written); the body and the status code.
+pub fn curl_vault_as(
+    uid: u32,
+    sock: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "--path-as-is",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+    ])
+    .arg("--unix-socket")
+    .arg(sock)
+    .arg(format!("http://x{path}"))
+    .uid(uid)
+    .gid(uid);
+    if let Some(t) = token {
+        c.arg("-H").arg(format!("X-Vault-Token: {t}"));
+    }
+    let o = c.output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (body.to_string(), code.to_string())
+}
