@@ -163,11 +163,7 @@ impl Engine {
             report.done.len(),
             report.pending.len()
         );
-        let outcome = if report.pending.is_empty() {
-            "ok"
-        } else {
-            "pending"
-        };
+        let outcome = report.outcome();
         let mut ev = AuditEvent::new("session_revoke", outcome);
         if let Some(c) = caller {
             ev = ev.caller(c);

@@ -61,6 +61,17 @@ pub struct RevocationReport {
     pub pending: Vec<Step>,
 }
 
+impl RevocationReport {
+    /// The audit outcome of a revocation: `pending` while a backend step waits for a retry.
+    pub(super) fn outcome(&self) -> &'static str {
+        if self.pending.is_empty() {
+            "ok"
+        } else {
+            "pending"
+        }
+    }
+}
+
 /// A backend revocation that failed and is retried with backoff until it succeeds.
 #[derive(Clone, Debug)]
 pub(super) enum PendingWork {

@@ -42,11 +42,7 @@ impl Engine {
                 report.done.len(),
                 report.pending.len()
             );
-            let outcome = if report.pending.is_empty() {
-                "ok"
-            } else {
-                "pending"
-            };
+            let outcome = report.outcome();
             let mut ev = AuditEvent::new("session_revoke", outcome);
             ev.session = Some(&t.session_id);
             ev.detail = Some(&detail);
